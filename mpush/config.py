@@ -1,0 +1,567 @@
+"""The server's configuration: one TOML file, parsed and validated once, passed in.
+
+The tables and keys mirror MPush's ``reference.conf`` so an operator translates an
+``mpush.conf`` line by line (``mp.core.max-packet-size`` -> ``[core] max-packet-size``;
+keys of the root ``mp`` object go in ``[mpush]``).  Every key is checked: an unknown key
+is almost always a typo, and a typo that silently falls back to a default is the worst
+kind of configuration bug.  MPush keys that mean nothing here (JVM, Netty, ZooKeeper,
+thread pools...) are accepted only because they are listed below, one by one; keys that
+select a behaviour mpush does not implement are accepted only at the value mpush
+implements.  ``etc/mpush.toml`` documents every key.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import difflib
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+from urllib.parse import quote, unquote, urlsplit
+
+from mpush.units import parse_duration, parse_size
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "CoreConfig",
+    "NetConfig",
+    "RedisConfig",
+    "SecurityConfig",
+    "apply_overrides",
+    "load_config",
+    "parse_config",
+    "parse_redis_url",
+]
+
+# The 13-byte frame header (spec 2.2) and the largest body whose length still starts
+# with a 0x00 byte, so it never collides with the 0xDF heartbeat byte (spec 2.6).
+HEADER_LENGTH = 13
+MAX_PACKET_SIZE_LIMIT = 16 * 1024 * 1024
+# Heartbeats travel as a Java int in HandshakeOk / FastConnectOk (spec 6.2, 6.4).
+JAVA_INT_MAX = 2**31 - 1
+
+
+class ConfigError(Exception):
+    """A configuration problem, rendered as ONE line that names the file and the key.
+
+    ``str(e)`` is e.g. ``config /etc/mpush/mpush.toml: [core] max-packet-size: expected
+    a size like 10k, got 'abc'``; ``source``, ``key`` and ``reason`` are also attributes
+    so a caller can format them differently.
+    """
+
+    def __init__(self, reason: str, *, key: str | None = None, source: str | None = None):
+        self.reason = reason
+        self.key = key
+        self.source = source
+        prefix = f"config {source}: " if source else ""
+        where = f"{key}: " if key else ""
+        super().__init__(f"{prefix}{where}{reason}")
+
+    def with_source(self, source: str | None) -> "ConfigError":
+        """Return the same error attributed to ``source`` (a file or "overrides")."""
+        return ConfigError(self.reason, key=self.key, source=source)
+
+
+# --- value checks shared by the dataclasses (direct construction) and the parser ---
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _describe(value: object) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _need_int(key: str, value: object, low: int | None = None, high: int | None = None,
+              what: str = "") -> None:
+    if not _is_int(value):
+        raise ConfigError(f"expected an integer, got {_describe(value)}", key=key)
+    if (low is not None and value < low) or (high is not None and value > high):
+        if high is None:
+            bounds = f"at least {low}"
+        elif low is None:
+            bounds = f"at most {high}"
+        else:
+            bounds = f"between {low} and {high}"
+        raise ConfigError(f"must be {bounds}{what}, got {value}", key=key)
+
+
+def _need_port(key: str, value: object, *, zero_disables: bool) -> None:
+    low = 0 if zero_disables else 1
+    _need_int(key, value, low, 65535, " (0 disables it)" if zero_disables else "")
+
+
+def _need_str(key: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise ConfigError(f"expected a string, got {_describe(value)}", key=key)
+
+
+def _need_ip(key: str, value: object) -> None:
+    """An IP literal or "" (auto-detect / any address): catches hostnames and typos."""
+    _need_str(key, value)
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(
+                f"expected an IPv4 or IPv6 address or \"\", got {value!r}", key=key) from None
+
+
+def _need_key(key: str, value: object) -> None:
+    if value is None:
+        return
+    _need_str(key, value)
+    if not value or re.search(r"\s", value) or value.startswith("-----"):
+        raise ConfigError(
+            "expected one line of base64 (the MPush form: no PEM header, no line breaks)",
+            key=key)
+    try:
+        base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError("is not valid base64", key=key) from None
+
+
+_NODE = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[^\s:/@\[\]]+):(?P<port>[0-9]{1,5})")
+
+
+def _need_node(key: str, index: int, value: object) -> None:
+    """A Redis node as MPush writes it: "host:port" (IPv6 as "[addr]:port")."""
+    where = f"{key}[{index}]"
+    _need_str(where, value)
+    match = _NODE.fullmatch(value)
+    if match is None:
+        hint = ""
+        if value.count(":") == 2 and not value.startswith("["):
+            hint = " (MPush's \"ip:port:password\" form is not supported: use [redis] password)"
+        raise ConfigError(f"expected \"host:port\", got {value!r}{hint}", key=where)
+    host = match.group("host")
+    if host.startswith("["):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ConfigError(f"bad IPv6 address in {value!r}", key=where) from None
+    port = int(match.group("port"))
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"port must be between 1 and 65535, got {value!r}", key=where)
+
+
+# --- the configuration objects ---
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    """``[core]`` (MPush ``mp.core``): framing limits, heartbeats, session lifetime."""
+
+    max_packet_size: int = 10240          # bytes  ([core] max-packet-size)
+    compress_threshold: int = 10240       # bytes
+    min_heartbeat: int = 180000           # ms
+    max_heartbeat: int = 180000           # ms
+    max_hb_timeout_times: int = 2
+    session_expired_time: int = 86400     # SECONDS (MPush keeps it in seconds; "1d" -> 86400)
+    pre_handshake_heartbeat: int = 10000  # ms, idle check interval before handshake
+    max_inflated_size: int = 1 << 20      # bytes, cap on an inflated (decompressed) body
+
+    def __post_init__(self) -> None:
+        _need_int("[core] max-packet-size", self.max_packet_size, HEADER_LENGTH + 1,
+                  MAX_PACKET_SIZE_LIMIT, " bytes (more than the 13-byte header, at most 16m)")
+        _need_int("[core] compress-threshold", self.compress_threshold, 0)
+        _need_int("[core] min-heartbeat", self.min_heartbeat, 1, JAVA_INT_MAX, " ms")
+        _need_int("[core] max-heartbeat", self.max_heartbeat, 1, JAVA_INT_MAX, " ms")
+        _need_int("[core] max-hb-timeout-times", self.max_hb_timeout_times, 0)
+        _need_int("[core] session-expired-time", self.session_expired_time, 0,
+                  what=" seconds")
+        _need_int("[core] pre-handshake-heartbeat", self.pre_handshake_heartbeat, 1,
+                  JAVA_INT_MAX, " ms")
+        _need_int("[core] max-inflated-size", self.max_inflated_size, 1, what=" bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    """``[security]`` (MPush ``mp.security``): the RSA pair; None means generate one."""
+
+    private_key: str | None = field(default=None, repr=False)  # base64 PKCS#8, one line
+    public_key: str | None = None         # base64 X.509
+    aes_key_length: int = 16              # only 16 is valid (spec 7.2)
+
+    def __post_init__(self) -> None:
+        _need_key("[security] private-key", self.private_key)
+        _need_key("[security] public-key", self.public_key)
+        if self.public_key is not None and self.private_key is None:
+            raise ConfigError(
+                "given without [security] private-key: set both, or neither to use the "
+                "generated pair in [mpush] state-dir", key="[security] public-key")
+        _need_int("[security] aes-key-length", self.aes_key_length)
+        if self.aes_key_length != 16:
+            raise ConfigError(
+                f"only 16 works (the IV is aes-key-length bytes and AES-CBC needs 16), "
+                f"got {self.aes_key_length}", key="[security] aes-key-length")
+
+
+@dataclass(frozen=True, slots=True)
+class NetConfig:
+    """``[net]`` (MPush ``mp.net``): addresses and listening ports."""
+
+    local_ip: str = ""
+    public_ip: str = ""
+    connect_server_bind_ip: str = ""
+    connect_server_port: int = 3000
+    gateway_server_bind_ip: str = ""
+    gateway_server_port: int = 3001
+    admin_server_bind_ip: str = "127.0.0.1"
+    admin_server_port: int = 3002
+    ws_server_port: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("local_ip", "public_ip", "connect_server_bind_ip",
+                     "gateway_server_bind_ip", "admin_server_bind_ip"):
+            _need_ip(f"[net] {name.replace('_', '-')}", getattr(self, name))
+        _need_port("[net] connect-server-port", self.connect_server_port, zero_disables=False)
+        _need_port("[net] gateway-server-port", self.gateway_server_port, zero_disables=True)
+        _need_port("[net] admin-server-port", self.admin_server_port, zero_disables=True)
+        _need_port("[net] ws-server-port", self.ws_server_port, zero_disables=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """``[redis]`` (MPush ``mp.redis``): empty ``nodes`` means in-memory stores."""
+
+    nodes: tuple[str, ...] = ()   # "host:port" as in MPush
+    password: str = field(default="", repr=False)
+    db: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.nodes, tuple):
+            raise ConfigError(f"expected a list of \"host:port\" strings, got "
+                              f"{_describe(self.nodes)}", key="[redis] nodes")
+        for index, node in enumerate(self.nodes):
+            _need_node("[redis] nodes", index, node)
+        _need_str("[redis] password", self.password)
+        _need_int("[redis] db", self.db, 0)
+
+    def url(self) -> str | None:
+        """``redis://[:password@]host:port/db`` for the first node, None without nodes."""
+        if not self.nodes:
+            return None
+        auth = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis://{auth}{self.nodes[0]}/{self.db}"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration; ``source`` is informational and not compared."""
+
+    core: CoreConfig = field(default_factory=CoreConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    state_dir: str = "/var/lib/mpush"   # [mpush] state-dir: generated keys live here
+    source: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        for name, kind in (("core", CoreConfig), ("security", SecurityConfig),
+                           ("net", NetConfig), ("redis", RedisConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"expected a {kind.__name__}, got "
+                                  f"{_describe(getattr(self, name))}", key=f"[{name}]")
+        _need_str("[mpush] state-dir", self.state_dir)
+        if not self.state_dir:
+            raise ConfigError("must not be empty", key="[mpush] state-dir")
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` applied (``dataclasses.replace``), validated again."""
+        return dataclasses.replace(self, **changes)
+
+
+# --- TOML schema ---
+#
+# A table maps each TOML key either to a field (_Field) or to an accepted-but-unused
+# MPush key: _ANY (any value, ignored), _Only(value) (accepted only at the one value
+# mpush implements), or a nested dict (a sub-table whose own keys are listed).
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    name: str
+    convert: Callable[[object], object]
+
+
+@dataclass(frozen=True, slots=True)
+class _Only:
+    value: object
+    why: str
+
+
+_ANY = object()        # accepted MPush key with no meaning here; its value is ignored
+_ANY_TABLE = object()  # accepted MPush map whose keys are user data (e.g. dns-mapping)
+
+
+def _size(value: object) -> int:
+    return parse_size(value)  # type: ignore[arg-type]
+
+
+def _millis(value: object) -> int:
+    return parse_duration(value)  # type: ignore[arg-type]
+
+
+def _seconds(value: object) -> int:
+    # A bare integer counts seconds here: this key is documented in seconds.
+    millis = parse_duration(value, default_unit="s")  # type: ignore[arg-type]
+    if millis % 1000:
+        raise ValueError(f"{value!r} is not a whole number of seconds")
+    return millis // 1000
+
+
+def _same(value: object) -> object:
+    return value  # the dataclass checks the type
+
+
+def _optional_key(value: object) -> object:
+    return None if value == "" else value  # "" means: generate / use the stored pair
+
+
+def _node_list(value: object) -> object:
+    if not isinstance(value, list):
+        raise ValueError(f"expected a list of \"host:port\" strings, got {_describe(value)}")
+    return tuple(value)
+
+
+_TRAFFIC_SHAPING_KEYS = {k: _ANY for k in (
+    "enabled", "check-interval", "write-global-limit", "read-global-limit",
+    "write-channel-limit", "read-channel-limit")}
+_POOL_KEYS = {k: _ANY for k in ("min", "max", "queue-size")}
+_FLOW_KEYS = {k: _ANY for k in ("limit", "max", "duration")}
+
+_SCHEMA: dict[str, dict[str, object]] = {
+    "mpush": {
+        "state-dir": _Field("state_dir", _same),
+        "home": _ANY, "log-level": _ANY, "log-dir": _ANY, "log-conf-path": _ANY,
+    },
+    "core": {
+        "max-packet-size": _Field("max_packet_size", _size),
+        "compress-threshold": _Field("compress_threshold", _size),
+        "min-heartbeat": _Field("min_heartbeat", _millis),
+        "max-heartbeat": _Field("max_heartbeat", _millis),
+        "max-hb-timeout-times": _Field("max_hb_timeout_times", _same),
+        "session-expired-time": _Field("session_expired_time", _seconds),
+        "pre-handshake-heartbeat": _Field("pre_handshake_heartbeat", _millis),
+        "max-inflated-size": _Field("max_inflated_size", _size),
+        "epoll-provider": _ANY,
+    },
+    "security": {
+        "private-key": _Field("private_key", _optional_key),
+        "public-key": _Field("public_key", _optional_key),
+        "aes-key-length": _Field("aes_key_length", _same),
+    },
+    "net": {
+        "local-ip": _Field("local_ip", _same),
+        "public-ip": _Field("public_ip", _same),
+        "connect-server-bind-ip": _Field("connect_server_bind_ip", _same),
+        "connect-server-port": _Field("connect_server_port", _same),
+        "gateway-server-bind-ip": _Field("gateway_server_bind_ip", _same),
+        "gateway-server-port": _Field("gateway_server_port", _same),
+        "admin-server-bind-ip": _Field("admin_server_bind_ip", _same),
+        "admin-server-port": _Field("admin_server_port", _same),
+        "ws-server-port": _Field("ws_server_port", _same),
+        # Checked against local-ip in _check_net: it is written into user routes.
+        "gateway-server-register-ip": _ANY,
+        "connect-server-register-ip": _ANY,
+        "connect-server-register-attr": _ANY_TABLE,
+        "gateway-server-net": _Only("tcp", "the UDP/SCTP/UDT gateways are not implemented"),
+        "ws-path": _Only("/", "the WebSocket server serves only \"/\""),
+        "public-host-mapping": _Only({}, "set public-ip instead"),
+        "gateway-client-port": _ANY,
+        "gateway-server-multicast": _ANY,
+        "gateway-client-multicast": _ANY,
+        "gateway-client-num": _ANY,
+        "snd_buf": {k: _ANY for k in ("connect-server", "gateway-server", "gateway-client")},
+        "rcv_buf": {k: _ANY for k in ("connect-server", "gateway-server", "gateway-client")},
+        "write-buffer-water-mark": {k: _ANY for k in (
+            "connect-server-low", "connect-server-high",
+            "gateway-server-low", "gateway-server-high")},
+        "traffic-shaping": {k: dict(_TRAFFIC_SHAPING_KEYS) for k in (
+            "connect-server", "gateway-server", "gateway-client")},
+    },
+    "redis": {
+        "nodes": _Field("nodes", _node_list),
+        "password": _Field("password", _same),
+        "db": _Field("db", _same),
+        "cluster-model": _Only("single", "Redis Cluster and Sentinel are not implemented"),
+        "sentinel-master": _Only("", "Redis Sentinel is not implemented"),
+        "write-to-zk": _ANY,
+        "config": {k: _ANY for k in (
+            "maxTotal", "maxIdle", "minIdle", "lifo", "fairness", "maxWaitMillis",
+            "minEvictableIdleTimeMillis", "softMinEvictableIdleTimeMillis",
+            "numTestsPerEvictionRun", "testOnCreate", "testOnBorrow", "testOnReturn",
+            "testWhileIdle", "timeBetweenEvictionRunsMillis", "blockWhenExhausted",
+            "jmxEnabled", "jmxNamePrefix", "jmxNameBase")},
+    },
+    "zk": {
+        "server-address": _ANY, "namespace": _ANY, "digest": _ANY, "watch-path": _ANY,
+        "retry": {k: _ANY for k in ("baseSleepTimeMs", "maxRetries", "maxSleepMs")},
+        "connectionTimeoutMs": _ANY, "sessionTimeoutMs": _ANY,
+    },
+    "http": {
+        "proxy-enabled": _Only(False, "the HTTP proxy (spec 13) is not implemented"),
+        "max-conn-per-host": _ANY, "default-read-timeout": _ANY,
+        "max-content-length": _ANY, "dns-mapping": _ANY_TABLE,
+    },
+    "thread": {
+        "pool": {
+            "conn-work": _ANY, "gateway-server-work": _ANY, "http-work": _ANY,
+            "ack-timer": _ANY, "push-task": _ANY, "gateway-client-work": _ANY,
+            "push-client": _ANY, "event-bus": dict(_POOL_KEYS), "mq": dict(_POOL_KEYS),
+        },
+    },
+    "push": {
+        "flow-control": {"global": dict(_FLOW_KEYS), "broadcast": dict(_FLOW_KEYS)},
+    },
+    "monitor": {k: _ANY for k in (
+        "dump-dir", "dump-stack", "dump-period", "print-log", "profile-enabled",
+        "profile-slowly-duration")},
+    "spi": {"thread-pool-factory": _ANY, "dns-mapping-manager": _ANY},
+}
+
+_CLASSES = {"core": CoreConfig, "security": SecurityConfig, "net": NetConfig,
+            "redis": RedisConfig}
+
+
+def _unknown(key: str, known: list[str], what: str) -> str:
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"unknown {what}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def _check_table(path: str, data: object, schema: dict[str, object],
+                 fields: dict[str, object] | None) -> None:
+    """Walk one table: convert its fields into ``fields``, vet the accepted extras."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a table, got {_describe(data)}", key=f"[{path}]")
+    for key, value in data.items():
+        where = f"[{path}] {key}"
+        spec = schema.get(key)
+        if spec is None:
+            raise ConfigError(_unknown(key, sorted(schema), "key"), key=where)
+        if isinstance(spec, _Field):
+            assert fields is not None
+            try:
+                fields[spec.name] = spec.convert(value)
+            except ValueError as e:
+                raise ConfigError(str(e), key=where) from None
+        elif isinstance(spec, _Only):
+            if type(value) is not type(spec.value) or value != spec.value:
+                raise ConfigError(f"only {spec.value!r} is supported by mpush "
+                                  f"({spec.why}), got {value!r}", key=where)
+        elif spec is _ANY_TABLE:
+            if not isinstance(value, dict):
+                raise ConfigError(f"expected a table, got {_describe(value)}", key=where)
+        elif isinstance(spec, dict):
+            _check_table(f"{path}.{key}", value, spec, None)
+
+
+def _check_net(data: dict, net: NetConfig) -> None:
+    """MPush writes gateway-server-register-ip into user routes; mpush writes local-ip."""
+    register = data.get("net", {}).get("gateway-server-register-ip")
+    if register is not None and register not in ("", net.local_ip):
+        raise ConfigError(
+            f"mpush registers [net] local-ip ({net.local_ip!r}) in user routes; set local-ip "
+            f"to {register!r} instead", key="[net] gateway-server-register-ip")
+
+
+def parse_config(data: dict, source: str | None = None) -> Config:
+    """Build a validated Config from parsed TOML (``tomllib`` output)."""
+    try:
+        if not isinstance(data, dict):
+            raise ConfigError(f"expected a table of tables, got {_describe(data)}")
+        fields: dict[str, dict[str, object]] = {name: {} for name in _SCHEMA}
+        for table, content in data.items():
+            schema = _SCHEMA.get(table)
+            if schema is None:
+                if isinstance(content, dict):
+                    raise ConfigError(_unknown(table, sorted(_SCHEMA), "table"),
+                                      key=f"[{table}]")
+                raise ConfigError(f"{_unknown(table, sorted(_SCHEMA), 'top-level key')}; "
+                                  f"options live in tables such as [core]", key=table)
+            _check_table(table, content, schema, fields[table])
+        parts = {name: kind(**fields[name]) for name, kind in _CLASSES.items()}
+        _check_net(data, parts["net"])
+        return Config(**parts, **fields["mpush"], source=source)
+    except ConfigError as e:
+        raise e.with_source(source) from None
+
+
+def load_config(path: str | None = None) -> Config:
+    """Read and validate the TOML file at ``path``; None gives every default."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read the file: {e.strerror or e}", source=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("the file is not valid UTF-8", source=path) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"TOML syntax error: {e}", source=path) from None
+    return parse_config(data, source=path)
+
+
+def _mask(url: str) -> str:
+    """Hide a password before a URL goes into an error message or a log."""
+    return re.sub(r"//.*@", "//***@", url)
+
+
+def parse_redis_url(url: str) -> RedisConfig:
+    """``redis://[:password@]host[:port][/db]`` -> RedisConfig (port 6379, db 0 default)."""
+    if not isinstance(url, str):
+        raise ConfigError(f"expected a redis:// URL string, got {type(url).__name__}",
+                          key="redis url")
+    shown = _mask(url)
+
+    def bad(reason: str) -> ConfigError:
+        return ConfigError(f"{reason} in {shown!r} (expected "
+                           f"redis://[:password@]host:port/db)", key="redis url")
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise bad(f"malformed URL ({_mask(str(e))})") from None
+    if parts.scheme != "redis":
+        raise bad(f"unsupported scheme {parts.scheme!r}")
+    if parts.query or parts.fragment:
+        raise bad("query strings and fragments are not supported")
+    if parts.username:
+        raise bad("a user name (Redis ACL) is not supported, only \":password@\"")
+    host = parts.hostname
+    if not host:
+        raise bad("missing host")
+    db_text = parts.path[1:] if parts.path.startswith("/") else parts.path
+    if db_text and not (db_text.isascii() and db_text.isdigit()):
+        raise bad(f"the database must be a number, got {db_text!r}")
+    host = f"[{host}]" if ":" in host else host
+    try:
+        return RedisConfig(nodes=(f"{host}:{6379 if port is None else port}",),
+                           password=unquote(parts.password or ""),
+                           db=int(db_text or 0))
+    except ConfigError as e:
+        raise bad(e.reason) from None
+
+
+def apply_overrides(config: Config, *, connect_port: int | None = None,
+                    gateway_port: int | None = None, admin_port: int | None = None,
+                    redis_url: str | None = None) -> Config:
+    """Command-line overrides on top of the file; each is validated like the file."""
+    net_changes = {name: value for name, value in (
+        ("connect_server_port", connect_port), ("gateway_server_port", gateway_port),
+        ("admin_server_port", admin_port)) if value is not None}
+    try:
+        changes: dict[str, object] = {}
+        if net_changes:
+            changes["net"] = dataclasses.replace(config.net, **net_changes)
+        if redis_url is not None:
+            changes["redis"] = parse_redis_url(redis_url)
+        return config.replace(**changes) if changes else config
+    except ConfigError as e:
+        raise e.with_source("overrides") from None

@@ -1,0 +1,113 @@
+"""
+HANDSHAKE: agree the session keys with a new device (spec 8.1).
+
+The body is always RSA-decrypted, whatever the connection's state.  The
+reply, HandshakeOk, goes out under AES(clientKey, iv); only once it has been
+written does the connection switch to AES(clientKey XOR serverKey, iv), adopt
+the device, and cache the session for fast connect.
+"""
+
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mpush.protocol.body import decode_body, make_packet
+from mpush.protocol.crypto import AES_KEY_LENGTH, AesCipher, mix_key, random_bytes
+from mpush.protocol.heartbeat import negotiate_heartbeat
+from mpush.protocol.messages import HandshakeMessage, HandshakeOkMessage
+from mpush.protocol.packet import Command
+from mpush.protocol.session import new_session_id
+from mpush.server.context import SessionContext
+from mpush.server.dispatcher import IMessageHandler
+from mpush.server.errors import ParamInvalid, RepeatHandshake
+
+
+def validate_handshake(message):
+    """
+    Refuse a handshake that cannot yield a session: no device id, or an IV
+    or client key that is not 16 bytes.  (MPush answers a missing key with
+    ERROR 100 because it mixes keys before validating; the client stops
+    either way, so the clearer answer is given.)
+    """
+    if not message.device_id:
+        raise ParamInvalid("handshake without a device id")
+    if message.iv is None or len(message.iv) != AES_KEY_LENGTH:
+        raise ParamInvalid(f"iv must be {AES_KEY_LENGTH} bytes")
+    if message.client_key is None or len(message.client_key) != AES_KEY_LENGTH:
+        raise ParamInvalid(f"client key must be {AES_KEY_LENGTH} bytes")
+
+
+@implementer(IMessageHandler)
+class HandshakeHandler:
+    """
+    Full handshake of the TCP connection server.
+    """
+
+    command = Command.HANDSHAKE
+    log = Logger()
+
+    def __init__(self, node):
+        self.node = node
+
+    def handle(self, connection, packet):
+        node = self.node
+        core = node.config.core
+        body = decode_body(packet, node.private_key, core.max_inflated_size)
+        message = HandshakeMessage.decode(body)
+        validate_handshake(message)
+        if message.device_id == connection.context.device_id:
+            raise RepeatHandshake(f"device {message.device_id} already handshaken")
+
+        server_key = random_bytes(AES_KEY_LENGTH)
+        session_key = mix_key(message.client_key, server_key)
+        heartbeat = negotiate_heartbeat(
+            message.max_heartbeat, core.min_heartbeat, core.max_heartbeat
+        )
+        session_id = new_session_id()
+        expire_time = node.now_ms() + core.session_expired_time * 1000
+        reply = make_packet(
+            Command.HANDSHAKE,
+            HandshakeOkMessage(server_key, heartbeat, session_id, expire_time),
+            packet.session_id,
+            cipher=AesCipher(message.client_key, message.iv),
+            compress_threshold=core.compress_threshold,
+        )
+        # As in MPush: until the reply is out, the connection speaks
+        # AES(clientKey, iv); a failed write leaves it so.
+        connection.context.cipher = AesCipher(message.client_key, message.iv)
+        written = connection.write_packet(reply)
+        written.addCallback(
+            self._established, connection, message, session_key, heartbeat, session_id
+        )
+        return written
+
+    def _established(self, _, connection, message, session_key, heartbeat, session_id):
+        context = SessionContext(
+            heartbeat=heartbeat,
+            cipher=AesCipher(session_key, message.iv),
+            device_id=message.device_id,
+            os_name=message.os_name,
+            os_version=message.os_version,
+            client_version=message.client_version,
+        )
+        connection.establish(context)
+        self.log.debug(
+            "handshake ok {peer} device={device} heartbeat={heartbeat}",
+            peer=connection.peer,
+            device=message.device_id,
+            heartbeat=heartbeat,
+        )
+        # Caching is not on the connection's critical path: a store that is
+        # down costs this device its next fast connect, never this handshake.
+        saved = self.node.session_store.save(
+            session_id,
+            context.to_reusable_session(session_key, message.iv),
+            self.node.config.core.session_expired_time,
+        )
+        saved.addErrback(self._not_cached, session_id)
+
+    def _not_cached(self, failure, session_id):
+        self.log.debug(
+            "session {session} not cached: {why}",
+            session=session_id,
+            why=failure.getErrorMessage(),
+        )

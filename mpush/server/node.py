@@ -1,0 +1,68 @@
+"""
+One mpush node: what every connection of this process shares.
+
+The configuration, the RSA key, the session store, the clock and the table
+of live connections live here, built once by L{mpush.tap} and handed to
+handlers, so that nothing reaches for module globals or the global reactor.
+"""
+
+import itertools
+import secrets
+
+from twisted.logger import Logger
+
+#: Packet session ids are Java ints: the counter wraps to 1 past this.
+MAX_PACKET_ID = 2**31 - 1
+
+
+class ServerNode:
+    """
+    The shared state of one connection-server process.
+
+    @ivar config: the validated L{mpush.config.Config}.
+    @ivar private_key: the L{mpush.protocol.crypto.RsaPrivateKey}.
+    @ivar session_store: an L{mpush.store.interfaces.ISessionStore}.
+    @ivar clock: an L{twisted.internet.interfaces.IReactorTime}.
+    @ivar connections: live connections by connection id.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, private_key, session_store, clock):
+        self.config = config
+        self.private_key = private_key
+        self.session_store = session_store
+        self.clock = clock
+        self.connections = {}
+        self._packet_ids = itertools.count(1)
+
+    def now_ms(self):
+        """
+        Wall-clock milliseconds, from the injected clock.
+        """
+        return int(self.clock.seconds() * 1000)
+
+    def next_packet_id(self):
+        """
+        A fresh packet session id for a server-originated packet (PUSH):
+        one process-wide counter from 1, as MPush does (spec 2.3).
+        """
+        value = next(self._packet_ids)
+        if value > MAX_PACKET_ID:
+            self._packet_ids = itertools.count(2)
+            value = 1
+        return value
+
+    def add_connection(self, connection):
+        """
+        Register a new connection; return its id, unique among live ones.
+        """
+        while True:
+            conn_id = secrets.token_hex(4)
+            if conn_id not in self.connections:
+                self.connections[conn_id] = connection
+                return conn_id
+
+    def remove_connection(self, connection):
+        if self.connections.get(connection.conn_id) is connection:
+            del self.connections[connection.conn_id]
