@@ -59,7 +59,8 @@ class Options(usage.Options):
                 redis_url=self["redis"],
             )
         except ConfigError as error:
-            raise usage.UsageError(str(error))
+            # One line naming the key, not twistd's whole usage text.
+            raise SystemExit(f"mpush: {error}")
         if self["state-dir"]:
             config = config.replace(state_dir=self["state-dir"])
         self.config = config

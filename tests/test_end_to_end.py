@@ -1,0 +1,248 @@
+"""
+End to end over loopback: a node listening on a real port, the Python client
+on the other side, the real reactor; Redis tests against a real redis-server.
+"""
+
+import os
+import socket
+
+from twisted.internet import defer, reactor, task
+from twisted.trial.unittest import TestCase
+
+from mpush.client.config import ClientConfig
+from mpush.client.protocol import connect_client
+from mpush.config import load_config
+from mpush.protocol.crypto import MPUSH_DEMO_PUBLIC_KEY
+from mpush.protocol.packet import HEARTBEAT_BYTE
+from mpush.protocol.session import ClientSession, encode_client_session
+from mpush.server.connection import ConnectionFactory
+from mpush.server.node import ServerNode
+from mpush.store.memory import MemorySessionStore
+from mpush.store.redis import RedisSessionStore
+from mpush.store.redis_connection import connect_redis
+from mpush.tap import make_dispatcher
+
+from tests.redis_server import start_redis_server
+from tests.server_support import DEMO_KEY
+
+
+class LoopbackNode:
+    """
+    A node listening on 127.0.0.1 with the real reactor, for one test.
+    """
+
+    def __init__(self, test_case, store=None, config=None):
+        self.test_case = test_case
+        self.config = config or load_config(None)
+        self.store = store or MemorySessionStore(reactor)
+        self.node = ServerNode(self.config, DEMO_KEY, self.store, reactor)
+        factory = ConnectionFactory(self.node, make_dispatcher(self.node))
+        factory.noisy = False
+        self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.port = self.listening.getHost().port
+        test_case.addCleanup(self.stop)
+
+    @defer.inlineCallbacks
+    def stop(self):
+        if self.listening is None:
+            return
+        yield self.listening.stopListening()
+        self.listening = None
+        for connection in list(self.node.connections.values()):
+            connection.transport.abortConnection()
+        # Let the aborted connections' connectionLost run.
+        yield task.deferLater(reactor, 0.01, lambda: None)
+
+
+class EndToEndCase(TestCase):
+    timeout = 30
+
+    def client_config(self, port, **overrides):
+        settings = dict(
+            host="127.0.0.1",
+            port=port,
+            public_key=MPUSH_DEMO_PUBLIC_KEY,
+            device_id="device-e2e",
+            os_name="android",
+        )
+        settings.update(overrides)
+        return ClientConfig(**settings)
+
+    @defer.inlineCallbacks
+    def connect(self, port, **overrides):
+        client = yield connect_client(self.client_config(port, **overrides), reactor)
+        self.addCleanup(client.close)
+        return client
+
+    def session_file(self):
+        return os.path.join(self.mktemp() + "-token.dat")
+
+
+class HandshakeAndPingTests(EndToEndCase):
+    @defer.inlineCallbacks
+    def test_handshake_then_ping(self):
+        server = LoopbackNode(self)
+        client = yield self.connect(server.port)
+        self.assertEqual(client.heartbeat, 180000)
+        self.assertRegex(client.session_id, r"^[0-9a-f]{32}$")
+        self.assertFalse(client.resumed)
+        yield client.ping()
+        yield client.ping()
+        self.assertEqual(client.pong_count, 2)
+        [connection] = server.node.connections.values()
+        self.assertEqual(connection.context.device_id, "device-e2e")
+
+    @defer.inlineCallbacks
+    def test_many_clients(self):
+        server = LoopbackNode(self)
+        clients = yield defer.gatherResults(
+            [self.connect(server.port, device_id=f"d{i}") for i in range(20)]
+        )
+        self.assertEqual(len({c.session_id for c in clients}), 20)
+        self.assertEqual(len(server.node.connections), 20)
+
+
+class FastConnectTests(EndToEndCase):
+    @defer.inlineCallbacks
+    def test_fast_connect_ok(self):
+        server = LoopbackNode(self)
+        token = self.session_file()
+        first = yield self.connect(server.port, session_file=token)
+        yield first.close()
+        second = yield self.connect(server.port, session_file=token)
+        self.assertTrue(second.resumed)
+        self.assertEqual(second.handshake_ok_count, 0)
+        self.assertEqual(second.session_id, first.session_id)
+        # The resumed session speaks the cached key: a ping and the server's
+        # view of the device prove the connection is established.
+        yield second.ping()
+        [connection] = server.node.connections.values()
+        self.assertEqual(connection.context.device_id, "device-e2e")
+        self.assertEqual(connection.context.heartbeat, 180000)
+
+    def write_session(self, path, session_id):
+        expire = int(reactor.seconds() * 1000) + 3_600_000
+        text = encode_client_session(ClientSession(session_id, expire, b"\x01" * 16, b"\x02" * 16))
+        with open(path, "w") as token:
+            token.write(text)
+
+    @defer.inlineCallbacks
+    def test_fast_connect_expired_falls_back_to_handshake(self):
+        server = LoopbackNode(self)
+        token = self.session_file()
+        self.write_session(token, "f" * 32)
+        client = yield self.connect(server.port, session_file=token)
+        self.assertFalse(client.resumed)
+        self.assertEqual([e.code for e in client.fast_connect_errors], [103])
+        self.assertEqual(client.handshake_ok_count, 1)
+        yield client.ping()
+
+    @defer.inlineCallbacks
+    def test_fast_connect_wrong_device(self):
+        server = LoopbackNode(self)
+        token = self.session_file()
+        first = yield self.connect(server.port, session_file=token)
+        yield first.close()
+        other = yield self.connect(server.port, session_file=token, device_id="another-device")
+        self.assertFalse(other.resumed)
+        self.assertEqual([e.code for e in other.fast_connect_errors], [104])
+        self.assertNotEqual(other.session_id, first.session_id)
+        yield other.ping()
+
+
+class RedisSessionTests(EndToEndCase):
+    def setUp(self):
+        self.redis = start_redis_server(self)
+
+    def redis_store(self):
+        client = connect_redis(self.redis.url, reactor)
+        store = RedisSessionStore(client, reactor, timeout=1.0)
+        self.addCleanup(store.close)
+        return store
+
+    @defer.inlineCallbacks
+    def test_restarted_node_resumes_session(self):
+        """
+        A session cached in Redis by one node is resumed after that node is
+        replaced by a fresh one (a restart): nothing of it lived in memory.
+        """
+        token = self.session_file()
+        server = LoopbackNode(self, store=self.redis_store())
+        first = yield self.connect(server.port, session_file=token)
+        yield first.close()
+        yield server.stop()
+        restarted = LoopbackNode(self, store=self.redis_store())
+        second = yield self.connect(restarted.port, session_file=token)
+        self.assertTrue(second.resumed)
+        yield second.ping()
+
+    @defer.inlineCallbacks
+    def test_redis_down_fast_connect_degrades_to_handshake(self):
+        token = self.session_file()
+        server = LoopbackNode(self, store=self.redis_store())
+        first = yield self.connect(server.port, session_file=token)
+        yield first.close()
+        self.redis.stop()
+        second = yield self.connect(server.port, session_file=token)
+        self.assertFalse(second.resumed)
+        self.assertEqual([e.code for e in second.fast_connect_errors], [103])
+        self.assertEqual(second.handshake_ok_count, 1)
+        yield second.ping()
+
+
+class BadInputTests(EndToEndCase):
+    def raw_exchange(self, port, data, read_timeout=5.0):
+        """
+        Send C{data} on a plain socket (in a thread) and read until the
+        server closes (or resets) it; return what it sent.
+        """
+
+        def exchange():
+            with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+                sock.sendall(data)
+                received = b""
+                while True:
+                    try:
+                        chunk = sock.recv(65536)
+                    except ConnectionResetError:
+                        return received
+                    if not chunk:
+                        return received
+                    received += chunk
+
+        from twisted.internet.threads import deferToThread
+
+        return deferToThread(exchange)
+
+    @defer.inlineCallbacks
+    def test_garbage_closes_only_that_connection(self):
+        server = LoopbackNode(self)
+        honest = yield self.connect(server.port)
+        received = yield self.raw_exchange(server.port, b"\x00\x01\x00\x00GARBAGE-GARBAGE")
+        self.assertEqual(received, b"")
+        received = yield self.raw_exchange(server.port, b"\x00\x00\x00\x01\x03" + b"\x00" * 9)
+        self.assertEqual(received[4:5], b"\x0a")  # ERROR 101 for LOGIN, then close
+        yield honest.ping()
+
+    @defer.inlineCallbacks
+    def test_heartbeat_flood(self):
+        server = LoopbackNode(self)
+        honest = yield self.connect(server.port, device_id="honest")
+        flood = HEARTBEAT_BYTE * 200_000
+
+        def flood_and_close():
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+                sock.sendall(flood)
+                sock.shutdown(socket.SHUT_WR)
+                received = 0
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk or received + len(chunk) >= len(flood):
+                        return received + len(chunk)
+                    received += len(chunk)
+
+        from twisted.internet.threads import deferToThread
+
+        answered = yield deferToThread(flood_and_close)
+        self.assertEqual(answered, len(flood))
+        yield honest.ping()
