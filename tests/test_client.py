@@ -389,6 +389,18 @@ class SessionFileTests(ClientTestCase):
         self.assertIs(proto.state, ClientState.ESTABLISHED)
         self.assertFalse(os.path.exists(path))
 
+    def test_unstorable_session_id_not_saved(self):
+        """
+        A session id the Java format cannot hold (a comma) is not saved, and
+        the handshake still succeeds.
+        """
+        path = self.session_path()
+        proto, transport, server = self.connect(make_config(session_file=path))
+        packet, message = server.read_handshake()
+        proto.dataReceived(server.handshake_ok_frame(packet, message, session_id="a,b"))
+        self.assertIs(proto.state, ClientState.ESTABLISHED)
+        self.assertFalse(os.path.exists(path))
+
     def write_session(self, text):
         SessionFile(self.session_path()).write(text)
 

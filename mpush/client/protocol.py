@@ -925,10 +925,11 @@ class MPushClientProtocol(Protocol):
             return
         try:
             self._session_file.write(encode_client_session(session))
-        except SessionFileError as exc:
+        except (SessionFileError, InvalidSession) as exc:
             # Java's FileSessionStorage logs and carries on: only the next
-            # fast connect is lost.
-            self._log.warn("{why}", why=exc)
+            # fast connect is lost (also for a session id the format cannot
+            # hold, such as one with a comma).
+            self._log.warn("session not saved: {why}", why=exc)
 
     def _clear_session(self) -> None:
         if self._session_file is None:
