@@ -164,6 +164,7 @@ class CoreConfig:
     session_expired_time: int = 86400     # SECONDS (MPush keeps it in seconds; "1d" -> 86400)
     pre_handshake_heartbeat: int = 10000  # ms, idle check interval before handshake
     max_inflated_size: int = 1 << 20      # bytes, cap on an inflated (decompressed) body
+    max_gateway_packet_size: int = 1 << 20  # bytes, inbound limit of the gateway port
 
     def __post_init__(self) -> None:
         _need_int("[core] max-packet-size", self.max_packet_size, HEADER_LENGTH + 1,
@@ -177,6 +178,8 @@ class CoreConfig:
         _need_int("[core] pre-handshake-heartbeat", self.pre_handshake_heartbeat, 1,
                   JAVA_INT_MAX, " ms")
         _need_int("[core] max-inflated-size", self.max_inflated_size, 1, what=" bytes")
+        _need_int("[core] max-gateway-packet-size", self.max_gateway_packet_size,
+                  HEADER_LENGTH + 1, MAX_PACKET_SIZE_LIMIT, " bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +217,7 @@ class NetConfig:
     admin_server_bind_ip: str = "127.0.0.1"
     admin_server_port: int = 3002
     ws_server_port: int = 0
+    connect_server_write_high: int = 65536  # bytes buffered for a client before pushes fail
 
     def __post_init__(self) -> None:
         for name in ("local_ip", "public_ip", "connect_server_bind_ip",
@@ -223,6 +227,8 @@ class NetConfig:
         _need_port("[net] gateway-server-port", self.gateway_server_port, zero_disables=True)
         _need_port("[net] admin-server-port", self.admin_server_port, zero_disables=True)
         _need_port("[net] ws-server-port", self.ws_server_port, zero_disables=True)
+        _need_int("[net] write-buffer-water-mark.connect-server-high",
+                  self.connect_server_write_high, 1024, what=" bytes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,6 +257,64 @@ class RedisConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PushConfig:
+    """
+    ``[push]`` (MPush ``mp.push``): flow control and push behaviour.
+
+    Flow control shapes bursts: a push over the rate waits for the next
+    window instead of failing.  ``limit`` pushes per ``duration``; ``max`` is a
+    total cap (0: none) — per broadcast task for ``broadcast``.
+    """
+
+    global_limit: int = 5000
+    global_max: int = 0
+    global_duration: int = 1000           # ms
+    broadcast_limit: int = 3000
+    broadcast_max: int = 100000
+    broadcast_duration: int = 1000        # ms
+    tag_match: str = "substring"          # "substring" (MPush) or "exact"
+    default_timeout: int = 3000           # ms, for a GATEWAY_PUSH with timeout <= 0
+
+    def __post_init__(self) -> None:
+        _need_int("[push] flow-control.global.limit", self.global_limit, 0)
+        _need_int("[push] flow-control.global.max", self.global_max, 0)
+        _need_int("[push] flow-control.global.duration", self.global_duration, 1, what=" ms")
+        _need_int("[push] flow-control.broadcast.limit", self.broadcast_limit, 0)
+        _need_int("[push] flow-control.broadcast.max", self.broadcast_max, 0)
+        _need_int("[push] flow-control.broadcast.duration", self.broadcast_duration, 1,
+                  what=" ms")
+        if self.tag_match not in ("substring", "exact"):
+            raise ConfigError(f"expected \"substring\" or \"exact\", got {self.tag_match!r}",
+                              key="[push] tag-match")
+        _need_int("[push] default-timeout", self.default_timeout, 1, JAVA_INT_MAX, " ms")
+
+
+@dataclass(frozen=True, slots=True)
+class BindConfig:
+    """
+    ``[bind]``: the bind validator (MPush's ``BindValidator`` SPI).
+
+    ``validator`` is "" (accept every bind, MPush's default), "hmac" (the
+    bind's data must be hex HMAC-SHA256 of the user id under ``hmac-secret``)
+    or "package.module:name" of an L{IBindValidator} factory.
+    """
+
+    validator: str = ""
+    hmac_secret: str = field(default="", repr=False)
+
+    def __post_init__(self) -> None:
+        _need_str("[bind] validator", self.validator)
+        _need_str("[bind] hmac-secret", self.hmac_secret)
+        if self.validator and self.validator != "hmac" and ":" not in self.validator:
+            raise ConfigError(
+                f"expected \"\", \"hmac\" or \"package.module:name\", got {self.validator!r}",
+                key="[bind] validator")
+        if self.validator == "hmac" and not self.hmac_secret:
+            raise ConfigError("validator \"hmac\" needs [bind] hmac-secret",
+                              key="[bind] validator")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; ``source`` is informational and not compared."""
 
@@ -258,12 +322,15 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     net: NetConfig = field(default_factory=NetConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    push: "PushConfig" = field(default_factory=lambda: PushConfig())
+    bind: "BindConfig" = field(default_factory=lambda: BindConfig())
     state_dir: str = "/var/lib/mpush"   # [mpush] state-dir: generated keys live here
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name, kind in (("core", CoreConfig), ("security", SecurityConfig),
-                           ("net", NetConfig), ("redis", RedisConfig)):
+                           ("net", NetConfig), ("redis", RedisConfig),
+                           ("push", PushConfig), ("bind", BindConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"expected a {kind.__name__}, got "
                                   f"{_describe(getattr(self, name))}", key=f"[{name}]")
@@ -348,6 +415,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "session-expired-time": _Field("session_expired_time", _seconds),
         "pre-handshake-heartbeat": _Field("pre_handshake_heartbeat", _millis),
         "max-inflated-size": _Field("max_inflated_size", _size),
+        "max-gateway-packet-size": _Field("max_gateway_packet_size", _size),
         "epoll-provider": _ANY,
     },
     "security": {
@@ -378,9 +446,10 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "gateway-client-num": _ANY,
         "snd_buf": {k: _ANY for k in ("connect-server", "gateway-server", "gateway-client")},
         "rcv_buf": {k: _ANY for k in ("connect-server", "gateway-server", "gateway-client")},
-        "write-buffer-water-mark": {k: _ANY for k in (
-            "connect-server-low", "connect-server-high",
-            "gateway-server-low", "gateway-server-high")},
+        "write-buffer-water-mark": {
+            "connect-server-high": _Field("connect_server_write_high", _size),
+            "connect-server-low": _ANY, "gateway-server-low": _ANY, "gateway-server-high": _ANY,
+        },
         "traffic-shaping": {k: dict(_TRAFFIC_SHAPING_KEYS) for k in (
             "connect-server", "gateway-server", "gateway-client")},
     },
@@ -416,7 +485,24 @@ _SCHEMA: dict[str, dict[str, object]] = {
         },
     },
     "push": {
-        "flow-control": {"global": dict(_FLOW_KEYS), "broadcast": dict(_FLOW_KEYS)},
+        "flow-control": {
+            "global": {
+                "limit": _Field("global_limit", _same),
+                "max": _Field("global_max", _same),
+                "duration": _Field("global_duration", _millis),
+            },
+            "broadcast": {
+                "limit": _Field("broadcast_limit", _same),
+                "max": _Field("broadcast_max", _same),
+                "duration": _Field("broadcast_duration", _millis),
+            },
+        },
+        "tag-match": _Field("tag_match", _same),
+        "default-timeout": _Field("default_timeout", _millis),
+    },
+    "bind": {
+        "validator": _Field("validator", _same),
+        "hmac-secret": _Field("hmac_secret", _same),
     },
     "monitor": {k: _ANY for k in (
         "dump-dir", "dump-stack", "dump-period", "print-log", "profile-enabled",
@@ -425,7 +511,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
 }
 
 _CLASSES = {"core": CoreConfig, "security": SecurityConfig, "net": NetConfig,
-            "redis": RedisConfig}
+            "redis": RedisConfig, "push": PushConfig, "bind": BindConfig}
 
 
 def _unknown(key: str, known: list[str], what: str) -> str:
@@ -457,7 +543,7 @@ def _check_table(path: str, data: object, schema: dict[str, object],
             if not isinstance(value, dict):
                 raise ConfigError(f"expected a table, got {_describe(value)}", key=where)
         elif isinstance(spec, dict):
-            _check_table(f"{path}.{key}", value, spec, None)
+            _check_table(f"{path}.{key}", value, spec, fields)
 
 
 def _check_net(data: dict, net: NetConfig) -> None:

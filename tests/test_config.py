@@ -11,10 +11,12 @@ from cryptography.hazmat.primitives.serialization import load_der_public_key
 from twisted.trial.unittest import SynchronousTestCase
 
 from mpush.config import (
+    BindConfig,
     Config,
     ConfigError,
     CoreConfig,
     NetConfig,
+    PushConfig,
     RedisConfig,
     SecurityConfig,
     apply_overrides,
@@ -44,6 +46,7 @@ max-hb-timeout-times = 5
 session-expired-time = "2h"
 pre-handshake-heartbeat = "15s"
 max-inflated-size = "64k"
+max-gateway-packet-size = "256k"
 
 [security]
 private-key = "{PRIVATE}"
@@ -60,11 +63,26 @@ gateway-server-port = 4001
 admin-server-bind-ip = "::1"
 admin-server-port = 4002
 ws-server-port = 8080
+write-buffer-water-mark.connect-server-high = "128k"
 
 [redis]
 nodes = ["redis.internal:6380", "10.0.0.9:6379"]
 password = "s3cret"
 db = 3
+
+[push]
+flow-control.global.limit = 20000
+flow-control.global.max = 1000000
+flow-control.global.duration = "2s"
+flow-control.broadcast.limit = 500
+flow-control.broadcast.max = 9000
+flow-control.broadcast.duration = "500ms"
+tag-match = "exact"
+default-timeout = "5s"
+
+[bind]
+validator = "hmac"
+hmac-secret = "bind-secret"
 """
 
 # MPush's conf/reference.conf (the version described in spec 17), translated key by key,
@@ -285,7 +303,8 @@ class EveryKeyTests(SynchronousTestCase):
         self.assertEqual(config.core, CoreConfig(
             max_packet_size=32768, compress_threshold=2048, min_heartbeat=10000,
             max_heartbeat=240000, max_hb_timeout_times=5, session_expired_time=7200,
-            pre_handshake_heartbeat=15000, max_inflated_size=65536))
+            pre_handshake_heartbeat=15000, max_inflated_size=65536,
+            max_gateway_packet_size=262144))
         self.assertEqual(config.security.private_key, PRIVATE)
         self.assertEqual(config.security.public_key, PUBLIC)
         self.assertEqual(config.security.aes_key_length, 16)
@@ -293,16 +312,21 @@ class EveryKeyTests(SynchronousTestCase):
             local_ip="10.0.0.5", public_ip="203.0.113.7", connect_server_bind_ip="0.0.0.0",
             connect_server_port=4000, gateway_server_bind_ip="10.0.0.5",
             gateway_server_port=4001, admin_server_bind_ip="::1", admin_server_port=4002,
-            ws_server_port=8080))
+            ws_server_port=8080, connect_server_write_high=131072))
         self.assertEqual(config.redis.nodes, ("redis.internal:6380", "10.0.0.9:6379"))
         self.assertEqual(config.redis.password, "s3cret")
         self.assertEqual(config.redis.db, 3)
         self.assertEqual(config.redis.url(), "redis://:s3cret@redis.internal:6380/3")
+        self.assertEqual(config.push, PushConfig(
+            global_limit=20000, global_max=1000000, global_duration=2000,
+            broadcast_limit=500, broadcast_max=9000, broadcast_duration=500,
+            tag_match="exact", default_timeout=5000))
+        self.assertEqual(config.bind, BindConfig(validator="hmac", hmac_secret="bind-secret"))
 
     def test_every_field_covered(self):
         """EVERY_KEY really changes every field, so the test above checks them all."""
         config, default = parse(EVERY_KEY), Config()
-        for part in ("core", "security", "net", "redis"):
+        for part in ("core", "security", "net", "redis", "push", "bind"):
             for f in dataclasses.fields(getattr(config, part)):
                 if f.name == "aes_key_length":
                     continue  # 16 is its only valid value
@@ -410,7 +434,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 24)
+        self.assertEqual(len(keys), 29)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):
@@ -835,3 +859,37 @@ class OverrideTests(SynchronousTestCase):
             e = self.assertRaises(ConfigError, apply_overrides, Config(), **kwargs)
             self.assertEqual(e.key, key)
             self.assertTrue(str(e).startswith(f"config overrides: {key}: "), str(e))
+
+
+class PushAndBindTests(SynchronousTestCase):
+
+    def test_defaults_are_mpush_reference(self):
+        push = Config().push
+        self.assertEqual((push.global_limit, push.global_max, push.global_duration),
+                         (5000, 0, 1000))
+        self.assertEqual((push.broadcast_limit, push.broadcast_max, push.broadcast_duration),
+                         (3000, 100000, 1000))
+        self.assertEqual(push.tag_match, "substring")
+        self.assertEqual(Config().bind.validator, "")
+
+    def test_bad_tag_match(self):
+        error = self.assertRaises(ConfigError, parse, '[push]\ntag-match = "regex"\n')
+        self.assertIn("[push] tag-match", str(error))
+
+    def test_negative_flow_limit(self):
+        error = self.assertRaises(ConfigError, parse, "[push.flow-control.global]\nlimit = -1\n")
+        self.assertIn("[push] flow-control.global.limit", str(error))
+
+    def test_unknown_key_in_flow_control(self):
+        error = self.assertRaises(ConfigError, parse, "[push.flow-control.global]\nrate = 1\n")
+        self.assertIn("rate", str(error))
+
+    def test_hmac_needs_secret(self):
+        error = self.assertRaises(ConfigError, parse, '[bind]\nvalidator = "hmac"\n')
+        self.assertIn("hmac-secret", str(error))
+
+    def test_validator_form(self):
+        error = self.assertRaises(ConfigError, parse, '[bind]\nvalidator = "nonsense"\n')
+        self.assertIn("[bind] validator", str(error))
+        config = parse('[bind]\nvalidator = "mypackage.auth:TokenValidator"\n')
+        self.assertEqual(config.bind.validator, "mypackage.auth:TokenValidator")

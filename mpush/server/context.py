@@ -9,6 +9,7 @@ a node holds one of each per connected device.
 
 import enum
 
+from mpush.protocol.client_type import classify
 from mpush.protocol.session import ReusableSession
 
 
@@ -18,20 +19,23 @@ class ConnectionState(enum.Enum):
 
     NEW: accepted, no keys agreed; only HANDSHAKE, FAST_CONNECT and
     heartbeats make sense.  HANDSHAKEN: a session cipher is in force (by a
-    handshake or a fast connect).  CLOSED: the transport is gone.
+    handshake or a fast connect).  BOUND: handshaken and a user bound, so
+    routes point here.  CLOSED: the transport is gone.
     """
 
     NEW = "new"
     HANDSHAKEN = "handshaken"
+    BOUND = "bound"
     CLOSED = "closed"
 
 
 class SessionContext:
     """
-    The device and keys of one connection.
+    The device, keys and bound user of one connection.
 
     C{cipher} is what the server encrypts its "send" packets with and
     decrypts non-handshake packets with.  C{heartbeat} is in milliseconds.
+    C{user_id} and C{tags} are set by BIND; a restored session has neither.
     """
 
     __slots__ = (
@@ -41,6 +45,9 @@ class SessionContext:
         "client_version",
         "heartbeat",
         "cipher",
+        "user_id",
+        "tags",
+        "client_type",
     )
 
     def __init__(
@@ -58,6 +65,9 @@ class SessionContext:
         self.os_name = os_name
         self.os_version = os_version
         self.client_version = client_version
+        self.user_id = None
+        self.tags = None
+        self.client_type = classify(os_name)
 
     @property
     def handshaken(self):
@@ -82,5 +92,5 @@ class SessionContext:
     def __repr__(self):
         return (
             f"<SessionContext device={self.device_id!r} os={self.os_name!r} "
-            f"heartbeat={self.heartbeat}>"
+            f"user={self.user_id!r} heartbeat={self.heartbeat}>"
         )
