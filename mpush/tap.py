@@ -3,21 +3,34 @@ C{twistd mpush}: command-line options and the service tree of one node.
 
 The plugin in C{twisted/plugins/mpush_plugin.py} names this module; twistd
 calls L{Options} to parse the command line and L{makeService} to build a
-C{MultiService} from one validated configuration.
+C{MultiService} from one validated configuration: the connection server, the
+gateway server, and the stores and routers they share (in memory, or in
+Redis when one is configured).
 """
 
 from twisted.application import service, strports
+from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python import usage
 
 from mpush.config import ConfigError, apply_overrides, load_config
 from mpush.keys import load_key_material
+from mpush.netinfo import local_ip, public_ip
+from mpush.protocol.routing import NodeInfo
+from mpush.router.local import LocalRouter
+from mpush.server.ack_handler import AckHandler
+from mpush.server.bind import BindHandler, UnbindHandler
+from mpush.server.bind_validator import load_bind_validator
+from mpush.server.client_push import ClientPushHandler
 from mpush.server.connection import ConnectionFactory
 from mpush.server.dispatcher import MessageDispatcher
 from mpush.server.fast_connect import FastConnectHandler
+from mpush.server.gateway import GatewayFactory
 from mpush.server.handshake import HandshakeHandler
 from mpush.server.heartbeat import HeartbeatHandler
 from mpush.server.node import ServerNode
+from mpush.server.push_center import PushCenter
+from mpush.server.router_center import RouterCenter
 
 log = Logger()
 
@@ -36,13 +49,13 @@ class Options(usage.Options):
 
     synopsis = "[options]"
     longdesc = (
-        "Run an MPush-compatible connection server. Without --config and "
+        "Run an MPush-compatible push server node. Without --config and "
         "--redis it runs on in-memory stores with nothing else installed."
     )
     optParameters = [
         ["config", "c", None, "TOML config file (see etc/mpush.toml)."],
         ["connect-port", None, None, "Client port ([net] connect-server-port, default 3000).", _port],
-        ["gateway-port", None, None, "Gateway port ([net] gateway-server-port, default 3001).", _port],
+        ["gateway-port", None, None, "Gateway port for pushes ([net] gateway-server-port, default 3001; 0 disables).", _port],
         ["admin-port", None, None, "Admin console port ([net] admin-server-port, default 3002).", _port],
         ["redis", None, None, "Redis URL redis://[:password@]host:port/db ([redis] nodes); absent = in-memory stores."],
         ["state-dir", None, None, "Directory for generated keys ([mpush] state-dir, default /var/lib/mpush)."],
@@ -66,68 +79,157 @@ class Options(usage.Options):
         self.config = config
 
 
+class Backends:
+    """
+    The shared state of a node, in memory or in Redis: sessions, routes,
+    online-user events, the kick channel and the node registry.
+    """
+
+    def __init__(self, config, clock):
+        url = config.redis.url()
+        self.redis = None
+        self.redis_url = url
+        if url is None:
+            from mpush.router.memory import (
+                MemoryKickChannel,
+                MemoryNodeRegistry,
+                MemoryRemoteRouter,
+                MemoryRoutingState,
+                MemoryUserEvents,
+            )
+            from mpush.store.memory import MemorySessionStore
+
+            state = MemoryRoutingState(clock)
+            self.sessions = MemorySessionStore(clock)
+            self.remote = MemoryRemoteRouter(clock, state)
+            self.events = MemoryUserEvents(public_ip(config.net), clock, state)
+            self.kicks = MemoryKickChannel(clock, state)
+            self.registry = MemoryNodeRegistry(clock, state)
+        else:
+            from mpush.router.redis import (
+                RedisKickChannel,
+                RedisNodeRegistry,
+                RedisRemoteRouter,
+                RedisUserEvents,
+            )
+            from mpush.store.redis import RedisSessionStore
+            from mpush.store.redis_connection import connect_redis
+
+            self.redis = connect_redis(url, clock)
+            self.sessions = RedisSessionStore(self.redis, clock, close_connection=False)
+            self.remote = RedisRemoteRouter(self.redis, clock)
+            self.events = RedisUserEvents(self.redis, public_ip(config.net), clock)
+            self.kicks = RedisKickChannel(url, clock, publisher=self.redis)
+            self.registry = RedisNodeRegistry(self.redis, clock)
+
+    @defer.inlineCallbacks
+    def close(self):
+        for part in (self.registry, self.kicks, self.events, self.remote, self.sessions):
+            try:
+                yield part.close()
+            except Exception as error:
+                log.warn("closing {part}: {why}", part=type(part).__name__, why=error)
+        if self.redis is not None:
+            yield self.redis.disconnect()
+
+
 class NodeService(service.MultiService):
     """
-    One node: its listeners as children, its stores released on stop.
+    One node: its listeners as children; on start it announces itself and
+    listens for kicks, on stop it withdraws and releases its stores.
     """
 
-    def __init__(self, node):
+    def __init__(self, node, backends, info):
         super().__init__()
         self.node = node
+        self.backends = backends
+        self.info = info
 
     def startService(self):
-        config = self.node.config
-        log.info(
-            "mpush node starting: client port {port}, sessions in {store}",
-            port=config.net.connect_server_port,
-            store=type(self.node.session_store).__name__,
-        )
         super().startService()
+        center = self.node.router_center
+        backends = self.backends
+        log.info(
+            "mpush node starting: client port {port}, gateway {host}:{gateway}, state {where}",
+            port=self.node.config.net.connect_server_port,
+            host=self.info.host,
+            gateway=self.info.port,
+            where="in Redis" if backends.redis is not None else "in memory",
+        )
+        self._quietly(backends.events.clear(), "online list not cleared")
+        self._quietly(
+            backends.kicks.listen(self.info.host, self.info.port, center.remote_kick),
+            "kick channel not listening",
+        )
+        backends.registry.on_node_dead(self._node_dead)
+        self._quietly(backends.registry.register(self.info), "node not registered")
 
+    def _node_dead(self, info):
+        log.warn("node {host}:{port} is gone; marking its routes offline", host=info.host, port=info.port)
+        return self.backends.remote.mark_node_offline(info.host, info.port)
+
+    @defer.inlineCallbacks
     def stopService(self):
-        stopped = super().stopService()
-        stopped.addCallback(lambda _: self.node.session_store.close())
-        return stopped
+        yield super().stopService()
+        backends = self.backends
+        for step, why in (
+            (lambda: backends.registry.unregister(), "node not unregistered"),
+            (lambda: backends.remote.mark_node_offline(self.info.host, self.info.port), "routes not marked offline"),
+            (lambda: backends.events.clear(), "online list not cleared"),
+        ):
+            try:
+                yield step()
+            except Exception as error:
+                log.warn(why + ": {why}", why=error)
+        yield backends.close()
 
-
-def make_session_store(config, clock):
-    """
-    The reusable-session store the config asks for: Redis when a node is
-    configured, memory otherwise.
-    """
-    url = config.redis.url()
-    if url is None:
-        from mpush.store.memory import MemorySessionStore
-
-        return MemorySessionStore(clock)
-    from mpush.store.redis import RedisSessionStore
-    from mpush.store.redis_connection import connect_redis
-
-    return RedisSessionStore(connect_redis(url, clock), clock)
+    def _quietly(self, result, why):
+        if isinstance(result, defer.Deferred):
+            result.addErrback(lambda failure: log.warn(why + ": {why}", why=failure.getErrorMessage()))
 
 
 def make_dispatcher(node):
     """
     The connection server's handlers, by command code (spec 5).
     """
-    return MessageDispatcher(
-        [HeartbeatHandler(), HandshakeHandler(node), FastConnectHandler(node)]
-    )
+    handlers = [HeartbeatHandler(), HandshakeHandler(node), FastConnectHandler(node)]
+    if node.router_center is not None:
+        handlers += [BindHandler(node), UnbindHandler(node), AckHandler(node), ClientPushHandler(node)]
+    return MessageDispatcher(handlers)
 
 
-def build_node(config, clock):
+def build_node(config, clock, backends=None):
     """
     Everything a node shares, from one config.
+
+    @return: C{(node, backends, info)}.
     """
     keys = load_key_material(config.security, config.state_dir)
-    return ServerNode(config, keys.private_key, make_session_store(config, clock), clock)
+    validator = load_bind_validator(config)
+    backends = backends or Backends(config, clock)
+    node = ServerNode(config, keys.private_key, backends.sessions, clock)
+    host = local_ip(config.net)
+    gateway = (host, config.net.gateway_server_port)
+    node.router_center = RouterCenter(
+        node, LocalRouter(), backends.remote, backends.events, backends.kicks, validator, gateway
+    )
+    node.push_center = PushCenter(node, node.router_center)
+    info = NodeInfo(
+        host=host,
+        port=config.net.gateway_server_port,
+        connect_host=public_ip(config.net),
+        connect_port=config.net.connect_server_port,
+        started_ms=node.now_ms(),
+    )
+    return node, backends, info
 
 
-def connect_endpoint(config):
-    net = config.net
-    description = f"tcp:{net.connect_server_port}:backlog=1024"
-    if net.connect_server_bind_ip:
-        description += ":interface=" + net.connect_server_bind_ip.replace(":", "\\:")
+def _endpoint(port, interface, backlog=None):
+    description = f"tcp:{port}"
+    if backlog:
+        description += f":backlog={backlog}"
+    if interface:
+        description += ":interface=" + interface.replace(":", "\\:")
     return description
 
 
@@ -136,10 +238,19 @@ def makeService(options):
 
     config = options.config
     try:
-        node = build_node(config, reactor)
+        node, backends, info = build_node(config, reactor)
     except ConfigError as error:
         raise SystemExit(f"mpush: {error}")
-    top = NodeService(node)
-    factory = ConnectionFactory(node, make_dispatcher(node))
-    strports.service(connect_endpoint(config), factory).setServiceParent(top)
+    top = NodeService(node, backends, info)
+    net = config.net
+    connections = ConnectionFactory(node, make_dispatcher(node))
+    connections.noisy = False
+    strports.service(
+        _endpoint(net.connect_server_port, net.connect_server_bind_ip, 1024), connections
+    ).setServiceParent(top)
+    if net.gateway_server_port:
+        gateway = GatewayFactory(node.push_center, config.core.max_gateway_packet_size)
+        strports.service(
+            _endpoint(net.gateway_server_port, net.gateway_server_bind_ip), gateway
+        ).setServiceParent(top)
     return top

@@ -42,6 +42,7 @@ class NodeProcess:
     def __init__(self, config_text, port=None, extra_args=()):
         self.directory = tempfile.mkdtemp(prefix="mpush-node-")
         self.port = port or free_port()
+        self.gateway_port = free_port()
         self.config_path = os.path.join(self.directory, "mpush.toml")
         with open(self.config_path, "w") as config:
             config.write(config_text)
@@ -60,6 +61,8 @@ class NodeProcess:
             self.config_path,
             "--connect-port",
             str(self.port),
+            "--gateway-port",
+            str(self.gateway_port),
             "--state-dir",
             os.path.join(self.directory, "state"),
         ] + self.extra_args
@@ -73,13 +76,16 @@ class NodeProcess:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
+        waiting = [self.port, self.gateway_port]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 output = self.process.stdout.read().decode(errors="replace")
                 raise RuntimeError(f"mpush node exited with {self.process.returncode}: {output}{self.log()}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
+                socket.create_connection(("127.0.0.1", waiting[0]), timeout=0.5).close()
+                waiting.pop(0)
+                if not waiting:
+                    return self
             except OSError:
                 time.sleep(0.05)
         self.stop()

@@ -9,10 +9,11 @@ from twisted.internet import task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
-from mpush.config import load_config
+from mpush.config import SecurityConfig, load_config
 from mpush.protocol.body import decode_body, make_packet, make_raw_packet
 from mpush.protocol.crypto import (
     MPUSH_DEMO_PRIVATE_KEY,
+    MPUSH_DEMO_PUBLIC_KEY,
     AesCipher,
     RsaPrivateKey,
     mix_key,
@@ -25,9 +26,7 @@ from mpush.protocol.messages import (
     HandshakeOkMessage,
 )
 from mpush.protocol.packet import HEARTBEAT_BYTE, Command, PacketDecoder, encode_packet
-from mpush.server.node import ServerNode
-from mpush.store.memory import MemorySessionStore
-from mpush.tap import make_dispatcher
+from mpush.tap import Backends, build_node, make_dispatcher
 
 DEMO_KEY = RsaPrivateKey.from_pkcs8_base64(MPUSH_DEMO_PRIVATE_KEY)
 
@@ -35,13 +34,31 @@ DEMO_KEY = RsaPrivateKey.from_pkcs8_base64(MPUSH_DEMO_PRIVATE_KEY)
 EPOCH = 1_790_000_000.0
 
 
-def make_node(config=None, clock=None, store=None):
+def demo_config(config=None):
+    """
+    C{config} (default: the defaults) with MPush's demo key pair, so no key
+    is generated and clients can use the published public key.
+    """
+    config = config or load_config(None)
+    return config.replace(
+        security=SecurityConfig(private_key=MPUSH_DEMO_PRIVATE_KEY, public_key=MPUSH_DEMO_PUBLIC_KEY)
+    )
+
+
+def make_node(config=None, clock=None, store=None, backends=None):
+    """
+    A whole node (router and push centers included) on in-memory backends
+    and a fake clock set to a realistic wall-clock time.
+    """
     clock = clock or task.Clock()
     if not clock.seconds():
         clock.advance(EPOCH)
-    config = config or load_config(None)
-    store = store or MemorySessionStore(clock)
-    return ServerNode(config, DEMO_KEY, store, clock)
+    config = demo_config(config)
+    backends = backends or Backends(config, clock)
+    if store is not None:
+        backends.sessions = store
+    node, _, _ = build_node(config, clock, backends)
+    return node
 
 
 def connect(node, dispatcher=None, port=40000):
@@ -139,6 +156,7 @@ def fast_connect_ok_of(packet):
 
 __all__ = [
     "DEMO_KEY",
+    "demo_config",
     "EPOCH",
     "HEARTBEAT_BYTE",
     "ScriptedDevice",

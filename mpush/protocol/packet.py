@@ -66,13 +66,20 @@ class Command(enum.IntEnum):
 
 
 class Flags(enum.IntFlag):
-    """Header flag bits (spec 2.4)."""
+    """
+    Header flag bits (spec 2.4).  REPORT_TIMEOUTS is mpush's own, on
+    GATEWAY_PUSH only: the pusher asks to be told ACK_TIMEOUT.  MPush's Java
+    PushSender never sets it (and hangs on codes it does not expect).
+    """
 
     CRYPTO = 1
     COMPRESS = 2
     BIZ_ACK = 4
     AUTO_ACK = 8
     JSON_BODY = 16
+    REPORT_TIMEOUTS = 64
+
+    ACK_BITS = BIZ_ACK | AUTO_ACK
 
 
 @dataclass(frozen=True, slots=True)

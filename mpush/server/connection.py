@@ -10,8 +10,10 @@ cipher-aware writers the handlers call.
 import collections
 
 from twisted.internet.defer import fail, succeed
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mpush.protocol.body import make_packet, make_raw_packet
 from mpush.protocol.errors import FramingError
@@ -31,9 +33,15 @@ from mpush.server.errors import ConnectionClosed
 MAX_PENDING_PACKETS = 1024
 
 
+@implementer(IPushProducer)
 class ConnectionProtocol(Protocol):
     """
     One client connection of the connection server.
+
+    It registers itself as the transport's producer only to learn when the
+    send buffer passes the high-water mark (C{pauseProducing}) and drains
+    (C{resumeProducing}): a connection that is not C{writable} gets no more
+    pushes, as in MPush, instead of buffering without bound.
 
     @ivar context: the L{SessionContext}; replaced whole by fast connect.
     @ivar state: the L{ConnectionState}.
@@ -57,6 +65,7 @@ class ConnectionProtocol(Protocol):
         self._busy = False
         self._processing = False
         self._closing = False
+        self.writable = True
 
     # -- Twisted's side -------------------------------------------------
 
@@ -65,6 +74,8 @@ class ConnectionProtocol(Protocol):
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.last_read_ms = self.node.now_ms()
         self.conn_id = self.node.add_connection(self)
+        self.transport.bufferSize = self.node.config.net.connect_server_write_high
+        self.transport.registerProducer(self, True)
         self._schedule_idle_check()
 
     def dataReceived(self, data):
@@ -92,11 +103,23 @@ class ConnectionProtocol(Protocol):
     def connectionLost(self, reason):
         self.state = ConnectionState.CLOSED
         self._closing = True
+        self.writable = False
         self._pending.clear()
         if self._idle_call is not None and self._idle_call.active():
             self._idle_call.cancel()
         self._idle_call = None
-        self.node.remove_connection(self)
+        self.node.connection_lost(self)
+
+    # -- IPushProducer: the send buffer's high-water mark -----------------
+
+    def pauseProducing(self):
+        self.writable = False
+
+    def resumeProducing(self):
+        self.writable = self.is_open
+
+    def stopProducing(self):
+        self.writable = False
 
     # -- strict in-order processing ---------------------------------------
 
@@ -185,8 +208,11 @@ class ConnectionProtocol(Protocol):
     def establish(self, context):
         """
         Make C{context} this connection's session: after a handshake's reply
-        was written, or when fast connect adopts a cached session.
+        was written, or when fast connect adopts a cached session.  A user
+        bound before is unbound first, so its routes do not outlive it.
         """
+        if self.context.user_id is not None:
+            self.node.connection_unbound(self)
         self.context = context
         self.state = ConnectionState.HANDSHAKEN
 

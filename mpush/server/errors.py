@@ -102,3 +102,30 @@ def error_reply(exception):
     if not isinstance(exception, Rejection):
         exception = DispatchError()
     return int(exception.code), exception.reason, exception.close
+
+
+class InvalidParam(Rejection):
+    """
+    BIND or UNBIND without a user id.
+    """
+
+    code = 0
+    reason = "invalid param"
+
+
+class NotHandshaken(Rejection):
+    """
+    BIND or UNBIND on a connection that has no session yet.
+    """
+
+    code = 0
+    reason = "not handshake"
+
+
+class BindFailed(Rejection):
+    """
+    The bind validator refused the user.
+    """
+
+    code = 0
+    reason = "bind failed"

@@ -11,6 +11,8 @@ import secrets
 
 from twisted.logger import Logger
 
+from mpush.server.acks import AckTable
+
 #: Packet session ids are Java ints: the counter wraps to 1 past this.
 MAX_PACKET_ID = 2**31 - 1
 
@@ -24,6 +26,9 @@ class ServerNode:
     @ivar session_store: an L{mpush.store.interfaces.ISessionStore}.
     @ivar clock: an L{twisted.internet.interfaces.IReactorTime}.
     @ivar connections: live connections by connection id.
+    @ivar acks: the process-wide L{AckTable}.
+    @ivar router_center: the L{mpush.server.router_center.RouterCenter}
+        that binds users, or C{None} on a node without the push path.
     """
 
     log = Logger()
@@ -34,6 +39,8 @@ class ServerNode:
         self.session_store = session_store
         self.clock = clock
         self.connections = {}
+        self.acks = AckTable(clock)
+        self.router_center = None
         self._packet_ids = itertools.count(1)
 
     def now_ms(self):
@@ -63,6 +70,18 @@ class ServerNode:
                 self.connections[conn_id] = connection
                 return conn_id
 
-    def remove_connection(self, connection):
+    def connection_lost(self, connection):
+        """
+        A connection closed: forget it, and release the routes it owned.
+        """
         if self.connections.get(connection.conn_id) is connection:
             del self.connections[connection.conn_id]
+        self.connection_unbound(connection)
+
+    def connection_unbound(self, connection):
+        """
+        The user bound on C{connection} is no longer there (close, or a new
+        handshake on the same connection).
+        """
+        if self.router_center is not None and connection.context.user_id is not None:
+            self.router_center.connection_closed(connection)

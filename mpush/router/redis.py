@@ -1,0 +1,649 @@
+"""
+Routing state in Redis, shared with MPush's Java nodes and push client
+(spec 11, 19): routes in C{mp:ur:<userId>}, the online-user list
+C{mp:oul:<publicIp>} and its channels, kicks on C{/mpush/kick/<host>:<port>};
+plus ours, which Java ignores: the per-node route index C{mp:nr:<host>:<port>}
+and the node registry C{mp:node:<host>:<port>} / C{mp:nodes}.
+
+Every call is bounded by a deadline on the injected clock and fails with
+L{RouterUnavailable} (see L{mpush.store.redis_calls}).  A call that timed out
+may still have been carried out by Redis.  Route changes that must not race
+a re-bind on another connection are compare-and-set Lua scripts.
+
+Importing this module imports txredisapi, which imports the global reactor.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from twisted.internet import defer, task
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mpush.protocol.routing import (
+    NODE_ROUTES_PREFIX,
+    NODES_KEY,
+    OFFLINE_CHANNEL,
+    ONLINE_CHANNEL,
+    ClientLocation,
+    InvalidLocation,
+    InvalidNodeInfo,
+    InvalidRouteField,
+    KickRequest,
+    NodeInfo,
+    client_type_field,
+    decode_location,
+    decode_node_member,
+    decode_route_member,
+    encode_kick,
+    encode_location,
+    encode_node_member,
+    encode_route_member,
+    kick_channel,
+    node_key,
+    node_routes_key,
+    online_users_key,
+    parse_client_type_field,
+    user_route_key,
+)
+from mpush.router.interfaces import (
+    IKickChannel,
+    INodeRegistry,
+    IRemoteRouter,
+    IUserEvents,
+    RouterUnavailable,
+    check_registry_options,
+    deliver_kick,
+)
+from mpush.router.pubsub import RedisSubscriber
+from mpush.store.redis_calls import BoundedRedis, check_timeout
+from mpush.store.redis_connection import RedisClient, connect_redis
+
+__all__ = [
+    "RedisKickChannel",
+    "RedisNodeRegistry",
+    "RedisRemoteRouter",
+    "RedisUserEvents",
+]
+
+# HGET the old route, HSET the new one, index it under its node and take it
+# out of the index of the node that owned it before.  One script, so two
+# binds racing on different nodes cannot leave the index pointing at the
+# loser.  The old owner comes from the old JSON (cjson), so an undecodable
+# old value only skips the clean-up.
+#   KEYS[1] route hash   ARGV: field, new value, index member,
+#   new index key ("" when the route has no host), index key prefix
+_REGISTER = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[4] ~= '' then redis.call('SADD', ARGV[4], ARGV[3]) end
+if old then
+  local ok, loc = pcall(cjson.decode, old)
+  if ok and type(loc) == 'table' and type(loc['host']) == 'string'
+      and type(loc['port']) == 'number' then
+    local was = ARGV[5] .. loc['host'] .. ':' .. string.format('%d', loc['port'])
+    if was ~= ARGV[4] then redis.call('SREM', was, ARGV[3]) end
+  end
+end
+return old
+"""
+
+# Compare-and-set of one route: only if the field still holds exactly what
+# the caller decided on, rewrite it (unless ARGV[3] is "") and drop the
+# index member (unless ARGV[4] is "").  ARGV[6] = "1": expect no field.
+#   KEYS[1] route hash   ARGV: field, expected, new value, index key, member, expect-missing
+_COMPARE_AND_SET = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if ARGV[6] == '1' then
+  if cur then return 0 end
+elseif cur ~= ARGV[2] then
+  return 0
+end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+if ARGV[4] ~= '' then redis.call('SREM', ARGV[4], ARGV[5]) end
+return 1
+"""
+
+# Attempts of a compare-and-set before giving up on a route that keeps
+# changing under us (then someone else is actively binding it: leave it).
+_CAS_ATTEMPTS = 5
+# Members per SSCAN page while walking a dead node's index.
+_SCAN_COUNT = 200
+
+
+def _client_of(redis) -> RedisClient | None:
+    return redis if isinstance(redis, RedisClient) else None
+
+
+@implementer(IRemoteRouter)
+class RedisRemoteRouter:
+    """
+    L{IRemoteRouter} on Redis.
+
+    @param redis: a L{RedisClient} (or a bare txredisapi handler).
+    @param close_connection: whether L{close} also disconnects C{redis};
+        off by default because the pool is shared with the other Redis
+        components, which may still need it while shutting down.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        redis,
+        clock: IReactorTime,
+        timeout: float = 2.0,
+        *,
+        close_connection: bool = False,
+    ) -> None:
+        self._calls = BoundedRedis(redis, clock, timeout, "redis remote router", RouterUnavailable)
+        self._redis = self._calls.redis
+        self._client = _client_of(redis)
+        self._close_connection = close_connection
+
+    def register(self, user_id: str, client_type: int, location: ClientLocation) -> defer.Deferred:
+        try:
+            key = user_route_key(user_id)
+            field = client_type_field(client_type)
+            value = encode_location(location)
+            member = encode_route_member(user_id, client_type)
+        except Exception:
+            return defer.fail()
+        index = node_routes_key(location.host, location.port) if location.host is not None else ""
+        return self._calls.call(
+            "register",
+            lambda: self._redis.eval(_REGISTER, [key], [field, value, member, index, NODE_ROUTES_PREFIX]),
+            lambda old: self._decode(old, user_id, field),
+        )
+
+    def lookup(self, user_id: str) -> defer.Deferred:
+        try:
+            key = user_route_key(user_id)
+        except Exception:
+            return defer.fail()
+        return self._calls.call("lookup", lambda: self._redis.hgetall(key), lambda h: self._decode_all(h, user_id))
+
+    def lookup_type(self, user_id: str, client_type: int) -> defer.Deferred:
+        try:
+            key = user_route_key(user_id)
+            field = client_type_field(client_type)
+        except Exception:
+            return defer.fail()
+        return self._calls.call(
+            "lookup_type",
+            lambda: self._redis.hget(key, field),
+            lambda value: self._decode(value, user_id, field),
+        )
+
+    def mark_offline(
+        self,
+        user_id: str,
+        client_type: int,
+        conn_id: str | None = None,
+        device_id: str | None = None,
+    ) -> defer.Deferred:
+        try:
+            key = user_route_key(user_id)
+            field = client_type_field(client_type)
+            member = encode_route_member(user_id, client_type)
+            for name, value in (("conn id", conn_id), ("device id", device_id)):
+                if value is not None and not isinstance(value, str):
+                    raise TypeError(f"{name} must be text or None, not {type(value).__name__}")
+        except Exception:
+            return defer.fail()
+
+        def owned(location: ClientLocation) -> bool:
+            return location.owned_by(conn_id, device_id)
+
+        return self._calls.call(
+            "mark_offline",
+            lambda: self._offline_if(key, field, member, user_id, owned),
+        )
+
+    @defer.inlineCallbacks
+    def _offline_if(
+        self,
+        key: str,
+        field: str,
+        member: str,
+        user_id: str,
+        should: Callable[[ClientLocation], bool],
+        *,
+        drop_index: str | None = None,
+    ):
+        """
+        Read the route, decide with C{should}, and compare-and-set it
+        offline; re-read when it changed in between.  With C{drop_index}, a
+        route left alone is still taken out of that index (if unchanged).
+        Fires whether it marked the route offline.
+        """
+        for _ in range(_CAS_ATTEMPTS):
+            raw = yield self._redis.hget(key, field)
+            location = self._decode(raw, user_id, field)
+            if location is not None and should(location):
+                index = node_routes_key(location.host, location.port) if location.host is not None else ""
+                new = encode_location(location.offline())
+                expected, missing = raw, "0"
+            elif drop_index is not None:
+                index, new = drop_index, ""
+                expected, missing = ("", "1") if raw is None else (raw, "0")
+                location = None
+            else:
+                return False
+            done = yield self._redis.eval(_COMPARE_AND_SET, [key], [field, expected, new, index, member, missing])
+            if done == 1:
+                return location is not None
+        self.log.info("route {user}/{field} kept changing; left as is", user=user_id, field=field)
+        return False
+
+    def mark_node_offline(self, host: str, port: int) -> defer.Deferred:
+        try:
+            index = node_routes_key(host, port)
+        except Exception:
+            return defer.fail()
+        return self._walk_index(index, (host, port))
+
+    @defer.inlineCallbacks
+    def _walk_index(self, index: str, gateway: tuple[str, int]):
+        # One bounded call per SSCAN page and per route, rather than one
+        # deadline for a walk whose length depends on the node's size.
+        count = 0
+        cursor = "0"
+        while True:
+            page = yield self._calls.call(
+                "mark_node_offline scan",
+                lambda c=cursor: self._redis.sscan(index, c, count=_SCAN_COUNT),
+            )
+            cursor, members = str(page[0]), page[1]
+            marked = yield defer.gatherResults(
+                [self._node_route_offline(index, gateway, m) for m in members],
+                consumeErrors=True,
+            ).addErrback(lambda f: f.value.subFailure)
+            count += sum(marked)
+            if cursor == "0":
+                return count
+
+    def _node_route_offline(self, index: str, gateway: tuple[str, int], member) -> defer.Deferred:
+        try:
+            user_id, client_type = decode_route_member(member)
+        except InvalidRouteField as e:
+            self.log.warn("dropping bad route index member {member!r}: {why}", member=member, why=e)
+            return self._calls.call("mark_node_offline srem", lambda: self._redis.srem(index, member), lambda _: 0)
+        key = user_route_key(user_id)
+        field = client_type_field(client_type)
+
+        def still_there(location: ClientLocation) -> bool:
+            return location.online and location.gateway == gateway
+
+        return self._calls.call(
+            "mark_node_offline",
+            lambda: self._offline_if(
+                key, field, encode_route_member(user_id, client_type), user_id, still_there, drop_index=index
+            ),
+            int,
+        )
+
+    def close(self) -> defer.Deferred:
+        self._calls.close()
+        if self._close_connection:
+            return _disconnect(self._client, self._redis)
+        return defer.succeed(None)
+
+    def _decode(self, value, user_id: str, field: str) -> ClientLocation | None:
+        if value is None:
+            return None
+        try:
+            return decode_location(value)
+        except InvalidLocation as e:
+            self.log.warn("ignoring undecodable route {user}/{field}: {why}", user=user_id, field=field, why=e)
+            return None
+
+    def _decode_all(self, fields: dict, user_id: str) -> dict[int, ClientLocation]:
+        routes = {}
+        for field, value in fields.items():
+            try:
+                client_type = parse_client_type_field(field)
+            except InvalidRouteField as e:
+                self.log.warn("skipping route {user}/{field!r}: {why}", user=user_id, field=field, why=e)
+                continue
+            location = self._decode(value, user_id, str(client_type))
+            if location is not None:
+                routes[client_type] = location
+        return routes
+
+
+def _disconnect(client: RedisClient | None, redis) -> defer.Deferred:
+    if client is not None:
+        return client.disconnect()
+    return defer.maybeDeferred(redis.disconnect).addBoth(lambda _: None)
+
+
+@implementer(IUserEvents)
+class RedisUserEvents:
+    """
+    L{IUserEvents} on Redis: C{mp:oul:<publicIp>} and the online/offline
+    channels, exactly as Java nodes write them.
+    """
+
+    def __init__(
+        self,
+        redis,
+        public_ip: str,
+        clock: IReactorTime,
+        timeout: float = 2.0,
+        *,
+        close_connection: bool = False,
+    ) -> None:
+        self.public_ip = public_ip
+        self._key = online_users_key(public_ip)
+        self._calls = BoundedRedis(redis, clock, timeout, "redis user events", RouterUnavailable)
+        self._redis = self._calls.redis
+        self._client = _client_of(redis)
+        self._close_connection = close_connection
+
+    def user_online(self, user_id: str) -> defer.Deferred:
+        return self._event(user_id, ONLINE_CHANNEL)
+
+    def user_offline(self, user_id: str) -> defer.Deferred:
+        return self._event(user_id, OFFLINE_CHANNEL)
+
+    def _event(self, user_id: str, channel: str) -> defer.Deferred:
+        if not isinstance(user_id, str):
+            return defer.fail(TypeError(f"user id must be text, not {type(user_id).__name__}"))
+        redis, key = self._redis, self._key
+        if channel == ONLINE_CHANNEL:
+            def send():
+                return redis.zadd(key, 0, user_id).addCallback(lambda _: redis.publish(channel, user_id))
+        else:
+            def send():
+                return redis.zrem(key, user_id).addCallback(lambda _: redis.publish(channel, user_id))
+        return self._calls.call(channel, send, lambda _: None)
+
+    def count_online(self) -> defer.Deferred:
+        return self._calls.call("count_online", lambda: self._redis.zcard(self._key), int)
+
+    def clear(self) -> defer.Deferred:
+        return self._calls.call("clear", lambda: self._redis.delete(self._key), lambda _: None)
+
+    def close(self) -> defer.Deferred:
+        self._calls.close()
+        if self._close_connection:
+            return _disconnect(self._client, self._redis)
+        return defer.succeed(None)
+
+
+@implementer(IKickChannel)
+class RedisKickChannel:
+    """
+    L{IKickChannel} on Redis pub/sub.  Listening needs a connection of its
+    own in subscriber mode (L{RedisSubscriber}, reconnecting and
+    resubscribing); publishing goes through C{publisher}, a L{RedisClient}
+    (a one-connection pool to C{url} of our own when not given).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        url: str,
+        clock: IReactorTime,
+        timeout: float = 2.0,
+        *,
+        publisher: RedisClient | None = None,
+        max_retry_delay: float = 5.0,
+        ping_interval: float = 5.0,
+    ) -> None:
+        timeout = check_timeout(timeout)
+        self._own_publisher = publisher is None
+        if publisher is None:
+            publisher = connect_redis(url, clock, poolsize=1, max_retry_delay=max_retry_delay)
+        self._publisher = publisher
+        self._calls = BoundedRedis(publisher, clock, timeout, "redis kick channel", RouterUnavailable)
+        self._subscriber = RedisSubscriber(
+            url, clock, timeout=timeout, max_retry_delay=max_retry_delay, ping_interval=ping_interval
+        )
+        self._listening: list[tuple[str, Callable]] = []
+        self._closed = False
+
+    @property
+    def subscriber(self) -> RedisSubscriber:
+        """The subscriber connection (for health checks and tests)."""
+        return self._subscriber
+
+    def publish(self, kick: KickRequest) -> defer.Deferred:
+        try:
+            message = encode_kick(kick)
+            channel = kick_channel(kick.target_server, kick.target_port)
+        except Exception:
+            return defer.fail()
+        return self._calls.call("publish", lambda: self._calls.redis.publish(channel, message), int)
+
+    def listen(self, host: str, port: int, on_kick: Callable[[KickRequest], object]) -> defer.Deferred:
+        if self._closed:
+            return defer.fail(RouterUnavailable("redis kick channel is closed"))
+        try:
+            channel = kick_channel(host, port)
+            if not callable(on_kick):
+                raise TypeError("on_kick must be callable")
+        except Exception:
+            return defer.fail()
+
+        def on_message(message) -> None:
+            deliver_kick(self.log, host, port, on_kick, message)
+
+        self._listening.append((channel, on_message))
+        return self._subscriber.subscribe(channel, on_message)
+
+    def close(self) -> defer.Deferred:
+        self._closed = True
+        self._calls.close()
+        self._listening = []
+        closing = [self._subscriber.close()]
+        if self._own_publisher:
+            closing.append(self._publisher.disconnect())
+        return defer.gatherResults(closing, consumeErrors=True).addBoth(lambda _: None)
+
+
+@implementer(INodeRegistry)
+class RedisNodeRegistry:
+    """
+    L{INodeRegistry} on Redis: C{mp:node:<host>:<port>} holds this node's
+    NodeInfo JSON with a TTL refreshed every C{refresh} seconds, and
+    C{mp:nodes} lists every node ever registered until one of the others
+    notices the key has gone (SREM answers 1 to exactly one of them).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        redis,
+        clock: IReactorTime,
+        ttl: float = 10.0,
+        refresh: float = 3.0,
+        timeout: float = 2.0,
+        *,
+        close_connection: bool = False,
+    ) -> None:
+        check_registry_options(ttl, refresh)
+        self._calls = BoundedRedis(redis, clock, timeout, "redis node registry", RouterUnavailable)
+        self._redis = self._calls.redis
+        self._client = _client_of(redis)
+        self._close_connection = close_connection
+        self._clock = clock
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._refresh = float(refresh)
+        self._info: NodeInfo | None = None
+        self._loop: task.LoopingCall | None = None
+        self._seen: dict[str, NodeInfo] = {}
+        self._callbacks: list[Callable[[NodeInfo], object]] = []
+
+    def register(self, info: NodeInfo) -> defer.Deferred:
+        if self._calls.closed:
+            return defer.fail(RouterUnavailable("redis node registry is closed"))
+        try:
+            if not isinstance(info, NodeInfo):
+                raise TypeError(f"not a NodeInfo: {type(info).__name__}")
+            info.to_json()
+        except Exception:
+            return defer.fail()
+        self._info = info
+        if self._loop is None:
+            self._loop = task.LoopingCall(self._tick)
+            self._loop.clock = self._clock
+            self._loop.start(self._refresh, now=False).addErrback(
+                lambda f: self.log.failure("node registry refresh stopped", f)
+            )
+        return self._write(first=True)
+
+    def _write(self, first: bool = False) -> defer.Deferred:
+        info = self._info
+        key = node_key(info.host, info.port)
+        member = encode_node_member(info.host, info.port)
+        value = info.to_json()
+        redis = self._redis
+
+        def send():
+            return redis.set(key, value, pexpire=self._ttl_ms).addCallback(lambda _: redis.sadd(NODES_KEY, member))
+
+        def written(added) -> None:
+            if not first and added == 1:
+                # Someone found us expired: they may have marked our routes
+                # offline.  Clients re-bind on their next reconnect.
+                self.log.warn(
+                    "node {member} had expired from the registry and was re-registered",
+                    member=member,
+                )
+
+        return self._calls.call("register", send, written)
+
+    def _tick(self) -> defer.Deferred | None:
+        if self._info is None or self._calls.closed:
+            return None
+        d = self._write()
+        d.addCallback(lambda _: self.check_nodes())
+        d.addErrback(self._refresh_failed)
+        return d
+
+    def _refresh_failed(self, failure) -> None:
+        # The loop must go on; an outage is already logged (once) by the
+        # bounded calls.
+        if not failure.check(RouterUnavailable):
+            self.log.failure("node registry refresh failed", failure)
+
+    def _read_live(self):
+        """(members, {member: NodeInfo of the live ones}) in one bounded call."""
+        redis = self._redis
+
+        def send():
+            def got_members(members):
+                members = sorted(str(m) if not isinstance(m, bytes) else m.decode("utf-8", "replace") for m in members)
+                if not members:
+                    return members, []
+                keys = []
+                for member in members:
+                    try:
+                        host, port = decode_node_member(member)
+                        keys.append(node_key(host, port))
+                    except InvalidNodeInfo:
+                        keys.append(node_key(member, 0))  # never exists
+                return redis.mget(keys).addCallback(lambda values: (members, values))
+
+            return redis.smembers(NODES_KEY).addCallback(got_members)
+
+        return self._calls.call("nodes", send, self._decode_live)
+
+    def _decode_live(self, reply) -> tuple[list[str], dict[str, NodeInfo]]:
+        members, values = reply
+        live = {}
+        for member, value in zip(members, values):
+            if value is None:
+                continue
+            try:
+                info = NodeInfo.from_json(value)
+            except InvalidNodeInfo as e:
+                self.log.warn("ignoring bad node registration {member}: {why}", member=member, why=e)
+                continue
+            live[member] = info
+            self._seen[member] = info
+        return members, live
+
+    def nodes(self) -> defer.Deferred:
+        d = self._read_live()
+        d.addCallback(lambda r: sorted(r[1].values(), key=lambda n: (n.host, n.port)))
+        return d
+
+    def is_alive(self, host: str, port: int) -> defer.Deferred:
+        try:
+            key = node_key(host, port)
+        except Exception:
+            return defer.fail()
+        return self._calls.call("is_alive", lambda: self._redis.exists(key), lambda n: bool(int(n)))
+
+    @defer.inlineCallbacks
+    def check_nodes(self):
+        members, live = yield self._read_live()
+        own = encode_node_member(self._info.host, self._info.port) if self._info else None
+        dead = []
+        for member in members:
+            if member == own or member in live:
+                continue
+            removed = yield self._calls.call(
+                "check_nodes", lambda m=member: self._redis.srem(NODES_KEY, m), int
+            )
+            if removed != 1:
+                continue  # another node got there first
+            info = self._seen.pop(member, None)
+            if info is None:
+                try:
+                    info = NodeInfo.from_member(member)
+                except InvalidNodeInfo as e:
+                    self.log.warn("dropped bad node member {member!r}: {why}", member=member, why=e)
+                    continue
+            dead.append(info)
+        for info in dead:
+            self._report_dead(info)
+        return dead
+
+    def _report_dead(self, info: NodeInfo) -> None:
+        self.log.info("node {host}:{port} is dead", host=info.host, port=info.port)
+        for callback in list(self._callbacks):
+            d = defer.maybeDeferred(callback, info)
+            d.addErrback(
+                lambda f, info=info: self.log.failure(
+                    "node-dead callback failed for {host}:{port}", f, host=info.host, port=info.port
+                )
+            )
+
+    def on_node_dead(self, callback: Callable[[NodeInfo], object]) -> None:
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        self._callbacks.append(callback)
+
+    def unregister(self) -> defer.Deferred:
+        self._stop_loop()
+        info, self._info = self._info, None
+        if info is None:
+            return defer.succeed(None)
+        key = node_key(info.host, info.port)
+        member = encode_node_member(info.host, info.port)
+        redis = self._redis
+        return self._calls.call(
+            "unregister",
+            lambda: redis.delete(key).addCallback(lambda _: redis.srem(NODES_KEY, member)),
+            lambda _: None,
+        )
+
+    def _stop_loop(self) -> None:
+        loop, self._loop = self._loop, None
+        if loop is not None and loop.running:
+            loop.stop()
+
+    def close(self) -> defer.Deferred:
+        self._stop_loop()
+        self._calls.close()
+        if self._close_connection:
+            return _disconnect(self._client, self._redis)
+        return defer.succeed(None)

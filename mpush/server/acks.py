@@ -1,0 +1,72 @@
+"""
+Waiting for devices to acknowledge pushes (spec 12.4).
+
+One table per process, keyed by the PUSH's packet session id, exactly as MPush
+keys it.  A wait is registered *before* the PUSH is written (MPush registers
+it after the write completes, and loses acks that arrive first: spec 21.2
+item 19), so every ack finds its wait.
+"""
+
+from twisted.internet.defer import Deferred
+
+
+class AckTimeout(Exception):
+    """
+    The device did not acknowledge the push in time.
+    """
+
+
+class AckTable:
+    """
+    Pending acknowledgements by message id, each with its own deadline on
+    the injected clock.
+    """
+
+    def __init__(self, clock):
+        self.clock = clock
+        self._waiting = {}
+
+    def __len__(self):
+        return len(self._waiting)
+
+    def __contains__(self, message_id):
+        return message_id in self._waiting
+
+    def expect(self, message_id, timeout):
+        """
+        Wait for the ack of C{message_id} for C{timeout} seconds.
+
+        @return: a L{Deferred} that fires C{None} on the ack, or fails with
+            L{AckTimeout}.  Cancelling it withdraws the wait.
+        """
+        if message_id in self._waiting:
+            raise ValueError(f"already waiting for the ack of message {message_id}")
+        waiting = Deferred(lambda _: self._withdraw(message_id))
+        timer = self.clock.callLater(timeout, self._expired, message_id)
+        self._waiting[message_id] = (waiting, timer)
+        return waiting
+
+    def acknowledge(self, message_id):
+        """
+        An ACK arrived: resolve its wait.  Unknown or late acks are ignored,
+        as in MPush.
+
+        @return: whether a wait was resolved.
+        """
+        entry = self._waiting.pop(message_id, None)
+        if entry is None:
+            return False
+        waiting, timer = entry
+        timer.cancel()
+        waiting.callback(None)
+        return True
+
+    def _withdraw(self, message_id):
+        entry = self._waiting.pop(message_id, None)
+        if entry is not None and entry[1].active():
+            entry[1].cancel()
+
+    def _expired(self, message_id):
+        entry = self._waiting.pop(message_id, None)
+        if entry is not None:
+            entry[0].errback(AckTimeout(f"message {message_id} not acknowledged"))

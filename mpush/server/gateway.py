@@ -1,0 +1,111 @@
+"""
+The gateway server: where back-ends hand in pushes (spec 12.1).
+
+Same framing as the client port, but never encrypted or compressed, no
+heartbeat, a larger size limit (MPush applies the 10 KiB client limit here and
+drops pushes of about 10 KB: spec 21.2 item 6), and only GATEWAY_PUSH.  Pushes
+on one gateway connection run concurrently: each is answered whenever its
+delivery (and ack) completes, matched by packet session id.
+"""
+
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from mpush.protocol.body import make_raw_packet
+from mpush.protocol.errors import FramingError
+from mpush.protocol.messages import ErrorMessage, GatewayPushMessage, OkMessage
+from mpush.protocol.packet import Command, PacketDecoder, encode_packet
+from mpush.server.dispatcher import IMessageHandler, MessageDispatcher
+from mpush.server.push_center import GatewayReply
+
+
+@implementer(IMessageHandler)
+class GatewayPushHandler:
+    """
+    GATEWAY_PUSH: decode, and hand to the push center without waiting.
+    """
+
+    command = Command.GATEWAY_PUSH
+
+    def __init__(self, push_center):
+        self.push_center = push_center
+
+    def handle(self, connection, packet):
+        message = GatewayPushMessage.decode(packet.body)
+        self.push_center.push(message, packet.flags, GatewayReply(connection, packet))
+
+
+class GatewayProtocol(Protocol):
+    """
+    One back-end's connection to the gateway port.
+    """
+
+    log = Logger()
+
+    def __init__(self, dispatcher, max_packet_size):
+        self.dispatcher = dispatcher
+        self.decoder = PacketDecoder(max_packet_size)
+        self.peer = None
+        self.is_open = False
+
+    def connectionMade(self):
+        address = self.transport.getPeer()
+        self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        self.is_open = True
+
+    def dataReceived(self, data):
+        if not self.is_open:
+            return
+        try:
+            packets = self.decoder.feed(data)
+        except FramingError as error:
+            self.log.info("closing gateway client {peer}: {error}", peer=self.peer, error=error)
+            self.is_open = False
+            self.transport.abortConnection()
+            return
+        for packet in packets:
+            if not self.is_open:
+                return
+            self.dispatcher.dispatch(self, packet)
+
+    def connectionLost(self, reason):
+        self.is_open = False
+
+    def write_packet(self, packet):
+        if self.is_open:
+            self.transport.write(encode_packet(packet))
+
+    def answer_ok(self, session_id, data):
+        self.write_packet(
+            make_raw_packet(Command.OK, OkMessage(Command.GATEWAY_PUSH, 0, data), session_id)
+        )
+
+    def answer_error(self, session_id, code, reason, data=None):
+        self.write_packet(
+            make_raw_packet(
+                Command.ERROR, ErrorMessage(Command.GATEWAY_PUSH, code, reason, data), session_id
+            )
+        )
+
+    def reply_error(self, request, code, reason, data=None, close=False):
+        """
+        The dispatcher's error policy: ERROR for the request's command, raw.
+        """
+        self.write_packet(
+            make_raw_packet(Command.ERROR, ErrorMessage(request.cmd, code, reason, data), request.session_id)
+        )
+        if close and self.is_open:
+            self.is_open = False
+            self.transport.loseConnection()
+
+
+class GatewayFactory(ServerFactory):
+    noisy = False
+
+    def __init__(self, push_center, max_packet_size):
+        self.dispatcher = MessageDispatcher([GatewayPushHandler(push_center)])
+        self.max_packet_size = max_packet_size
+
+    def buildProtocol(self, addr):
+        return GatewayProtocol(self.dispatcher, self.max_packet_size)

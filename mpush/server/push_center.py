@@ -1,0 +1,315 @@
+"""
+Delivering GATEWAY_PUSH requests to devices (spec 12.2-12.6).
+
+A single-user push goes to the user's connection on this node, waits for the
+ack the request asks for, and reports success, failure, offline or redirect
+to the pusher.  A broadcast walks this node's routes under its own flow
+control.  Departures from MPush, all invisible to its Java PushSender: ack
+waits are registered before the PUSH is written; a non-positive timeout means
+the default; ACK_TIMEOUT is reported to pushers that opt in; flow control
+delays a push instead of setting the throughput ceiling.
+"""
+
+import json
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mpush.protocol.condition import ConditionError, compile_condition
+from mpush.protocol.errors import ErrorCode
+from mpush.protocol.messages import PushMessage
+from mpush.protocol.packet import Command, Flags
+from mpush.protocol.routing import encode_push_result
+from mpush.router.interfaces import RouterUnavailable
+from mpush.server.acks import AckTimeout
+from mpush.server.flow_control import FlowControl, FlowDecision
+
+
+class Outcome:
+    """
+    How one delivery ended, with the step name MPush logs for it.
+    """
+
+    SUCCESS = "success-end"
+    FAILURE = "failure-end"
+    OFFLINE = "offline-end"
+    REDIRECT = "redirect-end"
+    TIMEOUT = "timeout-end"
+
+
+_ERROR_CODES = {
+    Outcome.FAILURE: ErrorCode.PUSH_CLIENT_FAILURE,
+    Outcome.OFFLINE: ErrorCode.OFFLINE,
+    Outcome.REDIRECT: ErrorCode.ROUTER_CHANGE,
+    Outcome.TIMEOUT: ErrorCode.ACK_TIMEOUT,
+}
+
+
+class GatewayReply:
+    """
+    Where the result of one GATEWAY_PUSH goes: the gateway connection it came
+    on, answered raw with its packet session id and C{cmd} 16 (spec 12.6).
+    """
+
+    __slots__ = ("connection", "session_id", "report_timeouts")
+
+    def __init__(self, connection, packet):
+        self.connection = connection
+        self.session_id = packet.session_id
+        self.report_timeouts = bool(packet.flags & Flags.REPORT_TIMEOUTS)
+
+    def ok(self, data):
+        self.connection.answer_ok(self.session_id, data)
+
+    def error(self, code, data, reason=None):
+        self.connection.answer_error(self.session_id, code, reason or ErrorCode(code).reason, data)
+
+
+class SinglePush:
+    """
+    One single-user push in progress: its deadline and time points.
+    """
+
+    __slots__ = ("user_id", "client_type", "content", "ack_bits", "deadline", "points", "reply")
+
+    def __init__(self, message, flags, reply, now_ms, default_timeout):
+        timeout = message.timeout if message.timeout > 0 else default_timeout
+        self.user_id = message.user_id
+        self.client_type = message.client_type
+        self.content = message.content or b""
+        self.ack_bits = flags & Flags.ACK_BITS
+        self.deadline = now_ms + timeout
+        self.points = [("push-center-begin", now_ms)]
+        self.reply = reply
+
+    def result(self, client_type=None):
+        return encode_push_result(
+            self.user_id, self.client_type if client_type is None else client_type, self.points
+        )
+
+
+class PushCenter:
+    """
+    Runs the push requests that reach this node's gateway.
+    """
+
+    log = Logger()
+
+    def __init__(self, node, router_center):
+        self.node = node
+        self.router_center = router_center
+        push = node.config.push
+        self.flow = FlowControl(push.global_limit, push.global_duration, push.global_max, node.clock)
+
+    def push(self, message, flags, reply):
+        """
+        Start a GATEWAY_PUSH: a broadcast when it names no user (spec 12.2).
+        """
+        if message.user_id is None:
+            return self.broadcast(message, reply)
+        task = SinglePush(
+            message, flags, reply, self.node.now_ms(), self.node.config.push.default_timeout
+        )
+        return self._attempt(task)
+
+    # -- single user ---------------------------------------------------------
+
+    def _attempt(self, task):
+        now = self.node.now_ms()
+        if now > task.deadline:
+            return self._finish(task, Outcome.TIMEOUT)
+        connections = self._local_connections(task)
+        if not connections:
+            return self._route_elsewhere(task)
+        decision = self.flow.check()
+        if decision is FlowDecision.WAIT:
+            self.node.clock.callLater(self.flow.delay(), self._attempt, task)
+            return None
+        if decision is FlowDecision.EXCEEDED:
+            return self._finish(task, Outcome.FAILURE)
+        deliveries = [self._deliver(task, connection) for connection in connections]
+        return defer.gatherResults(deliveries).addCallback(self._settle, task)
+
+    def _local_connections(self, task):
+        local = self.router_center.local
+        if task.client_type > 0:
+            found = local.lookup(task.user_id, task.client_type)
+            routes = [] if found is None else [(task.client_type, found)]
+        else:
+            # mpush's extension for pushers without route lookups (embedded
+            # mode): every client type the user has here.
+            routes = list(local.lookup_all(task.user_id).items())
+        live = []
+        for client_type, connection in routes:
+            if connection.is_open:
+                live.append(connection)
+            else:
+                local.unregister(task.user_id, client_type, connection)
+        return live
+
+    def _deliver(self, task, connection):
+        if not connection.writable:
+            return defer.succeed(Outcome.FAILURE)
+        message_id = self.node.next_packet_id()
+        task.points.append(("before-send", self.node.now_ms()))
+        acked = None
+        if task.ack_bits:
+            wait = max(task.deadline - self.node.now_ms(), 0) or self.node.config.push.default_timeout
+            acked = self.node.acks.expect(message_id, wait / 1000.0)
+        written = connection.send(Command.PUSH, PushMessage(task.content), message_id, task.ack_bits)
+        if acked is None:
+            return written.addCallbacks(lambda _: Outcome.SUCCESS, lambda _: Outcome.FAILURE)
+
+        def write_failed(failure):
+            acked.cancel()
+            return Outcome.FAILURE
+
+        def waiting(_):
+            task.points.append(("waiting-ack", self.node.now_ms()))
+            return acked.addCallbacks(lambda _: Outcome.SUCCESS, self._ack_missed)
+
+        return written.addCallbacks(waiting, write_failed)
+
+    def _ack_missed(self, failure):
+        failure.trap(AckTimeout, defer.CancelledError)
+        return Outcome.TIMEOUT
+
+    def _settle(self, outcomes, task):
+        for preferred in (Outcome.SUCCESS, Outcome.TIMEOUT, Outcome.FAILURE):
+            if preferred in outcomes:
+                return self._finish(task, preferred)
+        return self._finish(task, Outcome.FAILURE)
+
+    @defer.inlineCallbacks
+    def _route_elsewhere(self, task):
+        """
+        No connection here: offline, or redirect the pusher to the node
+        that owns the user (spec 12.3 step 3).
+        """
+        remote = self.router_center.remote
+        try:
+            if task.client_type > 0:
+                location = yield remote.lookup_type(task.user_id, task.client_type)
+                locations = {task.client_type: location} if location is not None else {}
+            else:
+                locations = yield remote.lookup(task.user_id)
+        except RouterUnavailable as error:
+            self.log.warn("push to {user}: routes unavailable: {why}", user=task.user_id, why=error)
+            return self._finish(task, Outcome.FAILURE)
+        mine = tuple(self.router_center.gateway)
+        elsewhere = False
+        for client_type, location in locations.items():
+            if not location.online:
+                continue
+            if location.gateway == mine:
+                # A route of this node with no connection behind it: stale.
+                self.router_center._quietly(
+                    remote.mark_offline(task.user_id, client_type, conn_id=location.conn_id),
+                    "stale route of {user} not marked offline",
+                    user=task.user_id,
+                )
+            else:
+                elsewhere = True
+        return self._finish(task, Outcome.REDIRECT if elsewhere else Outcome.OFFLINE)
+
+    def _finish(self, task, outcome):
+        task.points.append((outcome, self.node.now_ms()))
+        if outcome == Outcome.SUCCESS:
+            task.reply.ok(task.result())
+        elif outcome == Outcome.TIMEOUT and not task.reply.report_timeouts:
+            # What MPush does, and all its Java PushSender can take: nothing.
+            self.log.info("push to {user} timed out", user=task.user_id)
+        else:
+            task.reply.error(int(_ERROR_CODES[outcome]), task.result())
+        return outcome
+
+    # -- broadcast -----------------------------------------------------------
+
+    def broadcast(self, message, reply):
+        """
+        Push to every connection of this node that passes the filter
+        (spec 12.5), paced by the broadcast flow control, then answer OK with
+        the number of connections written.
+        """
+        try:
+            matches = self._filter(message)
+        except ConditionError as error:
+            reply.error(int(ErrorCode.PUSH_CLIENT_FAILURE), None, f"invalid condition: {error}")
+            return None
+        push = self.node.config.push
+        flow = FlowControl(push.broadcast_limit, push.broadcast_duration, push.broadcast_max, self.node.clock)
+        routes = list(self.router_center.local.routes())
+        started = self.node.now_ms()
+        finished = defer.Deferred()
+        state = {"index": 0, "count": 0}
+
+        def walk():
+            while state["index"] < len(routes):
+                user_id, client_type, connection = routes[state["index"]]
+                if not connection.is_open:
+                    self.router_center.local.unregister(user_id, client_type, connection)
+                    state["index"] += 1
+                    continue
+                if not matches(connection.context):
+                    state["index"] += 1
+                    continue
+                decision = flow.check()
+                if decision is FlowDecision.WAIT:
+                    self.node.clock.callLater(flow.delay(), walk)
+                    return
+                if decision is FlowDecision.EXCEEDED:
+                    break
+                state["index"] += 1
+                if connection.writable:
+                    # Ack bits are not copied for broadcasts, as in MPush.
+                    connection.send(
+                        Command.PUSH, PushMessage(message.content or b""), self.node.next_packet_id()
+                    )
+                    state["count"] += 1
+            data = json.dumps(
+                {
+                    "count": state["count"],
+                    "timePoints": ["push-center-begin", started, "success-end", self.node.now_ms()],
+                },
+                separators=(",", ":"),
+                sort_keys=True,
+            )
+            reply.ok(data)
+            finished.callback(state["count"])
+
+        walk()
+        return finished
+
+    def _filter(self, message):
+        if message.condition is not None:
+            condition = compile_condition(message.condition)
+
+            def by_condition(context):
+                return condition.matches(
+                    {
+                        "userId": context.user_id,
+                        "tags": context.tags,
+                        "clientVersion": context.client_version,
+                        "osName": context.os_name,
+                        "osVersion": context.os_version,
+                    }
+                )
+
+            return by_condition
+        if message.tags is not None:
+            wanted = tuple(message.tags)
+            if self.node.config.push.tag_match == "exact":
+                wanted_set = set(wanted)
+
+                def by_exact_tag(context):
+                    if not context.tags:
+                        return False
+                    return not wanted_set.isdisjoint(t.strip() for t in context.tags.split(","))
+
+                return by_exact_tag
+
+            def by_tag_substring(context):
+                return context.tags is not None and any(tag in context.tags for tag in wanted)
+
+            return by_tag_substring
+        return lambda context: True

@@ -1,0 +1,205 @@
+"""
+Who is bound where: binds, unbinds, closes and kicks (spec 11).
+
+The router center keeps the local routes (user -> client type -> connection)
+and the shared ones (C{mp:ur:<userId>}) in step, publishes online/offline
+events and kicks the connection a new bind replaces, on this node or, through
+the kick channel, on another.  Two MPush races are closed here: a route is
+only released by the connection that still owns it, and a remote kick only
+reaches the connection it names (spec 21.2).
+"""
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mpush.protocol.messages import KickUserMessage, OkMessage
+from mpush.protocol.packet import Command
+from mpush.protocol.routing import ClientLocation, KickRequest
+from mpush.server.context import ConnectionState
+from mpush.server.errors import BindFailed, InvalidParam, NotHandshaken
+
+
+class RouterCenter:
+    """
+    Binds users to connections of this node and keeps every router in step.
+
+    @ivar gateway: this node's gateway endpoint C{(host, port)}: what its
+        routes carry and what "is this route mine?" compares.
+    """
+
+    log = Logger()
+
+    def __init__(self, node, local, remote, events, kicks, validator, gateway):
+        self.node = node
+        self.local = local
+        self.remote = remote
+        self.events = events
+        self.kicks = kicks
+        self.validator = validator
+        self.gateway = gateway
+
+    # -- BIND / UNBIND -----------------------------------------------------
+
+    @defer.inlineCallbacks
+    def bind(self, connection, packet, message):
+        """
+        Bind C{message.user_id} to C{connection} and answer OK (spec 11.3).
+        """
+        context = connection.context
+        if not message.user_id:
+            raise InvalidParam("bind without a user id")
+        if not context.handshaken:
+            raise NotHandshaken("bind before handshake")
+        if context.user_id is not None:
+            if context.user_id == message.user_id:
+                # The Java client's retry resends identical bytes: answer again.
+                context.tags = message.tags
+                connection.send_raw(
+                    Command.OK, OkMessage(Command.BIND, 0, "bind success"), packet.session_id
+                )
+                return
+            yield self._release(connection)
+        accepted = yield defer.maybeDeferred(
+            self.validator.validate, message.user_id, message.data, context
+        )
+        if not accepted:
+            raise BindFailed(f"validator refused user {message.user_id}")
+        if not connection.is_open:
+            return
+        user_id, client_type = message.user_id, context.client_type
+        replaced = self.local.register(user_id, client_type, connection)
+        context.user_id = user_id
+        context.tags = message.tags
+        connection.state = ConnectionState.BOUND
+        previous = yield self._register_remote(connection, user_id, client_type)
+        self._quietly(self.events.user_online(user_id), "online event of {user}", user=user_id)
+        connection.send_raw(Command.OK, OkMessage(Command.BIND, 0, "bind success"), packet.session_id)
+        self._kick_replaced(connection, user_id, client_type, replaced, previous)
+
+    @defer.inlineCallbacks
+    def unbind(self, connection, packet, message):
+        """
+        Unbind the user bound on C{connection}, whatever user id the message
+        names (as MPush), and answer OK (spec 11.5).
+        """
+        if not message.user_id:
+            raise InvalidParam("unbind without a user id")
+        if not connection.context.handshaken:
+            raise NotHandshaken("unbind before handshake")
+        if connection.context.user_id is not None:
+            yield self._release(connection)
+        connection.send_raw(
+            Command.OK, OkMessage(Command.UNBIND, 0, "unbind success"), packet.session_id
+        )
+
+    def connection_closed(self, connection):
+        """
+        Release the routes a closed connection still owns (spec 11.6).  A
+        route that a newer connection took over is left alone.
+        """
+        return self._release(connection)
+
+    def _release(self, connection):
+        context = connection.context
+        user_id, client_type = context.user_id, context.client_type
+        context.user_id = None
+        context.tags = None
+        if connection.state is ConnectionState.BOUND:
+            connection.state = ConnectionState.HANDSHAKEN
+        owned = self.local.unregister(user_id, client_type, connection)
+        if owned:
+            self._quietly(self.events.user_offline(user_id), "offline event of {user}", user=user_id)
+        released = self.remote.mark_offline(user_id, client_type, conn_id=connection.conn_id)
+        return self._quietly(released, "route of {user} not marked offline", user=user_id)
+
+    def location_of(self, connection):
+        """
+        The ClientLocation this node writes for C{connection}: the gateway
+        endpoint, not the client port (spec 11.4).
+        """
+        context = connection.context
+        host, port = self.gateway
+        return ClientLocation(
+            host=host,
+            port=port,
+            device_id=context.device_id,
+            os_name=context.os_name,
+            client_version=context.client_version,
+            conn_id=connection.conn_id,
+        )
+
+    def _register_remote(self, connection, user_id, client_type):
+        registered = self.remote.register(user_id, client_type, self.location_of(connection))
+
+        def unavailable(failure):
+            # MPush swallows this too: the device is bound here; back-ends
+            # reading Redis will not find it until it binds again.
+            self.log.warn(
+                "route of {user} not shared: {why}", user=user_id, why=failure.getErrorMessage()
+            )
+            return None
+
+        return registered.addErrback(unavailable)
+
+    # -- kicks --------------------------------------------------------------
+
+    def _kick_replaced(self, connection, user_id, client_type, replaced, previous):
+        """
+        After a bind: tell the connection it replaced that it is kicked, here
+        or on the node that owns it.
+        """
+        if replaced is not None and replaced is not connection:
+            self.kick_local(replaced, user_id)
+            return
+        if previous is None or not previous.online or previous.conn_id == connection.conn_id:
+            return
+        if previous.gateway == tuple(self.gateway):
+            return  # a stale route of this node: nothing to kick
+        kick = KickRequest(
+            user_id=user_id,
+            device_id=previous.device_id,
+            conn_id=previous.conn_id,
+            client_type=int(client_type),
+            target_server=previous.host,
+            target_port=previous.port,
+        )
+        self._quietly(self.kicks.publish(kick), "kick of {user} not published", user=user_id)
+
+    def kick_local(self, connection, user_id):
+        """
+        Send KICK to a connection of this node; it stays open (spec 11.8).
+        """
+        if not connection.is_open:
+            return
+        self.log.info(
+            "kicking {user} on {peer} (device {device})",
+            user=user_id,
+            peer=connection.peer,
+            device=connection.context.device_id,
+        )
+        connection.send(Command.KICK, KickUserMessage(connection.context.device_id, user_id), 0)
+
+    def remote_kick(self, kick):
+        """
+        A kick for this node arrived on the kick channel: deliver it only to
+        the connection it names (spec 11.8, receiver side).
+        """
+        if (kick.target_server, kick.target_port) != tuple(self.gateway):
+            self.log.info("ignoring a kick for {host}:{port}", host=kick.target_server, port=kick.target_port)
+            return
+        connection = self.local.lookup(kick.user_id, kick.client_type)
+        if connection is not None and connection.conn_id == kick.conn_id:
+            self.kick_local(connection, kick.user_id)
+
+    def _quietly(self, result, message, **fields):
+        """
+        Log, and do not propagate, the failure of a side effect that must not
+        fail the request it belongs to.
+        """
+
+        def log_failure(failure):
+            self.log.warn(message + ": {why}", why=failure.getErrorMessage(), **fields)
+
+        if isinstance(result, defer.Deferred):
+            return result.addErrback(log_failure)
+        return defer.succeed(result)
