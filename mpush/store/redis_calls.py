@@ -1,0 +1,194 @@
+"""
+Redis commands that always answer in time: the one way every Redis-backed
+part of mpush bounds a call, notices an outage and logs it once.
+
+Redis being down or slow must never hang a bind, a push or a kick: a call
+answers within C{timeout} seconds of the injected clock, with the caller's
+"unavailable" error if Redis did not.  The deadline is a race, not a
+cancellation: a command already sent is left to txredisapi, whose reply
+timeout aborts a hung connection and reconnects, and a reply arriving after
+the deadline is dropped.  While an outage is known and no connection is up,
+calls fail at once instead of queuing behind the reconnect.  An outage is
+logged once when it starts and once when it ends.
+
+(L{mpush.store.redis} predates this module and keeps its own copy of the
+same approach.)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mpush.store.redis_connection import RedisClient
+
+__all__ = ["BoundedRedis", "check_timeout"]
+
+
+def check_timeout(timeout: object) -> float:
+    """A positive number of seconds, or C{ValueError}."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return float(timeout)
+
+
+class _Call:
+    """One command racing its deadline."""
+
+    __slots__ = ("result", "timer", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.result: defer.Deferred = defer.Deferred(self._cancelled)
+        self.timer: IDelayedCall | None = None
+
+    def _cancelled(self, _) -> None:
+        if self.timer is not None and self.timer.active():
+            self.timer.cancel()
+
+
+class BoundedRedis:
+    """
+    Runs commands on a shared Redis connection pool for one component,
+    within a deadline, translating failures into that component's error.
+
+    @param redis: a L{RedisClient} (preferred: it lets calls fail fast during
+        an outage) or a bare txredisapi connection handler.
+    @param name: what the component is called in errors and logs, e.g.
+        C{"redis remote router"}.
+    @param error: the exception class callers see (e.g. C{RouterUnavailable}).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        redis,
+        clock: IReactorTime,
+        timeout: float,
+        name: str,
+        error: type[Exception],
+    ) -> None:
+        if isinstance(redis, RedisClient):
+            self.client: RedisClient | None = redis
+            self.redis = redis.redis
+        else:
+            self.client = None
+            self.redis = redis
+        self.clock = clock
+        self.timeout = check_timeout(timeout)
+        self.name = name
+        self.error = error
+        self.available = True
+        self.closed = False
+        self._last_failure = ""
+        self._calls: set[_Call] = set()
+
+    def call(
+        self,
+        what: str,
+        command: Callable[[], defer.Deferred],
+        on_reply: Callable[[object], object] = lambda reply: reply,
+    ) -> defer.Deferred:
+        """
+        Run C{command()} (which sends one or more commands and returns a
+        Deferred) and pass its reply through C{on_reply}.
+
+        @return: a Deferred firing C{on_reply}'s result (if C{on_reply}
+            returns a Deferred, that one's result; it too must answer within
+            the same deadline), or failing with C{error} if Redis failed,
+            refused the command (C{ResponseError}) or took too long.
+        """
+        if self.closed:
+            return defer.fail(self.error(f"{self.name} is closed"))
+        if not self.available and self.client is not None and not self.client.connected:
+            return defer.fail(self.error(f"{self.name} unavailable: {self._last_failure}"))
+        call = _Call(what)
+        call.timer = self.clock.callLater(self.timeout, self._deadline, call)
+        self._calls.add(call)
+        try:
+            sent = command()
+        except Exception:
+            sent = defer.fail()
+        sent.addBoth(self._answered, call, on_reply)
+        return call.result
+
+    def close(self) -> None:
+        """Fail every call still waiting; later calls fail at once."""
+        if self.closed:
+            return
+        self.closed = True
+        calls, self._calls = self._calls, set()
+        for call in calls:
+            self._finish(call, Failure(self.error(f"{self.name} is closed")))
+
+    def _answered(self, reply, call: _Call, on_reply: Callable) -> None:
+        if call.result.called:
+            # Past the deadline, closed, or cancelled: the caller has its
+            # answer already.  Returning None also consumes a late failure.
+            self._calls.discard(call)
+            return None
+        if isinstance(reply, Failure):
+            if reply.check(txredisapi.ResponseError):
+                # Redis is up and answered; it refused this command.
+                self._recovered()
+                why = reply.getErrorMessage()
+                self._finish(call, Failure(self.error(f"{self.name}: redis refused {call.what}: {why}")))
+                return None
+            why = f"{reply.type.__name__}: {reply.getErrorMessage()}"
+            self._failed(why)
+            self._finish(call, Failure(self.error(f"{self.name} unavailable: {why}")))
+            return None
+        self._recovered()
+        try:
+            value = on_reply(reply)
+        except Exception:
+            value = Failure()
+        if isinstance(value, defer.Deferred):
+            # A follow-up command: still racing the same deadline.
+            value.addBoth(self._followed_up, call)
+            return None
+        self._finish(call, value)
+        return None
+
+    def _followed_up(self, value, call: _Call) -> None:
+        if call.result.called:
+            self._calls.discard(call)
+            return None
+        self._finish(call, value)
+        return None
+
+    def _deadline(self, call: _Call) -> None:
+        call.timer = None
+        if call.result.called:
+            self._calls.discard(call)
+            return
+        why = f"no answer to {call.what} within {self.timeout:g} s"
+        self._failed(why)
+        self._finish(call, Failure(self.error(f"{self.name} unavailable: {why}")))
+
+    def _finish(self, call: _Call, value) -> None:
+        self._calls.discard(call)
+        if call.timer is not None and call.timer.active():
+            call.timer.cancel()
+        call.timer = None
+        if isinstance(value, Failure):
+            call.result.errback(value)
+        else:
+            call.result.callback(value)
+
+    def _failed(self, why: str) -> None:
+        self._last_failure = why
+        if self.available:
+            self.available = False
+            self.log.warn("{name} unavailable: {why}", name=self.name, why=why)
+
+    def _recovered(self) -> None:
+        if not self.available:
+            self.available = True
+            self.log.info("{name} recovered", name=self.name)
