@@ -21,6 +21,7 @@ from mpush.router.local import LocalRouter
 from mpush.server.ack_handler import AckHandler
 from mpush.server.bind import BindHandler, UnbindHandler
 from mpush.server.bind_validator import load_bind_validator
+from mpush.server.broadcast_control import MemoryBroadcastControl, RedisBroadcastControl
 from mpush.server.client_push import ClientPushHandler
 from mpush.server.connection import ConnectionFactory
 from mpush.server.dispatcher import MessageDispatcher
@@ -100,6 +101,7 @@ class Backends:
             from mpush.store.memory import MemorySessionStore
 
             state = MemoryRoutingState(clock)
+            self.broadcasts = MemoryBroadcastControl()
             self.sessions = MemorySessionStore(clock)
             self.remote = MemoryRemoteRouter(clock, state)
             self.events = MemoryUserEvents(public_ip(config.net), clock, state)
@@ -116,6 +118,7 @@ class Backends:
             from mpush.store.redis_connection import connect_redis
 
             self.redis = connect_redis(url, clock)
+            self.broadcasts = RedisBroadcastControl(self.redis, clock)
             self.sessions = RedisSessionStore(self.redis, clock, close_connection=False)
             self.remote = RedisRemoteRouter(self.redis, clock)
             self.events = RedisUserEvents(self.redis, public_ip(config.net), clock)
@@ -124,7 +127,7 @@ class Backends:
 
     @defer.inlineCallbacks
     def close(self):
-        for part in (self.registry, self.kicks, self.events, self.remote, self.sessions):
+        for part in (self.registry, self.kicks, self.events, self.remote, self.broadcasts, self.sessions):
             try:
                 yield part.close()
             except Exception as error:
@@ -213,7 +216,7 @@ def build_node(config, clock, backends=None):
     node.router_center = RouterCenter(
         node, LocalRouter(), backends.remote, backends.events, backends.kicks, validator, gateway
     )
-    node.push_center = PushCenter(node, node.router_center)
+    node.push_center = PushCenter(node, node.router_center, backends.broadcasts)
     info = NodeInfo(
         host=host,
         port=config.net.gateway_server_port,

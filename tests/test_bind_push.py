@@ -572,3 +572,62 @@ class GatewayInputTests(SynchronousTestCase):
         gateway.protocol.dataReceived(encode_packet(Packet(Command.GATEWAY_PUSH, 5, 0, b"\x00\x05ab")))
         [(_, kind, error)] = gateway.replies()
         self.assertEqual((error.cmd, error.code), (16, 100))
+
+
+class BroadcastTaskControlTests(SynchronousTestCase):
+    """
+    A broadcast with a task id follows C{mp:pt<taskId>} (here the in-memory
+    form; tests.test_multi_node covers Redis).
+    """
+
+    def setUp(self):
+        self.node = make_node()
+        self.control = self.node.push_center.broadcast_control
+        self.devices = []
+        for i in range(5):
+            device = Device(self.node, f"dev-{i}")
+            device.bind(f"u{i}")
+            self.devices.append(device)
+        self.gateway = Gateway(self.node)
+
+    def broadcast(self, task_id):
+        message = GatewayPushMessage(None, 0, 0, b"news", task_id, None, None)
+        self.gateway.protocol.dataReceived(
+            encode_packet(make_raw_packet(Command.GATEWAY_PUSH, message, 1))
+        )
+
+    def reached(self):
+        return sum(1 for d in self.devices if d.received())
+
+    def test_task_rate_and_record(self):
+        self.control.tasks["t1"]["q"] = "2"
+        self.broadcast("t1")
+        self.assertEqual(self.reached(), 2)
+        self.node.clock.advance(1)
+        self.assertEqual(self.reached(), 2)
+        self.node.clock.advance(1)
+        self.assertEqual(self.reached(), 1)
+        self.assertEqual(self.control.tasks["t1"]["sc"], "5")
+        self.assertEqual(sorted(self.control.users["t1"]), ["u0", "u1", "u2", "u3", "u4"])
+        [(_, kind, ok)] = self.gateway.replies()
+        self.assertEqual(json.loads(ok.data)["count"], 5)
+
+    def test_cancelled_task(self):
+        self.control.tasks["t2"].update(q="2", c="1")
+        self.broadcast("t2")
+        self.assertEqual(self.reached(), 0)
+        [(_, kind, ok)] = self.gateway.replies()
+        self.assertEqual(json.loads(ok.data)["count"], 0)
+
+    def test_cancel_during_broadcast(self):
+        self.control.tasks["t3"]["q"] = "2"
+        self.broadcast("t3")
+        self.assertEqual(self.reached(), 2)
+        self.control.tasks["t3"]["c"] = "1"
+        self.node.clock.advance(1)
+        # The flag was read at the first pause: the window after it still ran.
+        total = self.reached()
+        self.node.clock.advance(5)
+        total += self.reached()
+        self.assertLess(total, 3)
+        self.assertEqual(len(self.gateway.replies()), 1)

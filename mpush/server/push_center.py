@@ -22,6 +22,7 @@ from mpush.protocol.packet import Command, Flags
 from mpush.protocol.routing import encode_push_result
 from mpush.router.interfaces import RouterUnavailable
 from mpush.server.acks import AckTimeout
+from mpush.server.broadcast_control import MemoryBroadcastControl
 from mpush.server.flow_control import FlowControl, FlowDecision
 
 
@@ -95,9 +96,10 @@ class PushCenter:
 
     log = Logger()
 
-    def __init__(self, node, router_center):
+    def __init__(self, node, router_center, broadcast_control=None):
         self.node = node
         self.router_center = router_center
+        self.broadcast_control = broadcast_control or MemoryBroadcastControl()
         push = node.config.push
         self.flow = FlowControl(push.global_limit, push.global_duration, push.global_max, node.clock)
 
@@ -228,57 +230,17 @@ class PushCenter:
     def broadcast(self, message, reply):
         """
         Push to every connection of this node that passes the filter
-        (spec 12.5), paced by the broadcast flow control, then answer OK with
-        the number of connections written.
+        (spec 12.5), paced by the broadcast flow control (or by the task's
+        own rate in C{mp:pt<taskId>}), then answer OK with the number of
+        connections written.
         """
         try:
             matches = self._filter(message)
         except ConditionError as error:
             reply.error(int(ErrorCode.PUSH_CLIENT_FAILURE), None, f"invalid condition: {error}")
             return None
-        push = self.node.config.push
-        flow = FlowControl(push.broadcast_limit, push.broadcast_duration, push.broadcast_max, self.node.clock)
-        routes = list(self.router_center.local.routes())
-        started = self.node.now_ms()
-        finished = defer.Deferred()
-        state = {"index": 0, "count": 0}
-
-        def walk():
-            while state["index"] < len(routes):
-                user_id, client_type, connection = routes[state["index"]]
-                if not connection.is_open:
-                    self.router_center.local.unregister(user_id, client_type, connection)
-                    state["index"] += 1
-                    continue
-                if not matches(connection.context):
-                    state["index"] += 1
-                    continue
-                decision = flow.check()
-                if decision is FlowDecision.WAIT:
-                    self.node.clock.callLater(flow.delay(), walk)
-                    return
-                if decision is FlowDecision.EXCEEDED:
-                    break
-                state["index"] += 1
-                if connection.writable:
-                    # Ack bits are not copied for broadcasts, as in MPush.
-                    connection.send(
-                        Command.PUSH, PushMessage(message.content or b""), self.node.next_packet_id()
-                    )
-                    state["count"] += 1
-            data = json.dumps(
-                {
-                    "count": state["count"],
-                    "timePoints": ["push-center-begin", started, "success-end", self.node.now_ms()],
-                },
-                separators=(",", ":"),
-                sort_keys=True,
-            )
-            reply.ok(data)
-            finished.callback(state["count"])
-
-        walk()
-        return finished
+        task = BroadcastTask(self, message, reply, matches)
+        return task.start()
 
     def _filter(self, message):
         if message.condition is not None:
@@ -313,3 +275,115 @@ class PushCenter:
 
             return by_tag_substring
         return lambda context: True
+
+
+class BroadcastTask:
+    """
+    One broadcast walking a snapshot of this node's routes, pausing at each
+    flow-control window and resuming where it stopped.  With a task id it
+    follows the task's controls and records whom it reached.
+    """
+
+    log = Logger()
+
+    def __init__(self, center, message, reply, matches):
+        self.center = center
+        self.node = center.node
+        self.message = message
+        self.reply = reply
+        self.matches = matches
+        self.task_id = message.task_id
+        self.routes = []
+        self.index = 0
+        self.count = 0
+        self.reached = []
+        self.started = self.node.now_ms()
+        self.done = defer.Deferred()
+        self.flow = None
+
+    @defer.inlineCallbacks
+    def start(self):
+        push = self.node.config.push
+        limit, duration, cancelled = push.broadcast_limit, push.broadcast_duration, False
+        if self.task_id:
+            try:
+                limit, cancelled = yield self.center.broadcast_control.settings(self.task_id)
+                duration = 1000
+            except Exception as error:
+                self.log.warn("broadcast {task}: controls unavailable: {why}", task=self.task_id, why=error)
+        self.flow = FlowControl(limit, duration, push.broadcast_max, self.node.clock)
+        self.routes = list(self.center.router_center.local.routes())
+        if cancelled:
+            self.finish()
+        else:
+            self.walk()
+        count = yield self.done
+        return count
+
+    def walk(self):
+        local = self.center.router_center.local
+        content = PushMessage(self.message.content or b"")
+        while self.index < len(self.routes):
+            user_id, client_type, connection = self.routes[self.index]
+            if not connection.is_open:
+                local.unregister(user_id, client_type, connection)
+                self.index += 1
+                continue
+            if not self.matches(connection.context):
+                self.index += 1
+                continue
+            decision = self.flow.check()
+            if decision is FlowDecision.WAIT:
+                self.pause()
+                return
+            if decision is FlowDecision.EXCEEDED:
+                break
+            self.index += 1
+            if connection.writable:
+                # Ack bits are not copied for broadcasts, as in MPush.
+                connection.send(Command.PUSH, content, self.node.next_packet_id())
+                self.count += 1
+                if self.task_id:
+                    self.reached.append(user_id)
+        self.finish()
+
+    @defer.inlineCallbacks
+    def pause(self):
+        """
+        Wait for the next window; a task id's cancel flag is read meanwhile.
+        """
+        delay = self.flow.delay()
+        cancelled = False
+        if self.task_id:
+            self.record()
+            try:
+                _, cancelled = yield self.center.broadcast_control.settings(self.task_id)
+            except Exception:
+                cancelled = False
+        if cancelled:
+            self.log.info("broadcast {task} cancelled after {n} sends", task=self.task_id, n=self.count)
+            self.finish()
+            return
+        self.node.clock.callLater(delay, self.walk)
+
+    def record(self):
+        if self.reached:
+            reached, self.reached = self.reached, []
+            recorded = self.center.broadcast_control.record(self.task_id, reached)
+            recorded.addErrback(
+                lambda f: self.log.warn("broadcast {task} not recorded: {why}", task=self.task_id, why=f.getErrorMessage())
+            )
+
+    def finish(self):
+        if self.task_id:
+            self.record()
+        data = json.dumps(
+            {
+                "count": self.count,
+                "timePoints": ["push-center-begin", self.started, "success-end", self.node.now_ms()],
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+        self.reply.ok(data)
+        self.done.callback(self.count)
