@@ -47,7 +47,7 @@ Tokens:
 - ``NUMBER``: ``DIGITS [ "." DIGITS ]`` with ASCII digits, no leading zero
   (``0`` and ``0.5`` are fine, ``007`` is rejected because Nashorn would read
   it as octal), no exponent, no hex; a number may not be followed directly
-  by a letter or by a ``.`` without digits.
+  by a name character (letter, ``_``, ``$``) or by a ``.`` without digits.
 - ``VARIABLE`` / keywords: ASCII ``[A-Za-z_$][A-Za-z0-9_$]*``.
 - Whitespace between tokens: JavaScript's (space, tab, LF, CR, VT, FF,
   U+FEFF, U+2028, U+2029 and Unicode space separators such as U+00A0).
