@@ -315,6 +315,25 @@ class BindConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """
+    ``[cluster]`` (ours; MPush used ZooKeeper): how nodes sharing one Redis
+    see each other.  A node re-announces itself every ``node-refresh``; one
+    silent for ``node-ttl`` is dead, and its routes are marked offline.
+    """
+
+    node_ttl: int = 10000                 # ms
+    node_refresh: int = 3000              # ms
+
+    def __post_init__(self) -> None:
+        _need_int("[cluster] node-ttl", self.node_ttl, 100, what=" ms")
+        _need_int("[cluster] node-refresh", self.node_refresh, 50, what=" ms")
+        if self.node_refresh >= self.node_ttl:
+            raise ConfigError(f"must be shorter than [cluster] node-ttl ({self.node_ttl} ms), "
+                              f"got {self.node_refresh} ms", key="[cluster] node-refresh")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; ``source`` is informational and not compared."""
 
@@ -324,13 +343,15 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     push: "PushConfig" = field(default_factory=lambda: PushConfig())
     bind: "BindConfig" = field(default_factory=lambda: BindConfig())
+    cluster: "ClusterConfig" = field(default_factory=lambda: ClusterConfig())
     state_dir: str = "/var/lib/mpush"   # [mpush] state-dir: generated keys live here
     source: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         for name, kind in (("core", CoreConfig), ("security", SecurityConfig),
                            ("net", NetConfig), ("redis", RedisConfig),
-                           ("push", PushConfig), ("bind", BindConfig)):
+                           ("push", PushConfig), ("bind", BindConfig),
+                           ("cluster", ClusterConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"expected a {kind.__name__}, got "
                                   f"{_describe(getattr(self, name))}", key=f"[{name}]")
@@ -500,6 +521,10 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "tag-match": _Field("tag_match", _same),
         "default-timeout": _Field("default_timeout", _millis),
     },
+    "cluster": {
+        "node-ttl": _Field("node_ttl", _millis),
+        "node-refresh": _Field("node_refresh", _millis),
+    },
     "bind": {
         "validator": _Field("validator", _same),
         "hmac-secret": _Field("hmac_secret", _same),
@@ -511,7 +536,8 @@ _SCHEMA: dict[str, dict[str, object]] = {
 }
 
 _CLASSES = {"core": CoreConfig, "security": SecurityConfig, "net": NetConfig,
-            "redis": RedisConfig, "push": PushConfig, "bind": BindConfig}
+            "redis": RedisConfig, "push": PushConfig, "bind": BindConfig,
+            "cluster": ClusterConfig}
 
 
 def _unknown(key: str, known: list[str], what: str) -> str:

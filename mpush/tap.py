@@ -80,6 +80,11 @@ class Options(usage.Options):
         self.config = config
 
 
+def registry_timing(config):
+    cluster = config.cluster
+    return {"ttl": cluster.node_ttl / 1000.0, "refresh": cluster.node_refresh / 1000.0}
+
+
 class Backends:
     """
     The shared state of a node, in memory or in Redis: sessions, routes,
@@ -106,7 +111,7 @@ class Backends:
             self.remote = MemoryRemoteRouter(clock, state)
             self.events = MemoryUserEvents(public_ip(config.net), clock, state)
             self.kicks = MemoryKickChannel(clock, state)
-            self.registry = MemoryNodeRegistry(clock, state)
+            self.registry = MemoryNodeRegistry(clock, state, **registry_timing(config))
         else:
             from mpush.router.redis import (
                 RedisKickChannel,
@@ -123,7 +128,7 @@ class Backends:
             self.remote = RedisRemoteRouter(self.redis, clock)
             self.events = RedisUserEvents(self.redis, public_ip(config.net), clock)
             self.kicks = RedisKickChannel(url, clock, publisher=self.redis)
-            self.registry = RedisNodeRegistry(self.redis, clock)
+            self.registry = RedisNodeRegistry(self.redis, clock, **registry_timing(config))
 
     @defer.inlineCallbacks
     def close(self):

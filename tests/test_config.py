@@ -83,6 +83,10 @@ default-timeout = "5s"
 [bind]
 validator = "hmac"
 hmac-secret = "bind-secret"
+
+[cluster]
+node-ttl = "30s"
+node-refresh = "5s"
 """
 
 # MPush's conf/reference.conf (the version described in spec 17), translated key by key,
@@ -326,7 +330,7 @@ class EveryKeyTests(SynchronousTestCase):
     def test_every_field_covered(self):
         """EVERY_KEY really changes every field, so the test above checks them all."""
         config, default = parse(EVERY_KEY), Config()
-        for part in ("core", "security", "net", "redis", "push", "bind"):
+        for part in ("core", "security", "net", "redis", "push", "bind", "cluster"):
             for f in dataclasses.fields(getattr(config, part)):
                 if f.name == "aes_key_length":
                     continue  # 16 is its only valid value
@@ -434,7 +438,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 29)
+        self.assertEqual(len(keys), 31)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):
@@ -893,3 +897,14 @@ class PushAndBindTests(SynchronousTestCase):
         self.assertIn("[bind] validator", str(error))
         config = parse('[bind]\nvalidator = "mypackage.auth:TokenValidator"\n')
         self.assertEqual(config.bind.validator, "mypackage.auth:TokenValidator")
+
+
+class ClusterTests(SynchronousTestCase):
+
+    def test_refresh_must_be_shorter_than_ttl(self):
+        error = self.assertRaises(ConfigError, parse, '[cluster]\nnode-ttl = "2s"\nnode-refresh = "2s"\n')
+        self.assertIn("[cluster] node-refresh", str(error))
+
+    def test_values(self):
+        config = parse('[cluster]\nnode-ttl = "2s"\nnode-refresh = "500ms"\n')
+        self.assertEqual((config.cluster.node_ttl, config.cluster.node_refresh), (2000, 500))
