@@ -392,6 +392,7 @@ class SinglePushTests(SynchronousTestCase):
         self.gateway.push("bob")
         [(_, kind, error)] = self.gateway.replies()
         self.assertEqual((kind, error.code, error.reason), ("error", 3, "router change"))
+        self.assertEqual(json.loads(error.data)["routes"], {"1": "10.1.1.1:3001"})
 
     def test_stale_route_of_this_node_is_offline_and_cleared(self):
         state = self.node.router_center.remote.state

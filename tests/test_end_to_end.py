@@ -16,14 +16,13 @@ from mpush.protocol.crypto import MPUSH_DEMO_PUBLIC_KEY
 from mpush.protocol.packet import HEARTBEAT_BYTE
 from mpush.protocol.session import ClientSession, encode_client_session
 from mpush.server.connection import ConnectionFactory
-from mpush.server.node import ServerNode
-from mpush.store.memory import MemorySessionStore
+from mpush.server.gateway import GatewayFactory
 from mpush.store.redis import RedisSessionStore
 from mpush.store.redis_connection import connect_redis
-from mpush.tap import make_dispatcher
+from mpush.tap import Backends, build_node, make_dispatcher
 
 from tests.redis_server import start_redis_server
-from tests.server_support import DEMO_KEY
+from tests.server_support import demo_config
 
 
 class LoopbackNode:
@@ -33,13 +32,19 @@ class LoopbackNode:
 
     def __init__(self, test_case, store=None, config=None):
         self.test_case = test_case
-        self.config = config or load_config(None)
-        self.store = store or MemorySessionStore(reactor)
-        self.node = ServerNode(self.config, DEMO_KEY, self.store, reactor)
+        self.config = demo_config(config or load_config(None))
+        backends = Backends(self.config, reactor)
+        if store is not None:
+            backends.sessions = store
+        self.node, self.backends, _ = build_node(self.config, reactor, backends)
         factory = ConnectionFactory(self.node, make_dispatcher(self.node))
         factory.noisy = False
         self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.port = self.listening.getHost().port
+        gateway = GatewayFactory(self.node.push_center, self.config.core.max_gateway_packet_size)
+        self.gateway_listening = reactor.listenTCP(0, gateway, interface="127.0.0.1")
+        self.gateway_port = self.gateway_listening.getHost().port
+        self.node.router_center.gateway = ("127.0.0.1", self.gateway_port)
         test_case.addCleanup(self.stop)
 
     @defer.inlineCallbacks
@@ -47,6 +52,7 @@ class LoopbackNode:
         if self.listening is None:
             return
         yield self.listening.stopListening()
+        yield self.gateway_listening.stopListening()
         self.listening = None
         for connection in list(self.node.connections.values()):
             connection.transport.abortConnection()
@@ -246,3 +252,42 @@ class BadInputTests(EndToEndCase):
         answered = yield deferToThread(flood_and_close)
         self.assertEqual(answered, len(flood))
         yield honest.ping()
+
+
+class SlowReaderTests(EndToEndCase):
+    @defer.inlineCallbacks
+    def test_slow_reader_fails_pushes_and_server_memory_stays_bounded(self):
+        """
+        A device that stops reading fills the kernel buffers, then the
+        server's send buffer up to the high-water mark: from then on pushes
+        to it fail with PUSH_CLIENT_FAILURE instead of growing memory, and
+        other devices are unaffected.
+        """
+        from mpush.push import PushClient, PushStatus
+
+        server = LoopbackNode(self)
+        slow = yield self.connect(server.port, device_id="slow", user_id="slow-user")
+        fast = yield self.connect(server.port, device_id="fast", user_id="fast-user")
+        slow.transport.pauseProducing()  # the device stops reading its socket
+        pusher = PushClient(reactor, gateway=("127.0.0.1", server.gateway_port), timeout=5.0)
+        self.addCleanup(pusher.close)
+        content = b"z" * 4000
+        statuses = []
+        for _ in range(3000):
+            [result] = yield pusher.push("slow-user", content)
+            statuses.append(result.status)
+            if result.status is PushStatus.FAILURE:
+                break
+        self.assertEqual(statuses[-1], PushStatus.FAILURE)
+        self.assertEqual(statuses[-1:], [PushStatus.FAILURE])
+        [connection] = [c for c in server.node.connections.values() if c.context.user_id == "slow-user"]
+        transport = connection.transport
+        buffered = len(transport.dataBuffer) + transport._tempDataLen
+        high = server.config.net.connect_server_write_high
+        self.assertLess(buffered, high + 2 * len(content) + 64)
+        [again] = yield pusher.push("slow-user", content)
+        self.assertEqual(again.status, PushStatus.FAILURE)
+        [other] = yield pusher.push("fast-user", b"still fine")
+        self.assertEqual(other.status, PushStatus.SUCCESS)
+        received = yield fast.wait_for_push(timeout=5)
+        self.assertEqual(received.content, b"still fine")

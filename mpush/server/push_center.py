@@ -71,7 +71,7 @@ class SinglePush:
     One single-user push in progress: its deadline and time points.
     """
 
-    __slots__ = ("user_id", "client_type", "content", "ack_bits", "deadline", "points", "reply")
+    __slots__ = ("user_id", "client_type", "content", "ack_bits", "deadline", "points", "reply", "routes")
 
     def __init__(self, message, flags, reply, now_ms, default_timeout):
         timeout = message.timeout if message.timeout > 0 else default_timeout
@@ -82,11 +82,20 @@ class SinglePush:
         self.deadline = now_ms + timeout
         self.points = [("push-center-begin", now_ms)]
         self.reply = reply
+        self.routes = None
 
-    def result(self, client_type=None):
-        return encode_push_result(
-            self.user_id, self.client_type if client_type is None else client_type, self.points
-        )
+    def result(self):
+        """
+        The result JSON of spec 12.6.  A redirect also names where the user
+        is, as C{"routes": {clientType: "host:port"}} (mpush's addition:
+        MPush's PushSender ignores unknown keys; ours resends there).
+        """
+        data = encode_push_result(self.user_id, self.client_type, self.points)
+        if not self.routes:
+            return data
+        fields = json.loads(data)
+        fields["routes"] = self.routes
+        return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class PushCenter:
@@ -199,7 +208,7 @@ class PushCenter:
             self.log.warn("push to {user}: routes unavailable: {why}", user=task.user_id, why=error)
             return self._finish(task, Outcome.FAILURE)
         mine = tuple(self.router_center.gateway)
-        elsewhere = False
+        elsewhere = {}
         for client_type, location in locations.items():
             if not location.online:
                 continue
@@ -211,7 +220,8 @@ class PushCenter:
                     user=task.user_id,
                 )
             else:
-                elsewhere = True
+                elsewhere[str(int(client_type))] = f"{location.host}:{location.port}"
+        task.routes = elsewhere
         return self._finish(task, Outcome.REDIRECT if elsewhere else Outcome.OFFLINE)
 
     def _finish(self, task, outcome):
