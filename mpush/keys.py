@@ -100,11 +100,16 @@ def _generate(state_dir, path):
     private_key = RsaPrivateKey.generate(1024)
     try:
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
-        _write_new(path, private_key.to_pkcs8_base64(), 0o600)
+        try:
+            _write_new(path, private_key.to_pkcs8_base64(), 0o600)
+        except FileExistsError:
+            # Another node sharing this directory generated one first: use it,
+            # so every node of the directory has the same pair.
+            return _kept_or_generated(state_dir)
         public_path = os.path.join(state_dir, PUBLIC_KEY_FILE)
-        if os.path.exists(public_path):
-            os.unlink(public_path)
-        _write_new(public_path, private_key.public_key().to_x509_base64(), 0o644)
+        staging = f"{public_path}.{os.getpid()}.tmp"
+        _write_new(staging, private_key.public_key().to_x509_base64(), 0o644)
+        os.replace(staging, public_path)
     except OSError as error:
         raise ConfigError(
             f"state-dir {state_dir}: cannot store a generated key: {error}"
