@@ -291,3 +291,48 @@ class SlowReaderTests(EndToEndCase):
         self.assertEqual(other.status, PushStatus.SUCCESS)
         received = yield fast.wait_for_push(timeout=5)
         self.assertEqual(received.content, b"still fine")
+
+
+class JavaStylePusherTests(EndToEndCase):
+    @defer.inlineCallbacks
+    def test_ack_timeout_sends_nothing_to_a_java_pusher(self):
+        """
+        MPush's Java PushSender never sets REPORT_TIMEOUTS and hangs on any
+        code but 1-3: an ack that never comes gets it no reply at all (its
+        own timer reports the timeout), then it goes on working.
+        """
+        from mpush.protocol.body import make_raw_packet
+        from mpush.protocol.messages import GatewayPushMessage, OkMessage
+        from mpush.protocol.packet import Command, Flags, PacketDecoder, encode_packet
+        from twisted.internet.threads import deferToThread
+
+        server = LoopbackNode(self)
+        device = yield self.connect(server.port, user_id="ivan")
+
+        def java_pusher():
+            decoder = PacketDecoder(None)
+            with socket.create_connection(("127.0.0.1", server.gateway_port), timeout=5) as sock:
+                unacked = GatewayPushMessage("ivan", 1, 500, b"biz", None, None, None)
+                sock.sendall(encode_packet(make_raw_packet(Command.GATEWAY_PUSH, unacked, 1, Flags.BIZ_ACK)))
+                sock.settimeout(2.0)
+                try:
+                    early = sock.recv(65536)
+                except socket.timeout:
+                    early = b""
+                sock.settimeout(5)
+                plain = GatewayPushMessage("ivan", 1, 2500, b"plain", None, None, None)
+                sock.sendall(encode_packet(make_raw_packet(Command.GATEWAY_PUSH, plain, 2)))
+                later = b""
+                while not decoder.feed(later) and len(later) < 13:
+                    later += sock.recv(65536)
+                return early, PacketDecoder(None).feed(later)
+
+        early, [reply] = yield deferToThread(java_pusher)
+        self.assertEqual(early, b"")
+        self.assertEqual((reply.cmd, reply.session_id), (Command.OK, 2))
+        self.assertEqual(OkMessage.decode(reply.body).cmd, Command.GATEWAY_PUSH)
+        for _ in range(100):
+            if len(device.pushes) == 2:
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(device.pushes, [b"biz", b"plain"])
