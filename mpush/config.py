@@ -217,16 +217,19 @@ class NetConfig:
     admin_server_bind_ip: str = "127.0.0.1"
     admin_server_port: int = 3002
     ws_server_port: int = 0
+    http_server_bind_ip: str = ""
+    http_server_port: int = 8080
     connect_server_write_high: int = 65536  # bytes buffered for a client before pushes fail
 
     def __post_init__(self) -> None:
         for name in ("local_ip", "public_ip", "connect_server_bind_ip",
-                     "gateway_server_bind_ip", "admin_server_bind_ip"):
+                     "gateway_server_bind_ip", "admin_server_bind_ip", "http_server_bind_ip"):
             _need_ip(f"[net] {name.replace('_', '-')}", getattr(self, name))
         _need_port("[net] connect-server-port", self.connect_server_port, zero_disables=False)
         _need_port("[net] gateway-server-port", self.gateway_server_port, zero_disables=True)
         _need_port("[net] admin-server-port", self.admin_server_port, zero_disables=True)
         _need_port("[net] ws-server-port", self.ws_server_port, zero_disables=True)
+        _need_port("[net] http-server-port", self.http_server_port, zero_disables=True)
         _need_int("[net] write-buffer-water-mark.connect-server-high",
                   self.connect_server_write_high, 1024, what=" bytes")
 
@@ -334,6 +337,39 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpConfig:
+    """
+    ``[http]``: the HTTP push API (ours).  Without ``api-token`` the API
+    listens on loopback only, whatever ``[net] http-server-bind-ip`` says.
+    (MPush's ``mp.http`` keys configure its HTTP proxy and are accepted here.)
+    """
+
+    api_token: str = field(default="", repr=False)
+    max_body_size: int = 1 << 20          # bytes
+
+    def __post_init__(self) -> None:
+        _need_str("[http] api-token", self.api_token)
+        _need_int("[http] max-body-size", self.max_body_size, 1024, 64 << 20, " bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineConfig:
+    """
+    ``[offline]`` (ours): pushes kept for users who are offline, when the
+    push asks for it with an ``offline_ttl``.
+    """
+
+    max_count: int = 100                  # messages per user
+    max_bytes: int = 256 * 1024           # content bytes per user
+    lease: int = 30000                    # ms a delivered message waits for its ack
+
+    def __post_init__(self) -> None:
+        _need_int("[offline] max-count", self.max_count, 1)
+        _need_int("[offline] max-bytes", self.max_bytes, 1, what=" bytes")
+        _need_int("[offline] lease", self.lease, 100, what=" ms")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; ``source`` is informational and not compared."""
 
@@ -344,6 +380,8 @@ class Config:
     push: "PushConfig" = field(default_factory=lambda: PushConfig())
     bind: "BindConfig" = field(default_factory=lambda: BindConfig())
     cluster: "ClusterConfig" = field(default_factory=lambda: ClusterConfig())
+    http: "HttpConfig" = field(default_factory=lambda: HttpConfig())
+    offline: "OfflineConfig" = field(default_factory=lambda: OfflineConfig())
     state_dir: str = "/var/lib/mpush"   # [mpush] state-dir: generated keys live here
     source: str | None = field(default=None, compare=False)
 
@@ -351,7 +389,8 @@ class Config:
         for name, kind in (("core", CoreConfig), ("security", SecurityConfig),
                            ("net", NetConfig), ("redis", RedisConfig),
                            ("push", PushConfig), ("bind", BindConfig),
-                           ("cluster", ClusterConfig)):
+                           ("cluster", ClusterConfig), ("http", HttpConfig),
+                           ("offline", OfflineConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"expected a {kind.__name__}, got "
                                   f"{_describe(getattr(self, name))}", key=f"[{name}]")
@@ -454,6 +493,8 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "admin-server-bind-ip": _Field("admin_server_bind_ip", _same),
         "admin-server-port": _Field("admin_server_port", _same),
         "ws-server-port": _Field("ws_server_port", _same),
+        "http-server-bind-ip": _Field("http_server_bind_ip", _same),
+        "http-server-port": _Field("http_server_port", _same),
         # Checked against local-ip in _check_net: it is written into user routes.
         "gateway-server-register-ip": _ANY,
         "connect-server-register-ip": _ANY,
@@ -493,7 +534,14 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "retry": {k: _ANY for k in ("baseSleepTimeMs", "maxRetries", "maxSleepMs")},
         "connectionTimeoutMs": _ANY, "sessionTimeoutMs": _ANY,
     },
+    "offline": {
+        "max-count": _Field("max_count", _same),
+        "max-bytes": _Field("max_bytes", _size),
+        "lease": _Field("lease", _millis),
+    },
     "http": {
+        "api-token": _Field("api_token", _same),
+        "max-body-size": _Field("max_body_size", _size),
         "proxy-enabled": _Only(False, "the HTTP proxy (spec 13) is not implemented"),
         "max-conn-per-host": _ANY, "default-read-timeout": _ANY,
         "max-content-length": _ANY, "dns-mapping": _ANY_TABLE,
@@ -537,7 +585,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
 
 _CLASSES = {"core": CoreConfig, "security": SecurityConfig, "net": NetConfig,
             "redis": RedisConfig, "push": PushConfig, "bind": BindConfig,
-            "cluster": ClusterConfig}
+            "cluster": ClusterConfig, "http": HttpConfig, "offline": OfflineConfig}
 
 
 def _unknown(key: str, known: list[str], what: str) -> str:
@@ -663,11 +711,11 @@ def parse_redis_url(url: str) -> RedisConfig:
 
 def apply_overrides(config: Config, *, connect_port: int | None = None,
                     gateway_port: int | None = None, admin_port: int | None = None,
-                    redis_url: str | None = None) -> Config:
+                    redis_url: str | None = None, http_port: int | None = None) -> Config:
     """Command-line overrides on top of the file; each is validated like the file."""
     net_changes = {name: value for name, value in (
         ("connect_server_port", connect_port), ("gateway_server_port", gateway_port),
-        ("admin_server_port", admin_port)) if value is not None}
+        ("admin_server_port", admin_port), ("http_server_port", http_port)) if value is not None}
     try:
         changes: dict[str, object] = {}
         if net_changes:

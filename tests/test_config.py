@@ -64,6 +64,8 @@ admin-server-bind-ip = "::1"
 admin-server-port = 4002
 ws-server-port = 8080
 write-buffer-water-mark.connect-server-high = "128k"
+http-server-port = 9090
+http-server-bind-ip = "10.0.0.5"
 
 [redis]
 nodes = ["redis.internal:6380", "10.0.0.9:6379"]
@@ -87,6 +89,15 @@ hmac-secret = "bind-secret"
 [cluster]
 node-ttl = "30s"
 node-refresh = "5s"
+
+[http]
+api-token = "t0ken"
+max-body-size = "2m"
+
+[offline]
+max-count = 7
+max-bytes = "1m"
+lease = "5s"
 """
 
 # MPush's conf/reference.conf (the version described in spec 17), translated key by key,
@@ -316,7 +327,8 @@ class EveryKeyTests(SynchronousTestCase):
             local_ip="10.0.0.5", public_ip="203.0.113.7", connect_server_bind_ip="0.0.0.0",
             connect_server_port=4000, gateway_server_bind_ip="10.0.0.5",
             gateway_server_port=4001, admin_server_bind_ip="::1", admin_server_port=4002,
-            ws_server_port=8080, connect_server_write_high=131072))
+            ws_server_port=8080, connect_server_write_high=131072,
+            http_server_port=9090, http_server_bind_ip="10.0.0.5"))
         self.assertEqual(config.redis.nodes, ("redis.internal:6380", "10.0.0.9:6379"))
         self.assertEqual(config.redis.password, "s3cret")
         self.assertEqual(config.redis.db, 3)
@@ -330,7 +342,8 @@ class EveryKeyTests(SynchronousTestCase):
     def test_every_field_covered(self):
         """EVERY_KEY really changes every field, so the test above checks them all."""
         config, default = parse(EVERY_KEY), Config()
-        for part in ("core", "security", "net", "redis", "push", "bind", "cluster"):
+        for part in ("core", "security", "net", "redis", "push", "bind", "cluster", "http",
+                     "offline"):
             for f in dataclasses.fields(getattr(config, part)):
                 if f.name == "aes_key_length":
                     continue  # 16 is its only valid value
@@ -438,7 +451,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 31)
+        self.assertEqual(len(keys), 38)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):

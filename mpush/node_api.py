@@ -1,0 +1,309 @@
+"""
+What operators and back-ends may ask of a node, in one place.
+
+The HTTP API and the admin console are thin front ends over L{NodeAPI}: it
+pushes through the same gateway path as any pusher (so a push reaches a user
+on whichever node they are bound), stores pushes for offline users when asked,
+kicks, reads routes and keeps delivery counts.
+"""
+
+import collections
+import dataclasses
+import uuid
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mpush.protocol.client_type import ClientType
+from mpush.protocol.routing import KickRequest
+from mpush.push import AckModel, PushClient, PushStatus
+
+_ACK_MODELS = {"none": AckModel.NO_ACK, "auto": AckModel.AUTO_ACK, "biz": AckModel.BIZ_ACK}
+_SECRET_FIELDS = {"private_key", "password", "hmac_secret", "api_token"}
+#: Delivery counts are kept for this many recent tasks.
+MAX_TRACKED_TASKS = 10000
+
+
+class PushRejected(ValueError):
+    """
+    A push request that cannot be carried out as asked; the message says why.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class PushRequest:
+    users: tuple = None
+    content: bytes = b""
+    ack: str = "none"
+    timeout_ms: int = 3000
+    offline_ttl: int = None
+    broadcast: bool = False
+    tags: tuple = None
+    condition: str = None
+    task_id: str = None
+
+
+@dataclasses.dataclass(frozen=True)
+class PushOutcome:
+    message_id: str
+    results: list
+
+
+def _toml_view(value):
+    if dataclasses.is_dataclass(value):
+        view = {}
+        for field in dataclasses.fields(value):
+            if field.name == "source":
+                continue
+            item = getattr(value, field.name)
+            if field.name in _SECRET_FIELDS and item:
+                item = "***"
+            view[field.name.replace("_", "-")] = _toml_view(item)
+        return view
+    if isinstance(value, tuple):
+        return [_toml_view(item) for item in value]
+    return value
+
+
+class NodeAPI:
+    """
+    The operations of one node for its HTTP API and admin console.
+    """
+
+    log = Logger()
+
+    def __init__(self, node, backends, info, reactor, offline=None, metrics=None):
+        self.node = node
+        self.backends = backends
+        self.info = info
+        self.offline = offline
+        self.metrics = metrics
+        self.started_ms = node.now_ms()
+        self.pusher = PushClient(
+            reactor,
+            router=backends.remote,
+            registry=backends.registry,
+            clock=node.clock,
+            max_packet_size=node.config.core.max_gateway_packet_size,
+        )
+        self.push_counts = collections.Counter()
+        self.tasks = collections.OrderedDict()
+
+    # -- counts and routes ---------------------------------------------------
+
+    def connection_count(self):
+        return len(self.node.connections)
+
+    def local_users(self):
+        return self.node.router_center.local.user_count()
+
+    def online_count(self):
+        return self.backends.events.count_online()
+
+    def routes(self, user_id):
+        return self.backends.remote.lookup(user_id)
+
+    # -- pushing -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def push(self, request):
+        """
+        Push C{request}; fires a L{PushOutcome} with a result per user and
+        client type (per node for a broadcast).
+        """
+        if request.ack not in _ACK_MODELS:
+            raise PushRejected(f"ack must be one of none, auto, biz; got {request.ack!r}")
+        message_id = uuid.uuid4().hex
+        task_id = request.task_id or message_id
+        ack = _ACK_MODELS[request.ack]
+        timeout = request.timeout_ms / 1000.0
+        try:
+            if request.broadcast:
+                sent = yield self.pusher.broadcast(
+                    request.content,
+                    tags=list(request.tags) if request.tags else None,
+                    condition=request.condition,
+                    task_id=request.task_id,
+                    timeout=timeout,
+                )
+                results = [self._broadcast_result(r) for r in sent]
+            else:
+                per_user = yield self.pusher.push_many(list(request.users), request.content, ack, timeout)
+                results = []
+                for user_id in request.users:
+                    user_results = yield self._settle_user(
+                        user_id, per_user.get(user_id, []), request, message_id
+                    )
+                    results.extend(user_results)
+        except ValueError as error:
+            raise PushRejected(str(error)) from None
+        self._count(task_id, results, ack)
+        return PushOutcome(message_id, results)
+
+    @defer.inlineCallbacks
+    def _settle_user(self, user_id, results, request, message_id):
+        """
+        The results for one user; an offline user's push is stored when the
+        request gave an C{offline_ttl} and no device got it.
+        """
+        shown = [self._push_result(r) for r in results]
+        offline = results and all(r.status is PushStatus.OFFLINE for r in results)
+        if not (offline and request.offline_ttl and self.offline is not None):
+            return shown
+        from mpush.offline.interfaces import OfflineMessage
+
+        now = self.node.now_ms()
+        message = OfflineMessage(
+            message_id=message_id,
+            content=request.content,
+            ack=request.ack,
+            created_ms=now,
+            expires_ms=now + request.offline_ttl * 1000,
+        )
+        try:
+            added = yield self.offline.add(user_id, message)
+        except Exception as error:
+            self.log.warn("offline message for {user} not stored: {why}", user=user_id, why=error)
+            return shown
+        if not added.stored:
+            return shown
+        return [
+            {
+                "user": user_id,
+                "client_type": 0,
+                "status": "stored_offline",
+                "node": None,
+                "reason": f"stored for {request.offline_ttl}s"
+                + (f"; {added.dropped} older message(s) dropped" if added.dropped else ""),
+                "time_points": [],
+            }
+        ]
+
+    @staticmethod
+    def _push_result(result):
+        return {
+            "user": result.user_id,
+            "client_type": result.client_type,
+            "status": result.status.value,
+            "node": result.node,
+            "reason": result.reason,
+            "time_points": [list(point) for point in result.time_points],
+        }
+
+    @staticmethod
+    def _broadcast_result(result):
+        return {
+            "node": result.node,
+            "status": result.status.value,
+            "count": result.count,
+            "reason": result.reason,
+        }
+
+    def _count(self, task_id, results, ack):
+        counts = self.tasks.pop(task_id, None) or collections.Counter()
+        for result in results:
+            status = result["status"]
+            self.push_counts[status] += 1
+            if self.metrics is not None:
+                self.metrics.push(status)
+            if status == "success":
+                counts["sent"] += result.get("count") or 1
+                if ack:
+                    counts["acked"] += 1
+            elif status in ("failure", "timeout", "ack_timeout"):
+                counts["failed" if status == "failure" else status] += 1
+            else:
+                counts[status] += 1
+        self.tasks[task_id] = counts
+        while len(self.tasks) > MAX_TRACKED_TASKS:
+            self.tasks.popitem(last=False)
+
+    # -- kicking -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def kick(self, user_id, client_type=None):
+        """
+        Kick the user's online routes (of one client type, or all), on this
+        node or through the kick channel.
+        """
+        routes = yield self.backends.remote.lookup(user_id)
+        center = self.node.router_center
+        kicked = 0
+        for route_type, location in routes.items():
+            if client_type is not None and int(route_type) != int(client_type):
+                continue
+            if not location.online:
+                continue
+            if location.gateway == tuple(center.gateway):
+                connection = center.local.lookup(user_id, route_type)
+                if connection is not None and connection.conn_id == location.conn_id:
+                    center.kick_local(connection, user_id)
+                    kicked += 1
+                continue
+            kick = KickRequest(
+                user_id=user_id,
+                device_id=location.device_id,
+                conn_id=location.conn_id,
+                client_type=int(route_type),
+                target_server=location.host,
+                target_port=location.port,
+            )
+            yield self.backends.kicks.publish(kick)
+            kicked += 1
+        return kicked
+
+    # -- views ---------------------------------------------------------------
+
+    def stats(self):
+        host, port = self.node.router_center.gateway
+        return {
+            "node": f"{host}:{port}",
+            "connections": self.connection_count(),
+            "local_users": self.local_users(),
+            "uptime_s": (self.node.now_ms() - self.started_ms) // 1000,
+            "pushes": {
+                status: self.push_counts.get(status, 0)
+                for status in ("success", "failure", "offline", "timeout", "ack_timeout", "stored_offline")
+            },
+            "tasks": len(self.tasks),
+        }
+
+    def task_stats(self, task_id):
+        counts = self.tasks.get(task_id)
+        if counts is None:
+            return None
+        view = {"task_id": task_id}
+        for name in ("sent", "acked", "offline", "failed", "stored_offline", "timeout", "ack_timeout"):
+            view[name] = counts.get(name, 0)
+        return view
+
+    @defer.inlineCallbacks
+    def allot(self):
+        """
+        Client endpoints of the live nodes, least loaded first (the MPush
+        client's allot list).
+        """
+        nodes = yield self.backends.registry.nodes()
+        ordered = sorted(nodes, key=lambda info: (getattr(info, "load", 0) or 0, info.connect_host or "", info.connect_port))
+        return [f"{info.connect_host}:{info.connect_port}" for info in ordered if info.connect_host]
+
+    def config_view(self):
+        return _toml_view(self.node.config)
+
+    def config_value(self, dotted):
+        value = self.config_view()
+        for part in dotted.split("."):
+            if not isinstance(value, dict) or part not in value:
+                raise KeyError(dotted)
+            value = value[part]
+        return value
+
+    def close(self):
+        return self.pusher.close()
+
+
+def client_type_name(client_type):
+    try:
+        return ClientType(int(client_type)).name
+    except ValueError:
+        return "UNKNOWN"
