@@ -15,6 +15,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from mpush.protocol.client_type import ClientType
+from mpush.protocol.condition import ConditionError, compile_condition
 from mpush.protocol.routing import KickRequest
 from mpush.push import AckModel, PushClient, PushStatus
 
@@ -113,6 +114,11 @@ class NodeAPI:
         """
         if request.ack not in _ACK_MODELS:
             raise PushRejected(f"ack must be one of none, auto, biz; got {request.ack!r}")
+        if request.condition is not None:
+            try:
+                compile_condition(request.condition)
+            except ConditionError as error:
+                raise PushRejected(f"invalid condition: {error}") from None
         message_id = uuid.uuid4().hex
         task_id = request.task_id or message_id
         ack = _ACK_MODELS[request.ack]

@@ -11,53 +11,14 @@ from twisted.trial.unittest import TestCase
 
 from mpush.client.config import ClientConfig
 from mpush.client.protocol import connect_client
-from mpush.config import load_config
 from mpush.protocol.crypto import MPUSH_DEMO_PUBLIC_KEY
 from mpush.protocol.packet import HEARTBEAT_BYTE
 from mpush.protocol.session import ClientSession, encode_client_session
-from mpush.server.connection import ConnectionFactory
-from mpush.server.gateway import GatewayFactory
 from mpush.store.redis import RedisSessionStore
 from mpush.store.redis_connection import connect_redis
-from mpush.tap import Backends, build_node, make_dispatcher
 
+from tests.loopback_support import LoopbackNode
 from tests.redis_server import start_redis_server
-from tests.server_support import demo_config
-
-
-class LoopbackNode:
-    """
-    A node listening on 127.0.0.1 with the real reactor, for one test.
-    """
-
-    def __init__(self, test_case, store=None, config=None):
-        self.test_case = test_case
-        self.config = demo_config(config or load_config(None))
-        backends = Backends(self.config, reactor)
-        if store is not None:
-            backends.sessions = store
-        self.node, self.backends, _ = build_node(self.config, reactor, backends)
-        factory = ConnectionFactory(self.node, make_dispatcher(self.node))
-        factory.noisy = False
-        self.listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
-        self.port = self.listening.getHost().port
-        gateway = GatewayFactory(self.node.push_center, self.config.core.max_gateway_packet_size)
-        self.gateway_listening = reactor.listenTCP(0, gateway, interface="127.0.0.1")
-        self.gateway_port = self.gateway_listening.getHost().port
-        self.node.router_center.gateway = ("127.0.0.1", self.gateway_port)
-        test_case.addCleanup(self.stop)
-
-    @defer.inlineCallbacks
-    def stop(self):
-        if self.listening is None:
-            return
-        yield self.listening.stopListening()
-        yield self.gateway_listening.stopListening()
-        self.listening = None
-        for connection in list(self.node.connections.values()):
-            connection.transport.abortConnection()
-        # Let the aborted connections' connectionLost run.
-        yield task.deferLater(reactor, 0.01, lambda: None)
 
 
 class EndToEndCase(TestCase):
