@@ -18,7 +18,9 @@ from mpush.keys import load_key_material
 from mpush.netinfo import local_ip, public_ip
 from mpush.protocol.routing import NodeInfo
 from mpush.router.local import LocalRouter
+from mpush.node_api import NodeAPI
 from mpush.server.ack_handler import AckHandler
+from mpush.server.admin import AdminFactory
 from mpush.server.bind import BindHandler, UnbindHandler
 from mpush.server.bind_validator import load_bind_validator
 from mpush.server.broadcast_control import MemoryBroadcastControl, RedisBroadcastControl
@@ -147,11 +149,12 @@ class NodeService(service.MultiService):
     listens for kicks, on stop it withdraws and releases its stores.
     """
 
-    def __init__(self, node, backends, info):
+    def __init__(self, node, backends, info, api=None):
         super().__init__()
         self.node = node
         self.backends = backends
         self.info = info
+        self.api = api
 
     def startService(self):
         super().startService()
@@ -165,6 +168,12 @@ class NodeService(service.MultiService):
             where="in Redis" if backends.redis is not None else "in memory",
         )
         self._quietly(backends.events.clear(), "online list not cleared")
+        # Routes this endpoint left online before a crash point at no
+        # connection now; a restart within node-ttl is never reported dead.
+        self._quietly(
+            backends.remote.mark_node_offline(self.info.host, self.info.port),
+            "stale routes not marked offline",
+        )
         self._quietly(
             backends.kicks.listen(self.info.host, self.info.port, center.remote_kick),
             "kick channel not listening",
@@ -179,6 +188,8 @@ class NodeService(service.MultiService):
     @defer.inlineCallbacks
     def stopService(self):
         yield super().stopService()
+        if self.api is not None:
+            yield self.api.close()
         backends = self.backends
         for step, why in (
             (lambda: backends.registry.unregister(), "node not unregistered"),
@@ -249,7 +260,8 @@ def makeService(options):
         node, backends, info = build_node(config, reactor)
     except ConfigError as error:
         raise SystemExit(f"mpush: {error}")
-    top = NodeService(node, backends, info)
+    api = NodeAPI(node, backends, info, reactor)
+    top = NodeService(node, backends, info, api)
     net = config.net
     connections = ConnectionFactory(node, make_dispatcher(node))
     connections.noisy = False
@@ -260,5 +272,10 @@ def makeService(options):
         gateway = GatewayFactory(node.push_center, config.core.max_gateway_packet_size)
         strports.service(
             _endpoint(net.gateway_server_port, net.gateway_server_bind_ip), gateway
+        ).setServiceParent(top)
+    if net.admin_server_port:
+        admin = AdminFactory(api, reactor, local_ip=info.host)
+        strports.service(
+            _endpoint(net.admin_server_port, net.admin_server_bind_ip), admin
         ).setServiceParent(top)
     return top

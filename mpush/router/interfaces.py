@@ -18,7 +18,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
-from mpush.protocol.routing import InvalidKick, NodeInfo, decode_kick, kick_channel
+from mpush.protocol.routing import InvalidKick, KickRequest, NodeInfo, decode_kick, encode_kick, kick_channel
 
 __all__ = [
     "IKickChannel",
@@ -29,6 +29,7 @@ __all__ = [
     "RouterUnavailable",
     "check_registry_options",
     "deliver_kick",
+    "kick_message",
 ]
 
 
@@ -50,8 +51,8 @@ class IRemoteRouter(Interface):
     def register(user_id, client_type, location):
         """
         Write C{location} (an L{mpush.protocol.routing.ClientLocation}) as
-        the route of (user_id, client_type), and index it under its
-        host:port (moving it out of the previous owner's index).
+        the route of (user_id, client_type), and, if online, index it under
+        its host:port (taking it out of the previous owner's index).
 
         @return: Deferred firing the B{previous} ClientLocation or C{None}
             (also C{None} when the previous value was undecodable).
@@ -84,7 +85,8 @@ class IRemoteRouter(Interface):
         """
         Mark offline every route indexed under gateway C{host:port} that still
         points at it and is online (same atomic check as L{mark_offline});
-        the index is emptied.
+        each member leaves the index as it is handled, so the index ends
+        empty (and deleted) unless a route was re-registered there meanwhile.
 
         @return: Deferred firing how many routes were marked offline.
         """
@@ -250,6 +252,18 @@ def check_registry_options(ttl: object, refresh: object) -> None:
             raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
     if not refresh < ttl:
         raise ValueError(f"refresh ({refresh!r} s) must be shorter than ttl ({ttl!r} s)")
+
+
+def kick_message(kick: KickRequest) -> tuple[str, str]:
+    """
+    (channel, message) to publish C{kick} on.
+
+    @raise InvalidKick: not a kick, or one without a target server.
+    """
+    message = encode_kick(kick)
+    if kick.target_server is None:
+        raise InvalidKick("a kick needs a target server")
+    return kick_channel(kick.target_server, kick.target_port), message
 
 
 def deliver_kick(log: Logger, host: str, port: int, on_kick: Callable, message) -> None:

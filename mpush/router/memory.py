@@ -34,7 +34,6 @@ from mpush.protocol.routing import (
     decode_location,
     decode_node_member,
     decode_route_member,
-    encode_kick,
     encode_location,
     encode_node_member,
     encode_route_member,
@@ -53,6 +52,7 @@ from mpush.router.interfaces import (
     RouterUnavailable,
     check_registry_options,
     deliver_kick,
+    kick_message,
 )
 
 __all__ = [
@@ -209,13 +209,12 @@ class MemoryRemoteRouter(_Closable):
         member = encode_route_member(user_id, client_type)
         old = self.state.hget(key, field)
         self.state.hset(key, field, value)
-        if location.host is not None:
+        indexed = location.host is not None and location.online
+        if indexed:
             self.state.sadd(node_routes_key(location.host, location.port), member)
         previous = self._decode(old, user_id, field)
-        if (
-            previous is not None
-            and previous.host is not None
-            and previous.gateway != location.gateway
+        if previous is not None and previous.host is not None and not (
+            indexed and previous.gateway == location.gateway
         ):
             self.state.srem(node_routes_key(previous.host, previous.port), member)
         return previous
@@ -362,8 +361,8 @@ class MemoryKickChannel(_Closable):
 
     def _publish(self, kick: KickRequest) -> int:
         self._check_open()
-        message = encode_kick(kick)
-        return self.state.publish(kick_channel(kick.target_server, kick.target_port), message)
+        channel, message = kick_message(kick)
+        return self.state.publish(channel, message)
 
     def listen(self, host: str, port: int, on_kick: Callable[[KickRequest], object]) -> defer.Deferred:
         return _fired(self._listen, host, port, on_kick)

@@ -315,6 +315,9 @@ class RedisSubscriber:
             self._abort(conn)
 
     def _abort(self, conn) -> None:
+        if conn is self._conn:
+            # Nothing confirmed on a connection being dropped counts any more.
+            self._confirmed.clear()
         transport = getattr(conn, "transport", None)
         if transport is not None:
             transport.abortConnection()

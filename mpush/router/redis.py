@@ -37,7 +37,6 @@ from mpush.protocol.routing import (
     decode_location,
     decode_node_member,
     decode_route_member,
-    encode_kick,
     encode_location,
     encode_node_member,
     encode_route_member,
@@ -56,10 +55,11 @@ from mpush.router.interfaces import (
     RouterUnavailable,
     check_registry_options,
     deliver_kick,
+    kick_message,
 )
 from mpush.router.pubsub import RedisSubscriber
 from mpush.store.redis_calls import BoundedRedis, check_timeout
-from mpush.store.redis_connection import RedisClient, connect_redis
+from mpush.store.redis_connection import RedisClient, connect_redis, parse_redis_url
 
 __all__ = [
     "RedisKickChannel",
@@ -74,7 +74,7 @@ __all__ = [
 # loser.  The old owner comes from the old JSON (cjson), so an undecodable
 # old value only skips the clean-up.
 #   KEYS[1] route hash   ARGV: field, new value, index member,
-#   new index key ("" when the route has no host), index key prefix
+#   new index key ("" when the route is offline or has no host), index key prefix
 _REGISTER = """
 local old = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
@@ -151,7 +151,9 @@ class RedisRemoteRouter:
             member = encode_route_member(user_id, client_type)
         except Exception:
             return defer.fail()
-        index = node_routes_key(location.host, location.port) if location.host is not None else ""
+        # Only online routes are indexed: the index is what a node's death
+        # would have to mark offline.
+        index = node_routes_key(location.host, location.port) if location.host is not None and location.online else ""
         return self._calls.call(
             "register",
             lambda: self._redis.eval(_REGISTER, [key], [field, value, member, index, NODE_ROUTES_PREFIX]),
@@ -396,26 +398,30 @@ class RedisKickChannel:
         ping_interval: float = 5.0,
     ) -> None:
         timeout = check_timeout(timeout)
+        parse_redis_url(url)  # a bad URL fails here, not at the first listen
         self._own_publisher = publisher is None
         if publisher is None:
             publisher = connect_redis(url, clock, poolsize=1, max_retry_delay=max_retry_delay)
         self._publisher = publisher
         self._calls = BoundedRedis(publisher, clock, timeout, "redis kick channel", RouterUnavailable)
-        self._subscriber = RedisSubscriber(
-            url, clock, timeout=timeout, max_retry_delay=max_retry_delay, ping_interval=ping_interval
-        )
-        self._listening: list[tuple[str, Callable]] = []
+        self._url = url
+        self._clock = clock
+        self._timeout = timeout
+        self._max_retry_delay = max_retry_delay
+        self._ping_interval = ping_interval
+        check_timeout(ping_interval)
+        # Made on the first listen: a node that only publishes needs none.
+        self._subscriber: RedisSubscriber | None = None
         self._closed = False
 
     @property
-    def subscriber(self) -> RedisSubscriber:
-        """The subscriber connection (for health checks and tests)."""
+    def subscriber(self) -> RedisSubscriber | None:
+        """The subscriber connection once listening (health checks, tests)."""
         return self._subscriber
 
     def publish(self, kick: KickRequest) -> defer.Deferred:
         try:
-            message = encode_kick(kick)
-            channel = kick_channel(kick.target_server, kick.target_port)
+            channel, message = kick_message(kick)
         except Exception:
             return defer.fail()
         return self._calls.call("publish", lambda: self._calls.redis.publish(channel, message), int)
@@ -433,14 +439,22 @@ class RedisKickChannel:
         def on_message(message) -> None:
             deliver_kick(self.log, host, port, on_kick, message)
 
-        self._listening.append((channel, on_message))
+        if self._subscriber is None:
+            self._subscriber = RedisSubscriber(
+                self._url,
+                self._clock,
+                timeout=self._timeout,
+                max_retry_delay=self._max_retry_delay,
+                ping_interval=self._ping_interval,
+            )
         return self._subscriber.subscribe(channel, on_message)
 
     def close(self) -> defer.Deferred:
         self._closed = True
         self._calls.close()
-        self._listening = []
-        closing = [self._subscriber.close()]
+        closing = []
+        if self._subscriber is not None:
+            closing.append(self._subscriber.close())
         if self._own_publisher:
             closing.append(self._publisher.disconnect())
         return defer.gatherResults(closing, consumeErrors=True).addBoth(lambda _: None)

@@ -99,10 +99,12 @@ class BoundedRedis:
         Run C{command()} (which sends one or more commands and returns a
         Deferred) and pass its reply through C{on_reply}.
 
-        @return: a Deferred firing C{on_reply}'s result (if C{on_reply}
-            returns a Deferred, that one's result; it too must answer within
-            the same deadline), or failing with C{error} if Redis failed,
-            refused the command (C{ResponseError}) or took too long.
+        A call of several commands chains them inside C{command}: the
+        deadline covers the whole chain.
+
+        @return: a Deferred firing C{on_reply}'s result, or failing with
+            C{error} if Redis failed, refused the command (C{ResponseError})
+            or took too long.
         """
         if self.closed:
             return defer.fail(self.error(f"{self.name} is closed"))
@@ -149,17 +151,6 @@ class BoundedRedis:
             value = on_reply(reply)
         except Exception:
             value = Failure()
-        if isinstance(value, defer.Deferred):
-            # A follow-up command: still racing the same deadline.
-            value.addBoth(self._followed_up, call)
-            return None
-        self._finish(call, value)
-        return None
-
-    def _followed_up(self, value, call: _Call) -> None:
-        if call.result.called:
-            self._calls.discard(call)
-            return None
         self._finish(call, value)
         return None
 
