@@ -73,12 +73,11 @@ class NodeAPI:
 
     log = Logger()
 
-    def __init__(self, node, backends, info, reactor, offline=None, metrics=None):
+    def __init__(self, node, backends, info, reactor, offline=None):
         self.node = node
         self.backends = backends
         self.info = info
         self.offline = offline
-        self.metrics = metrics
         self.started_ms = node.now_ms()
         self.pusher = PushClient(
             reactor,
@@ -210,8 +209,6 @@ class NodeAPI:
         for result in results:
             status = result["status"]
             self.push_counts[status] += 1
-            if self.metrics is not None:
-                self.metrics.push(status)
             if status == "success":
                 counts["sent"] += result.get("count") or 1
                 if ack:

@@ -18,6 +18,7 @@ from mpush.keys import load_key_material
 from mpush.netinfo import local_ip, public_ip
 from mpush.protocol.routing import NodeInfo
 from mpush.router.local import LocalRouter
+from mpush.metrics import PrometheusMetrics
 from mpush.node_api import NodeAPI
 from mpush.server.ack_handler import AckHandler
 from mpush.server.admin import AdminFactory
@@ -132,6 +133,23 @@ class Backends:
             self.kicks = RedisKickChannel(url, clock, publisher=self.redis)
             self.registry = RedisNodeRegistry(self.redis, clock, **registry_timing(config))
 
+    def observe_failures(self, metrics):
+        """
+        Count every failed Redis call in C{metrics}, by component.
+        """
+        components = (
+            (self.sessions, "sessions"),
+            (self.remote, "routes"),
+            (self.events, "events"),
+            (self.kicks, "kicks"),
+            (self.registry, "registry"),
+            (self.broadcasts, "broadcast"),
+        )
+        for component, label in components:
+            observe = getattr(component, "observe_failures", None)
+            if observe is not None:
+                observe(lambda _name, label=label: metrics.redis_error(label))
+
     @defer.inlineCallbacks
     def close(self):
         for part in (self.registry, self.kicks, self.events, self.remote, self.broadcasts, self.sessions):
@@ -227,6 +245,8 @@ def build_node(config, clock, backends=None):
     validator = load_bind_validator(config)
     backends = backends or Backends(config, clock)
     node = ServerNode(config, keys.private_key, backends.sessions, clock)
+    node.metrics = PrometheusMetrics()
+    backends.observe_failures(node.metrics)
     host = local_ip(config.net)
     gateway = (host, config.net.gateway_server_port)
     node.router_center = RouterCenter(

@@ -9,7 +9,7 @@ import socket
 import unittest
 
 from twisted.internet import defer, reactor, task
-from twisted.logger import globalLogPublisher
+from twisted.logger import globalLogPublisher, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
@@ -163,7 +163,7 @@ class RedisStoreTestCase(TestCase):
             1
             for event in self.log_events
             if event.get("log_namespace", "").startswith("mpush.store.redis")
-            and text in event.get("log_format", "")
+            and text in formatEvent(event)
         )
 
     @defer.inlineCallbacks

@@ -58,7 +58,7 @@ from mpush.router.interfaces import (
     kick_message,
 )
 from mpush.router.pubsub import RedisSubscriber
-from mpush.store.redis_calls import BoundedRedis, check_timeout
+from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 from mpush.store.redis_connection import RedisClient, connect_redis, parse_redis_url
 
 __all__ = [
@@ -118,7 +118,7 @@ def _client_of(redis) -> RedisClient | None:
 
 
 @implementer(IRemoteRouter)
-class RedisRemoteRouter:
+class RedisRemoteRouter(RedisComponent):
     """
     L{IRemoteRouter} on Redis.
 
@@ -323,7 +323,7 @@ def _disconnect(client: RedisClient | None, redis) -> defer.Deferred:
 
 
 @implementer(IUserEvents)
-class RedisUserEvents:
+class RedisUserEvents(RedisComponent):
     """
     L{IUserEvents} on Redis: C{mp:oul:<publicIp>} and the online/offline
     channels, exactly as Java nodes write them.
@@ -377,7 +377,7 @@ class RedisUserEvents:
 
 
 @implementer(IKickChannel)
-class RedisKickChannel:
+class RedisKickChannel(RedisComponent):
     """
     L{IKickChannel} on Redis pub/sub.  Listening needs a connection of its
     own in subscriber mode (L{RedisSubscriber}, reconnecting and
@@ -461,7 +461,7 @@ class RedisKickChannel:
 
 
 @implementer(INodeRegistry)
-class RedisNodeRegistry:
+class RedisNodeRegistry(RedisComponent):
     """
     L{INodeRegistry} on Redis: C{mp:node:<host>:<port>} holds this node's
     NodeInfo JSON with a TTL refreshed every C{refresh} seconds, and

@@ -12,6 +12,7 @@ from mpush.protocol.body import decode_body
 from mpush.protocol.messages import BindUserMessage
 from mpush.protocol.packet import Command
 from mpush.server.dispatcher import IMessageHandler
+from mpush.server.errors import BindFailed, InvalidParam, NotHandshaken
 
 
 def _decode(node, connection, packet):
@@ -28,7 +29,19 @@ class BindHandler:
 
     def handle(self, connection, packet):
         message = _decode(self.node, connection, packet)
-        return self.node.router_center.bind(connection, packet, message)
+        bound = self.node.router_center.bind(connection, packet, message)
+        return bound.addCallbacks(self._bound, self._refused)
+
+    def _bound(self, result):
+        self.node.metrics.bind("ok")
+        return result
+
+    def _refused(self, failure):
+        if failure.check(BindFailed):
+            self.node.metrics.bind("refused")
+        elif failure.check(InvalidParam, NotHandshaken):
+            self.node.metrics.bind("invalid")
+        return failure
 
 
 @implementer(IMessageHandler)

@@ -13,7 +13,7 @@ import collections
 from twisted.internet import defer
 from zope.interface import Interface, implementer
 
-from mpush.store.redis_calls import BoundedRedis
+from mpush.store.redis_calls import BoundedRedis, RedisComponent
 
 #: MPush's rate for a task whose hash has no C{q}.
 DEFAULT_TASK_QPS = 1000
@@ -89,7 +89,7 @@ class MemoryBroadcastControl:
 
 
 @implementer(IBroadcastControl)
-class RedisBroadcastControl:
+class RedisBroadcastControl(RedisComponent):
     def __init__(self, redis, clock, timeout=2.0):
         self._calls = BoundedRedis(redis, clock, timeout, "redis broadcast control", BroadcastControlUnavailable)
         self._redis = self._calls.redis

@@ -74,6 +74,7 @@ class ConnectionProtocol(Protocol):
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.last_read_ms = self.node.now_ms()
         self.conn_id = self.node.add_connection(self)
+        self.node.metrics.connection_opened()
         self.transport.bufferSize = self.node.config.net.connect_server_write_high
         self.transport.registerProducer(self, True)
         self._schedule_idle_check()
@@ -81,6 +82,7 @@ class ConnectionProtocol(Protocol):
     def dataReceived(self, data):
         if self._closing:
             return
+        self.node.metrics.bytes_in(len(data))
         try:
             packets = self.decoder.feed(data)
         except FramingError as error:
@@ -101,6 +103,7 @@ class ConnectionProtocol(Protocol):
             self._abort()
 
     def connectionLost(self, reason):
+        self.node.metrics.connection_closed()
         self.state = ConnectionState.CLOSED
         self._closing = True
         self.writable = False
@@ -168,7 +171,9 @@ class ConnectionProtocol(Protocol):
         """
         if not self.is_open:
             return fail(ConnectionClosed(self.peer))
-        self.transport.write(encode_packet(packet))
+        data = encode_packet(packet)
+        self.transport.write(data)
+        self.node.metrics.bytes_out(len(data))
         return succeed(None)
 
     def send(self, cmd, message, session_id, flags=0):
@@ -195,6 +200,7 @@ class ConnectionProtocol(Protocol):
     def write_heartbeat(self):
         if self.is_open:
             self.transport.write(HEARTBEAT_BYTE)
+            self.node.metrics.bytes_out(1)
 
     def reply_error(self, request, code, reason, data=None, close=False):
         """

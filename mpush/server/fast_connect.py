@@ -17,7 +17,7 @@ from mpush.protocol.messages import FastConnectMessage, FastConnectOkMessage
 from mpush.protocol.packet import Command
 from mpush.server.context import SessionContext
 from mpush.server.dispatcher import IMessageHandler
-from mpush.server.errors import InvalidDevice, SessionExpired
+from mpush.server.errors import ConnectionClosed, InvalidDevice, SessionExpired
 from mpush.store.interfaces import StoreUnavailable
 
 
@@ -34,6 +34,16 @@ class FastConnectHandler:
         self.node = node
 
     def handle(self, connection, packet):
+        try:
+            return self._fast_connect(connection, packet)
+        except SessionExpired:
+            self.node.metrics.fast_connect("expired")
+            raise
+        except Exception:
+            self.node.metrics.fast_connect("error")
+            raise
+
+    def _fast_connect(self, connection, packet):
         body = decode_body(
             packet, connection.decrypt_cipher, self.node.config.core.max_inflated_size
         )
@@ -47,7 +57,16 @@ class FastConnectHandler:
             callbackArgs=(connection, packet, message),
             errbackArgs=(message,),
         )
-        return looked_up
+        return looked_up.addErrback(self._count_refusal)
+
+    def _count_refusal(self, failure):
+        if failure.check(SessionExpired):
+            self.node.metrics.fast_connect("expired")
+        elif failure.check(InvalidDevice):
+            self.node.metrics.fast_connect("invalid_device")
+        elif not failure.check(ConnectionClosed):
+            self.node.metrics.fast_connect("error")
+        return failure
 
     def _store_failed(self, failure, message):
         # The store logs its outage once; the client just handshakes.
@@ -81,6 +100,7 @@ class FastConnectHandler:
 
     def _adopt(self, _, connection, context, message):
         connection.establish(context)
+        self.node.metrics.fast_connect("ok")
         self.log.debug(
             "fast connect ok {peer} device={device} session={session}",
             peer=connection.peer,

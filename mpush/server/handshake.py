@@ -49,6 +49,19 @@ class HandshakeHandler:
         self.node = node
 
     def handle(self, connection, packet):
+        try:
+            return self._handshake(connection, packet)
+        except RepeatHandshake:
+            self.node.metrics.handshake("repeat")
+            raise
+        except ParamInvalid:
+            self.node.metrics.handshake("invalid")
+            raise
+        except Exception:
+            self.node.metrics.handshake("error")
+            raise
+
+    def _handshake(self, connection, packet):
         node = self.node
         core = node.config.core
         body = decode_body(packet, node.private_key, core.max_inflated_size)
@@ -90,6 +103,7 @@ class HandshakeHandler:
             client_version=message.client_version,
         )
         connection.establish(context)
+        self.node.metrics.handshake("ok")
         self.log.debug(
             "handshake ok {peer} device={device} heartbeat={heartbeat}",
             peer=connection.peer,

@@ -11,6 +11,7 @@ import secrets
 
 from twisted.logger import Logger
 
+from mpush.metrics import NullMetrics
 from mpush.server.acks import AckTable
 
 #: Packet session ids are Java ints: the counter wraps to 1 past this.
@@ -29,6 +30,8 @@ class ServerNode:
     @ivar acks: the process-wide L{AckTable}.
     @ivar router_center: the L{mpush.server.router_center.RouterCenter}
         that binds users, or C{None} on a node without the push path.
+    @ivar metrics: an L{mpush.metrics.IMetrics}; L{NullMetrics} unless the
+        node exposes metrics.
     """
 
     log = Logger()
@@ -41,6 +44,7 @@ class ServerNode:
         self.connections = {}
         self.acks = AckTable(clock)
         self.router_center = None
+        self.metrics = NullMetrics()
         self._packet_ids = itertools.count(1)
 
     def now_ms(self):

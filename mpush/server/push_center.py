@@ -38,6 +38,14 @@ class Outcome:
     TIMEOUT = "timeout-end"
 
 
+_METRIC_NAMES = {
+    Outcome.SUCCESS: "success",
+    Outcome.FAILURE: "failure",
+    Outcome.OFFLINE: "offline",
+    Outcome.REDIRECT: "redirect",
+    Outcome.TIMEOUT: "timeout",
+}
+
 _ERROR_CODES = {
     Outcome.FAILURE: ErrorCode.PUSH_CLIENT_FAILURE,
     Outcome.OFFLINE: ErrorCode.OFFLINE,
@@ -176,8 +184,14 @@ class PushCenter:
             return Outcome.FAILURE
 
         def waiting(_):
+            written_at = self.node.clock.seconds()
             task.points.append(("waiting-ack", self.node.now_ms()))
-            return acked.addCallbacks(lambda _: Outcome.SUCCESS, self._ack_missed)
+
+            def acknowledged(_):
+                self.node.metrics.ack_latency(self.node.clock.seconds() - written_at)
+                return Outcome.SUCCESS
+
+            return acked.addCallbacks(acknowledged, self._ack_missed)
 
         return written.addCallbacks(waiting, write_failed)
 
@@ -226,6 +240,7 @@ class PushCenter:
 
     def _finish(self, task, outcome):
         task.points.append((outcome, self.node.now_ms()))
+        self.node.metrics.push(_METRIC_NAMES[outcome] if outcome != Outcome.TIMEOUT or not task.ack_bits else "ack_timeout")
         if outcome == Outcome.SUCCESS:
             task.reply.ok(task.result())
         elif outcome == Outcome.TIMEOUT and not task.reply.report_timeouts:

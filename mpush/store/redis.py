@@ -3,24 +3,18 @@ Reusable sessions in Redis, readable and writable by MPush's Java nodes.
 
 Key C{mp:rs:<sessionId>}, value MPush's session string, expiry by Redis TTL
 (spec 8.2, 19.1).  Redis being down or slow must never hang a handshake or a
-fast connect: every call answers within C{timeout} seconds of the injected
-clock, with L{StoreUnavailable} if Redis did not.  The deadline is a race,
-not a cancellation, so a command already sent is left to txredisapi, whose
-reply timeout aborts a hung connection and reconnects; a reply that arrives
-after the deadline is dropped.  While an outage is known and no connection is
-up, calls fail at once instead of queuing behind the reconnect.  An outage is
-logged once when it starts and once when it ends.
+fast connect: every call goes through L{BoundedRedis}, so it answers within
+C{timeout} seconds with L{StoreUnavailable} if Redis did not, fails at once
+during a known outage, and an outage is logged once when it starts and once
+when it ends.
 """
 
 from __future__ import annotations
 
-from typing import Callable
-
 import txredisapi
 from twisted.internet import defer
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mpush.protocol.session import (
@@ -35,6 +29,7 @@ from mpush.store.interfaces import (
     check_session_id,
     check_ttl,
 )
+from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 from mpush.store.redis_connection import RedisClient
 
 __all__ = ["KEY_PREFIX", "RedisSessionStore", "session_key"]
@@ -48,24 +43,18 @@ def session_key(session_id: str) -> str:
     return KEY_PREFIX + session_id
 
 
-class _Call:
-    """One store call racing its deadline."""
-
-    __slots__ = ("result", "timer", "what")
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.result: defer.Deferred = defer.Deferred(self._cancelled)
-        self.timer: IDelayedCall | None = None
-
-    def _cancelled(self, _) -> None:
-        # The caller gave up; the deadline has nothing left to guard.
-        if self.timer is not None and self.timer.active():
-            self.timer.cancel()
+def _wrong_type_is_missing(failure):
+    """
+    Redis answered that the key holds something else: not a session.
+    """
+    failure.trap(txredisapi.ResponseError)
+    if str(failure.value).startswith("WRONGTYPE"):
+        return None
+    return failure
 
 
 @implementer(ISessionStore)
-class RedisSessionStore:
+class RedisSessionStore(RedisComponent):
     """
     L{ISessionStore} on Redis.
 
@@ -91,21 +80,12 @@ class RedisSessionStore:
         *,
         close_connection: bool = True,
     ) -> None:
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        if isinstance(redis, RedisClient):
-            self._client: RedisClient | None = redis
-            self._redis = redis.redis
-        else:
-            self._client = None
-            self._redis = redis
-        self._clock = clock
-        self._timeout = float(timeout)
+        self._calls = BoundedRedis(
+            redis, clock, check_timeout(timeout), "redis session store", StoreUnavailable
+        )
+        self._redis = self._calls.redis
+        self._client = redis if isinstance(redis, RedisClient) else None
         self._close_connection = close_connection
-        self._available = True
-        self._last_failure = ""
-        self._closed = False
-        self._calls: set[_Call] = set()
 
     def save(self, session_id: str, session: ReusableSession, ttl: int) -> defer.Deferred:
         try:
@@ -117,7 +97,7 @@ class RedisSessionStore:
         key = session_key(session_id)
         # SET ... EX is SET then EXPIRE in one step; Java nodes only GET.
         expire = ttl if ttl > 0 else None
-        return self._call("save", lambda: self._redis.set(key, value, expire=expire), _saved)
+        return self._calls.call("save", lambda: self._redis.set(key, value, expire=expire), _saved)
 
     def load(self, session_id: str) -> defer.Deferred:
         if not isinstance(session_id, str):
@@ -127,112 +107,32 @@ class RedisSessionStore:
         if not session_id:
             return defer.succeed(None)
         key = session_key(session_id)
-        return self._call("load", lambda: self._redis.get(key), self._decode(session_id))
+        return self._calls.call(
+            "load",
+            lambda: self._redis.get(key).addErrback(_wrong_type_is_missing),
+            lambda reply: self._decode(reply, session_id),
+        )
 
     def close(self) -> defer.Deferred:
-        if not self._closed:
-            self._closed = True
-            calls, self._calls = self._calls, set()
-            for call in calls:
-                self._finish(call, Failure(StoreUnavailable("redis session store is closed")))
+        self._calls.close()
         if not self._close_connection:
             return defer.succeed(None)
         if self._client is not None:
             return self._client.disconnect()
         return defer.maybeDeferred(self._redis.disconnect).addBoth(lambda _: None)
 
-    def _decode(self, session_id: str) -> Callable[[object], ReusableSession | None]:
-        def decode(reply: object) -> ReusableSession | None:
-            if reply is None:
-                return None
-            if isinstance(reply, str) and not reply.strip():
-                return None
-            try:
-                return decode_reusable_session(reply)
-            except InvalidSession as e:
-                self.log.debug(
-                    "ignoring undecodable session {session}: {why}",
-                    session=session_id,
-                    why=str(e),
-                )
-                return None
-
-        return decode
-
-    def _call(
-        self, what: str, command: Callable[[], defer.Deferred], on_reply: Callable
-    ) -> defer.Deferred:
-        if self._closed:
-            return defer.fail(StoreUnavailable("redis session store is closed"))
-        if not self._available and self._client is not None and not self._client.connected:
-            # Known outage and nothing to send on: answer now rather than
-            # queue a command behind the reconnect.
-            return defer.fail(
-                StoreUnavailable(f"redis session store unavailable: {self._last_failure}")
+    def _decode(self, reply: object, session_id: str) -> ReusableSession | None:
+        if reply is None:
+            return None
+        if isinstance(reply, str) and not reply.strip():
+            return None
+        try:
+            return decode_reusable_session(reply)
+        except InvalidSession as e:
+            self.log.debug(
+                "ignoring undecodable session {session}: {why}", session=session_id, why=str(e)
             )
-        call = _Call(what)
-        call.timer = self._clock.callLater(self._timeout, self._deadline, call)
-        self._calls.add(call)
-        try:
-            sent = command()
-        except Exception:
-            sent = defer.fail()
-        sent.addBoth(self._answered, call, on_reply)
-        return call.result
-
-    def _answered(self, reply, call: _Call, on_reply: Callable) -> None:
-        if call.result.called:
-            # Past the deadline, closed, or cancelled: the caller has its
-            # answer already.  Returning None also consumes a late failure.
-            self._calls.discard(call)
             return None
-        if isinstance(reply, Failure):
-            if reply.check(txredisapi.ResponseError) and str(reply.value).startswith("WRONGTYPE"):
-                # Redis answered: the key holds something else, not a session.
-                self._recovered()
-                self._finish(call, on_reply(None))
-                return None
-            why = f"{reply.type.__name__}: {reply.getErrorMessage()}"
-            self._failed(why)
-            self._finish(call, Failure(StoreUnavailable(f"redis session store unavailable: {why}")))
-            return None
-        self._recovered()
-        try:
-            value = on_reply(reply)
-        except Exception:
-            value = Failure()
-        self._finish(call, value)
-        return None
-
-    def _deadline(self, call: _Call) -> None:
-        call.timer = None
-        if call.result.called:
-            self._calls.discard(call)
-            return
-        why = f"no answer to {call.what} within {self._timeout:g} s"
-        self._failed(why)
-        self._finish(call, Failure(StoreUnavailable(f"redis session store unavailable: {why}")))
-
-    def _finish(self, call: _Call, value) -> None:
-        self._calls.discard(call)
-        if call.timer is not None and call.timer.active():
-            call.timer.cancel()
-        call.timer = None
-        if isinstance(value, Failure):
-            call.result.errback(value)
-        else:
-            call.result.callback(value)
-
-    def _failed(self, why: str) -> None:
-        self._last_failure = why
-        if self._available:
-            self._available = False
-            self.log.warn("redis session store unavailable: {why}", why=why)
-
-    def _recovered(self) -> None:
-        if not self._available:
-            self._available = True
-            self.log.info("redis session store recovered")
 
 
 def _saved(_reply: object) -> None:

@@ -11,8 +11,8 @@ the deadline is dropped.  While an outage is known and no connection is up,
 calls fail at once instead of queuing behind the reconnect.  An outage is
 logged once when it starts and once when it ends.
 
-(L{mpush.store.redis} predates this module and keeps its own copy of the
-same approach.)
+Each failed call is also reported to the instance's C{failure_observers}
+(metrics count Redis errors per component).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from mpush.store.redis_connection import RedisClient
 
-__all__ = ["BoundedRedis", "check_timeout"]
+__all__ = ["BoundedRedis", "RedisComponent", "check_timeout"]
 
 
 def check_timeout(timeout: object) -> float:
@@ -88,6 +88,7 @@ class BoundedRedis:
         self.closed = False
         self._last_failure = ""
         self._calls: set[_Call] = set()
+        self.failure_observers: list[Callable[[str], object]] = []
 
     def call(
         self,
@@ -175,6 +176,11 @@ class BoundedRedis:
 
     def _failed(self, why: str) -> None:
         self._last_failure = why
+        for observer in self.failure_observers:
+            try:
+                observer(self.name)
+            except Exception:
+                self.log.failure("failure observer of {name}", name=self.name)
         if self.available:
             self.available = False
             self.log.warn("{name} unavailable: {why}", name=self.name, why=why)
@@ -183,3 +189,18 @@ class BoundedRedis:
         if not self.available:
             self.available = True
             self.log.info("{name} recovered", name=self.name)
+
+
+class RedisComponent:
+    """
+    What every Redis-backed part of mpush offers besides its own interface:
+    a way to be told of its failed calls.  Expects C{self._calls}, its
+    L{BoundedRedis}.
+    """
+
+    def observe_failures(self, observer: Callable[[str], object]) -> None:
+        """
+        Call C{observer(component name)} for every call that fails because
+        Redis is down, slow or unreachable.
+        """
+        self._calls.failure_observers.append(observer)
