@@ -9,7 +9,7 @@ Redis when one is configured).
 """
 
 from twisted.application import service, strports
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -20,6 +20,7 @@ from mpush.protocol.routing import NodeInfo
 from mpush.router.local import LocalRouter
 from mpush.metrics import PrometheusMetrics
 from mpush.node_api import NodeAPI
+from mpush.offline.delivery import OfflineDelivery
 from mpush.server.ack_handler import AckHandler
 from mpush.server.admin import AdminFactory
 from mpush.server.bind import BindHandler, UnbindHandler
@@ -37,6 +38,9 @@ from mpush.server.push_center import PushCenter
 from mpush.server.router_center import RouterCenter
 
 log = Logger()
+
+#: Seconds between sweeps of expired offline messages kept in memory.
+OFFLINE_SWEEP_INTERVAL = 60.0
 
 
 def _port(text):
@@ -106,9 +110,11 @@ class Backends:
                 MemoryRoutingState,
                 MemoryUserEvents,
             )
+            from mpush.offline.memory import MemoryOfflineStore
             from mpush.store.memory import MemorySessionStore
 
             state = MemoryRoutingState(clock)
+            self.offline = MemoryOfflineStore(config.offline.max_count, config.offline.max_bytes)
             self.broadcasts = MemoryBroadcastControl()
             self.sessions = MemorySessionStore(clock)
             self.remote = MemoryRemoteRouter(clock, state)
@@ -116,6 +122,7 @@ class Backends:
             self.kicks = MemoryKickChannel(clock, state)
             self.registry = MemoryNodeRegistry(clock, state, **registry_timing(config))
         else:
+            from mpush.offline.redis import RedisOfflineStore
             from mpush.router.redis import (
                 RedisKickChannel,
                 RedisNodeRegistry,
@@ -126,6 +133,9 @@ class Backends:
             from mpush.store.redis_connection import connect_redis
 
             self.redis = connect_redis(url, clock)
+            self.offline = RedisOfflineStore(
+                self.redis, clock, max_count=config.offline.max_count, max_bytes=config.offline.max_bytes
+            )
             self.broadcasts = RedisBroadcastControl(self.redis, clock)
             self.sessions = RedisSessionStore(self.redis, clock, close_connection=False)
             self.remote = RedisRemoteRouter(self.redis, clock)
@@ -144,6 +154,7 @@ class Backends:
             (self.kicks, "kicks"),
             (self.registry, "registry"),
             (self.broadcasts, "broadcast"),
+            (self.offline, "offline"),
         )
         for component, label in components:
             observe = getattr(component, "observe_failures", None)
@@ -152,7 +163,9 @@ class Backends:
 
     @defer.inlineCallbacks
     def close(self):
-        for part in (self.registry, self.kicks, self.events, self.remote, self.broadcasts, self.sessions):
+        for part in (
+            self.registry, self.kicks, self.events, self.remote, self.broadcasts, self.offline, self.sessions
+        ):
             try:
                 yield part.close()
             except Exception as error:
@@ -173,6 +186,7 @@ class NodeService(service.MultiService):
         self.backends = backends
         self.info = info
         self.api = api
+        self._sweeper = None
 
     def startService(self):
         super().startService()
@@ -198,6 +212,15 @@ class NodeService(service.MultiService):
         )
         backends.registry.on_node_dead(self._node_dead)
         self._quietly(backends.registry.register(self.info), "node not registered")
+        sweep = getattr(backends.offline, "sweep", None)
+        if sweep is not None:
+            self._sweeper = task.LoopingCall(self._sweep_offline, sweep)
+            self._sweeper.clock = self.node.clock
+            self._sweeper.start(OFFLINE_SWEEP_INTERVAL, now=False)
+
+    def _sweep_offline(self, sweep):
+        sweep(self.node.now_ms())
+        self.node.metrics.offline_queue_size(self.backends.offline.queued())
 
     def _node_dead(self, info):
         log.warn("node {host}:{port} is gone; marking its routes offline", host=info.host, port=info.port)
@@ -205,6 +228,8 @@ class NodeService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
         yield super().stopService()
         if self.api is not None:
             yield self.api.close()
@@ -247,10 +272,15 @@ def build_node(config, clock, backends=None):
     node = ServerNode(config, keys.private_key, backends.sessions, clock)
     node.metrics = PrometheusMetrics()
     backends.observe_failures(node.metrics)
+    backends.offline.counters.listener = lambda name, count: node.metrics.offline(
+        "refused" if name == "refused_too_large" else name, count
+    )
+    delivery = OfflineDelivery(backends.offline, node.acks, clock, lease_ms=config.offline.lease)
     host = local_ip(config.net)
     gateway = (host, config.net.gateway_server_port)
     node.router_center = RouterCenter(
-        node, LocalRouter(), backends.remote, backends.events, backends.kicks, validator, gateway
+        node, LocalRouter(), backends.remote, backends.events, backends.kicks, validator, gateway,
+        offline=delivery,
     )
     node.push_center = PushCenter(node, node.router_center, backends.broadcasts)
     info = NodeInfo(
@@ -280,7 +310,7 @@ def makeService(options):
         node, backends, info = build_node(config, reactor)
     except ConfigError as error:
         raise SystemExit(f"mpush: {error}")
-    api = NodeAPI(node, backends, info, reactor)
+    api = NodeAPI(node, backends, info, reactor, offline=backends.offline)
     top = NodeService(node, backends, info, api)
     net = config.net
     connections = ConnectionFactory(node, make_dispatcher(node))

@@ -41,7 +41,7 @@ class LoopbackNode:
         )
         self.backends.kicks.listen(self.info.host, self.info.port, self.node.router_center.remote_kick)
         self.backends.registry.register(self.info)
-        self.api = NodeAPI(self.node, self.backends, self.info, reactor)
+        self.api = NodeAPI(self.node, self.backends, self.info, reactor, offline=self.backends.offline)
         test_case.addCleanup(self.stop)
 
     @defer.inlineCallbacks

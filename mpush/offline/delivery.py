@@ -32,7 +32,7 @@ from mpush.server.acks import AckTable, AckTimeout
 
 __all__ = [
     "ACK_FLAGS",
-    "DEFAULT_ACK_TIMEOUT_MS",
+    "ACK_SHARE_OF_LEASE",
     "DEFAULT_LEASE_MS",
     "DELIVERY_STAT_NAMES",
     "OfflineDelivery",
@@ -42,12 +42,12 @@ __all__ = [
 #: The PUSH flag bits of each ack model (spec 12.4).
 ACK_FLAGS = {"none": 0, "auto": int(Flags.AUTO_ACK), "biz": int(Flags.BIZ_ACK)}
 
-#: How long a written message waits for its ACK.
-DEFAULT_ACK_TIMEOUT_MS = 10_000
-#: How long a claim keeps other binds off a user's messages; longer than the
-#: ack wait, so a message is never delivered elsewhere while its ACK may
-#: still come.
+#: How long a claim keeps other binds off a user's messages ([offline] lease).
 DEFAULT_LEASE_MS = 30_000
+#: A written message waits for its ACK this share of the lease by default:
+#: the rest covers the claim's round trip, so a message is never handed to
+#: another bind while its ACK may still come.
+ACK_SHARE_OF_LEASE = 3
 
 #: The keys of L{OfflineDelivery.stats}.
 DELIVERY_STAT_NAMES = ("sent", "delivered", "ack_missed", "released", "store_errors")
@@ -79,7 +79,8 @@ class OfflineDelivery:
     @param acks: the node's L{AckTable} (the ACK handler resolves it).
     @param clock: the node's clock; C{now} for claims.
     @param lease_ms: how long a claim lasts; must exceed C{ack_timeout_ms}.
-    @param ack_timeout_ms: how long a written message waits for its ACK.
+    @param ack_timeout_ms: how long a written message waits for its ACK;
+        by default a third of C{lease_ms}.
     """
 
     log = Logger()
@@ -90,9 +91,11 @@ class OfflineDelivery:
         acks: AckTable,
         clock: IReactorTime,
         lease_ms: int = DEFAULT_LEASE_MS,
-        ack_timeout_ms: int = DEFAULT_ACK_TIMEOUT_MS,
+        ack_timeout_ms: int | None = None,
     ) -> None:
         self.lease_ms = _positive_ms(lease_ms, "lease_ms")
+        if ack_timeout_ms is None:
+            ack_timeout_ms = max(lease_ms // ACK_SHARE_OF_LEASE, 1)
         self.ack_timeout_ms = _positive_ms(ack_timeout_ms, "ack_timeout_ms")
         if lease_ms <= ack_timeout_ms:
             raise ValueError(
@@ -124,9 +127,9 @@ class OfflineDelivery:
             node's C{next_packet_id}).
         @return: a Deferred that fires, never fails, once every message is
             settled (written and removed for NO_ACK; acked and removed, or
-            its ack missed, otherwise), with the number delivered.  It can take C{ack_timeout_ms}: do not
-            make the BIND handler wait for it, the ACKs arrive on the same
-            connection behind that handler.
+            its ack missed, otherwise), with the number delivered.  It can
+            take C{ack_timeout_ms}: do not make the BIND handler wait for
+            it, the ACKs arrive on the same connection behind that handler.
         """
         try:
             run = _Run(self, connection, user_id, next_packet_id)

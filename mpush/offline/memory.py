@@ -147,8 +147,12 @@ class MemoryOfflineStore:
         return purged
 
     def users(self) -> int:
-        """How many users have a queue (for a gauge)."""
+        """How many users have a queue."""
         return len(self._queues)
+
+    def queued(self) -> int:
+        """How many messages wait, all users together (the queue-size gauge)."""
+        return sum(len(queue.entries) for queue in self._queues.values())
 
     # -- the work ----------------------------------------------------------
 

@@ -60,7 +60,7 @@ from mpush.offline.interfaces import (
     check_owner,
     check_user_id,
 )
-from mpush.store.redis_calls import BoundedRedis
+from mpush.store.redis_calls import BoundedRedis, RedisComponent
 from mpush.store.redis_connection import RedisClient
 
 __all__ = [
@@ -241,9 +241,10 @@ return released
 
 
 @implementer(IOfflineStore)
-class RedisOfflineStore:
+class RedisOfflineStore(RedisComponent):
     """
-    L{IOfflineStore} on Redis.
+    L{IOfflineStore} on Redis.  C{observe_failures} (from
+    L{RedisComponent}) reports its failed calls, for metrics.
 
     @param redis: a L{RedisClient} (or a bare txredisapi handler).
     @param timeout: seconds each call may take on C{clock}.

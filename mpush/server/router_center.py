@@ -29,8 +29,9 @@ class RouterCenter:
 
     log = Logger()
 
-    def __init__(self, node, local, remote, events, kicks, validator, gateway):
+    def __init__(self, node, local, remote, events, kicks, validator, gateway, offline=None):
         self.node = node
+        self.offline = offline
         self.local = local
         self.remote = remote
         self.events = events
@@ -75,6 +76,9 @@ class RouterCenter:
         self._quietly(self.events.user_online(user_id), "online event of {user}", user=user_id)
         connection.send_raw(Command.OK, OkMessage(Command.BIND, 0, "bind success"), packet.session_id)
         self._kick_replaced(connection, user_id, client_type, replaced, previous)
+        if self.offline is not None:
+            # Not waited for: the acks it waits on queue behind this BIND.
+            self.offline.deliver(connection, user_id, self.node.next_packet_id)
 
     @defer.inlineCallbacks
     def unbind(self, connection, packet, message):
@@ -95,8 +99,16 @@ class RouterCenter:
     def connection_closed(self, connection):
         """
         Release the routes a closed connection still owns (spec 11.6).  A
-        route that a newer connection took over is left alone.
+        route that a newer connection took over is left alone.  Offline
+        messages it had claimed but not acked go back to the queue.
         """
+        user_id = connection.context.user_id
+        if self.offline is not None:
+            self._quietly(
+                self.offline.store.release(user_id, connection.conn_id),
+                "offline claims of {user} not released",
+                user=user_id,
+            )
         return self._release(connection)
 
     def _release(self, connection):
