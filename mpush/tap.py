@@ -64,7 +64,8 @@ class Options(usage.Options):
         ["config", "c", None, "TOML config file (see etc/mpush.toml)."],
         ["connect-port", None, None, "Client port ([net] connect-server-port, default 3000).", _port],
         ["gateway-port", None, None, "Gateway port for pushes ([net] gateway-server-port, default 3001; 0 disables).", _port],
-        ["admin-port", None, None, "Admin console port ([net] admin-server-port, default 3002).", _port],
+        ["admin-port", None, None, "Admin console port ([net] admin-server-port, default 3002; 0 disables).", _port],
+        ["http-port", None, None, "HTTP push API, /metrics and /healthz ([net] http-server-port, default 8080; 0 disables).", _port],
         ["redis", None, None, "Redis URL redis://[:password@]host:port/db ([redis] nodes); absent = in-memory stores."],
         ["state-dir", None, None, "Directory for generated keys ([mpush] state-dir, default /var/lib/mpush)."],
     ]
@@ -78,6 +79,7 @@ class Options(usage.Options):
                 gateway_port=self["gateway-port"],
                 admin_port=self["admin-port"],
                 redis_url=self["redis"],
+                http_port=self["http-port"],
             )
         except ConfigError as error:
             # One line naming the key, not twistd's whole usage text.
@@ -328,4 +330,50 @@ def makeService(options):
         strports.service(
             _endpoint(net.admin_server_port, net.admin_server_bind_ip), admin
         ).setServiceParent(top)
+    if net.http_server_port:
+        strports.service(
+            _endpoint(net.http_server_port, http_interface(config)), make_http_site(node, api, reactor)
+        ).setServiceParent(top)
     return top
+
+
+def http_interface(config):
+    """
+    Where the HTTP API listens: anywhere configured when it has a token,
+    loopback only when it has none (anyone who reaches it could push).
+    """
+    if config.http.api_token:
+        return config.net.http_server_bind_ip
+    log.warn(
+        "HTTP API on 127.0.0.1:{port} only: no [http] api-token is configured",
+        port=config.net.http_server_port,
+    )
+    return "127.0.0.1"
+
+
+def make_http_site(node, api, clock):
+    """
+    The HTTP API with /metrics and /healthz beside it.
+    """
+    from mpush.http.api import ApiResource, ApiSite, HttpApiRoot
+    from mpush.metrics import HealthResource, MetricsResource
+
+    config = node.config
+    resource = ApiResource(
+        api, token=config.http.api_token or None, clock=clock, max_body_bytes=config.http.max_body_size
+    )
+    root = HttpApiRoot(resource)
+    root.putChild(b"metrics", MetricsResource(node.metrics))
+    root.putChild(b"healthz", HealthResource(lambda: health(api), clock=clock))
+    site = ApiSite(root, body_limit=config.http.max_body_size)
+    site.noisy = False
+    return site
+
+
+@defer.inlineCallbacks
+def health(api):
+    """
+    Healthy when the node can reach its shared state (Redis, when it has one).
+    """
+    online = yield api.online_count()
+    return {"connections": api.connection_count(), "online": online}

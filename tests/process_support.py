@@ -44,6 +44,7 @@ class NodeProcess:
         self.port = port or free_port()
         self.gateway_port = free_port()
         self.admin_port = free_port()
+        self.http_port = free_port()
         self.config_path = os.path.join(self.directory, "mpush.toml")
         with open(self.config_path, "w") as config:
             config.write(config_text)
@@ -66,6 +67,8 @@ class NodeProcess:
             str(self.gateway_port),
             "--admin-port",
             str(self.admin_port),
+            "--http-port",
+            str(self.http_port),
             "--state-dir",
             os.path.join(self.directory, "state"),
         ] + self.extra_args
@@ -79,7 +82,7 @@ class NodeProcess:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout
-        waiting = [self.port, self.gateway_port, self.admin_port]
+        waiting = [self.port, self.gateway_port, self.admin_port, self.http_port]
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 output = self.process.stdout.read().decode(errors="replace")

@@ -36,7 +36,7 @@ class PluginTests(TestCase):
     def test_help_lists_options(self):
         result = run_twistd(["mpush", "--help"])
         self.assertEqual(result.returncode, 0, result.stderr)
-        for option in ("--config", "--connect-port", "--gateway-port", "--admin-port", "--redis", "--state-dir"):
+        for option in ("--config", "--connect-port", "--gateway-port", "--admin-port", "--http-port", "--redis", "--state-dir"):
             self.assertIn(option, result.stdout)
 
     def test_bad_config_fails_with_one_line(self):
@@ -60,7 +60,7 @@ class PluginTests(TestCase):
         self.assertIn("redis", message)
 
 
-class NodeProcessTests(TestCase):
+class NodeCase(TestCase):
     timeout = 120
 
     def start_node(self, config_text, **kwargs):
@@ -83,6 +83,9 @@ class NodeProcessTests(TestCase):
         self.addCleanup(client.close)
         return client
 
+
+
+class NodeProcessTests(NodeCase):
     @defer.inlineCallbacks
     def test_embedded_default_generates_and_keeps_key(self):
         node = self.start_node("")
@@ -126,3 +129,78 @@ class NodeProcessTests(TestCase):
         elsewhere = yield self.connect(node_b.port, token)
         self.assertTrue(elsewhere.resumed)
         yield elsewhere.ping()
+
+
+class OperatorSurfaceTests(NodeCase):
+    """
+    What an operator touches on a running node: the HTTP API with its token,
+    /metrics, /healthz and the admin console.
+    """
+
+    def http(self, node, method, path, body=None, token=None):
+        import json
+        import urllib.error
+        import urllib.request
+
+        from twisted.internet.threads import deferToThread
+
+        def call():
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{node.http_port}{path}",
+                data=None if body is None else json.dumps(body).encode(),
+                method=method,
+                headers={"Content-Type": "application/json"},
+            )
+            if token:
+                request.add_header("Authorization", f"Bearer {token}")
+            try:
+                with urllib.request.urlopen(request, timeout=10) as answer:
+                    return answer.status, answer.read().decode()
+            except urllib.error.HTTPError as error:
+                return error.code, error.read().decode()
+
+        return deferToThread(call)
+
+    def console(self, node, command):
+        import socket
+
+        from twisted.internet.threads import deferToThread
+
+        def call():
+            with socket.create_connection(("127.0.0.1", node.admin_port), timeout=10) as sock:
+                sock.sendall(command.encode() + b"\r\nquit\r\n")
+                data = b""
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return data.decode()
+                    data += chunk
+
+        return deferToThread(call)
+
+    @defer.inlineCallbacks
+    def test_push_over_http_metrics_health_and_console(self):
+        import json
+
+        node = self.start_node(demo_key_config() + '[http]\napi-token = "s3cret"\n')
+        client = yield self.connect(node.port, None)
+        yield client.bind("alice")
+        status, _ = yield self.http(node, "POST", "/v1/push", {"users": ["alice"], "content": "x"})
+        self.assertEqual(status, 401)
+        status, body = yield self.http(
+            node, "POST", "/v1/push", {"users": ["alice"], "content": "hello", "ack": "auto"}, "s3cret"
+        )
+        self.assertEqual(status, 200, body)
+        self.assertEqual([r["status"] for r in json.loads(body)["results"]], ["success"])
+        received = yield client.wait_for_push(timeout=5)
+        self.assertEqual(received.content, b"hello")
+        status, body = yield self.http(node, "GET", "/metrics")
+        self.assertEqual(status, 200)
+        self.assertIn('mpush_pushes_total{result="success"} 1.0', body)
+        self.assertIn("mpush_connections 1.0", body)
+        status, body = yield self.http(node, "GET", "/healthz")
+        self.assertEqual((status, json.loads(body)["status"]), (200, "ok"))
+        reply = yield self.console(node, "count conn")
+        self.assertIn("Welcome to MPush Console", reply)
+        self.assertIn("\r\n1\r\n\r\n", reply)
+        self.assertIn("have a good day!", reply)

@@ -20,7 +20,9 @@ import sys
 from urllib.parse import quote, urlsplit
 
 from twisted.internet import defer, task
-from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.internet.protocol import Protocol
+from twisted.web.client import Agent, FileBodyProducer, ResponseDone
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from mpush.http import schema
@@ -48,6 +50,8 @@ DEFAULT_TIMEOUT_S = 15.0
 #: Added to a push's timeout_ms: the node answers after it, not at it.
 PUSH_TIMEOUT_MARGIN_S = 10.0
 _CONNECT_TIMEOUT_S = 10.0
+#: Largest answer read (a user's routes, a push's results: far less).
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 _MAX_TIMEOUT_S = 86400.0
 #: Push results that mean "delivered, or kept as asked".
 _OK_STATUSES = frozenset({"success", "stored_offline"})
@@ -235,8 +239,7 @@ def _push_body(args) -> dict:
 def call_api(reactor, method: str, url: str, token: bytes | None, body: dict | None,
              timeout_s: float):
     """
-    One API call; fires an L{ApiResult} for any 2xx JSON answer (C{value} is
-    text for a text answer).
+    One API call; fires an L{ApiResult} for a 2xx JSON answer.
 
     @raise ApiFailure: the API answered with an error.
     @raise CliError: no answer (connection, timeout) or not an API answer.
@@ -253,20 +256,26 @@ def call_api(reactor, method: str, url: str, token: bytes | None, body: dict | N
     @defer.inlineCallbacks
     def exchange():
         response = yield agent.request(method.encode("ascii"), url.encode("ascii"), headers, producer)
-        data = yield readBody(response)
+        data = yield _read_body(response)
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         return response.code, content_type, data
 
+    def timed_out(result, timeout):
+        raise _NoAnswer()
+
     try:
-        status, content_type, data = yield exchange().addTimeout(timeout_s, reactor)
-    except defer.TimeoutError:
+        status, content_type, data = yield exchange().addTimeout(timeout_s, reactor, timed_out)
+    except _NoAnswer:
         raise CliError(f"no answer from {url} within {timeout_s:g}s") from None
+    except CliError:
+        raise
     except Exception as exc:
         raise CliError(f"cannot reach {url}: {_reason(exc)}") from None
     if not content_type.lower().startswith(b"application/json"):
         if 200 <= status < 300:
-            return ApiResult(status, data.decode("utf-8", "replace"))
-        raise ApiFailure(status, "http_error", _one_line(data.decode("utf-8", "replace")) or "no message")
+            kind = _one_line(content_type.decode("latin-1")) or "no Content-Type"
+            raise CliError(f"{url} answered HTTP {status} with {kind}, not JSON: is it the mpush API?")
+        raise ApiFailure(status, "http_error", _one_line(data.decode("utf-8", "replace"))[:200] or "no message")
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
@@ -277,6 +286,49 @@ def call_api(reactor, method: str, url: str, token: bytes | None, body: dict | N
     if isinstance(error, dict):
         raise ApiFailure(status, str(error.get("code")), str(error.get("message")))
     raise ApiFailure(status, "http_error", _one_line(json.dumps(value))[:200])
+
+
+class _NoAnswer(Exception):
+    """The whole exchange took longer than its bound."""
+
+
+class _BodyReader(Protocol):
+    """Collects a response body up to L{MAX_ANSWER_BYTES}."""
+
+    def __init__(self, finished: defer.Deferred) -> None:
+        self.finished = finished
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > MAX_ANSWER_BYTES:
+            self.transport.stopProducing()
+            if not self.finished.called:
+                self.finished.errback(CliError(f"the answer is larger than {MAX_ANSWER_BYTES} bytes"))
+            return
+        self.parts.append(data)
+
+    def connectionLost(self, reason) -> None:
+        if self.finished.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self.parts))
+        else:
+            self.finished.errback(reason)
+
+
+def _read_body(response) -> defer.Deferred:
+    reader = None
+
+    def cancel(deferred):
+        if reader is not None and reader.transport is not None:
+            reader.transport.stopProducing()
+
+    finished = defer.Deferred(cancel)
+    reader = _BodyReader(finished)
+    response.deliverBody(reader)
+    return finished
 
 
 def _reason(exc: Exception) -> str:

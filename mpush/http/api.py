@@ -28,7 +28,6 @@ from mpush.http.errors import (
     ApiError,
     GatewayTimeout,
     InternalError,
-    InvalidRequest,
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
@@ -272,7 +271,7 @@ class ApiResource(Resource):
         self._call_bound_s = call_bound_s
         self._margin_s = safety_margin_s
         self._max_body = max_body_bytes
-        self._openapi = load_openapi()
+        self._openapi_document = load_openapi()
 
     # -- twisted.web --------------------------------------------------------
 
@@ -396,7 +395,7 @@ class ApiResource(Resource):
         return deferred.addCallback(view), self._call_bound_s
 
     def _openapi(self, request):
-        return Reply(200, self._openapi)
+        return Reply(200, self._openapi_document)
 
 
 class _NotFoundResource(Resource):
@@ -450,9 +449,15 @@ class CappedBody(io.BytesIO):
 
 
 class ApiSite(server.Site):
-    """A Site whose request bodies are capped (see L{CappedBody})."""
+    """
+    The Site to serve the API with: request bodies are capped (see
+    L{CappedBody}), and twisted.web does not parse form uploads itself (a
+    malformed multipart body would get its bare, non-JSON 400 before the API
+    sees the request, and a large one costs memory for nothing).
+    """
 
     def __init__(self, resource, *args, body_limit: int = schema.MAX_BODY_BYTES, **kwargs) -> None:
+        kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, *args, **kwargs)
         self.body_limit = body_limit
 
