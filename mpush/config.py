@@ -369,6 +369,131 @@ class OfflineConfig:
         _need_int("[offline] lease", self.lease, 100, what=" ms")
 
 
+def _bool(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {_describe(value)}")
+    return value
+
+
+def _str_list(value: object) -> tuple:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"expected a list of strings, got {_describe(value)}")
+    return tuple(value)
+
+
+def _dns_mapping(value: object) -> tuple:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table of \"domain\" = [\"ip:port\", ...], got {_describe(value)}")
+    mapping = []
+    for domain, targets in value.items():
+        if not isinstance(targets, list) or not targets or not all(isinstance(t, str) for t in targets):
+            raise ValueError(f"{domain!r}: expected a non-empty list of \"ip[:port]\" strings")
+        mapping.append((domain, tuple(targets)))
+    return tuple(mapping)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """
+    ``[limits]`` (ours): what one client may cost.  0 means no limit.  Each
+    refusal is logged and counted in ``mpush_refused_total{reason}``.
+    """
+
+    max_connections: int = 0              # per node
+    max_connections_per_ip: int = 0
+    handshake_rate: int = 0               # full (RSA) handshakes per second per node
+    handshake_burst: int = 0              # bucket size; 0 = handshake-rate
+    pre_handshake_timeout: int = 30000    # ms from accept to a completed handshake
+    max_pending_packets: int = 1024       # packets queued behind a busy handler
+    max_read_size: int = 1 << 20          # bytes buffered for one incomplete frame
+
+    def __post_init__(self) -> None:
+        for name in ("max_connections", "max_connections_per_ip", "handshake_rate", "handshake_burst"):
+            _need_int(f"[limits] {name.replace('_', '-')}", getattr(self, name), 0)
+        _need_int("[limits] pre-handshake-timeout", self.pre_handshake_timeout, 0, what=" ms")
+        _need_int("[limits] max-pending-packets", self.max_pending_packets, 1)
+        _need_int("[limits] max-read-size", self.max_read_size, 64, what=" bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """
+    ``[tls]`` (ours): TLS on the client, WebSocket and HTTP API ports, from
+    one PEM certificate chain and key.
+    """
+
+    cert_file: str = ""
+    key_file: str = ""
+    connect_server: bool = False
+    ws_server: bool = False
+    http_server: bool = False
+
+    def __post_init__(self) -> None:
+        _need_str("[tls] cert-file", self.cert_file)
+        _need_str("[tls] key-file", self.key_file)
+        wanted = self.connect_server or self.ws_server or self.http_server
+        if wanted and not (self.cert_file and self.key_file):
+            raise ConfigError("TLS is enabled on a port but cert-file and key-file are not both set",
+                              key="[tls] cert-file")
+
+
+@dataclass(frozen=True, slots=True)
+class ZkConfig:
+    """
+    ``[zk]`` (MPush ``mp.zk``): registration of this node in ZooKeeper, for
+    MPush's Java PushSender and alloc service.  Off unless ``enabled``.
+    """
+
+    enabled: bool = False
+    server_address: str = "127.0.0.1:2181"
+    namespace: str = "mpush"
+    digest: str = field(default="mpush", repr=False)
+    session_timeout: int = 5000           # ms (MPush sessionTimeoutMs)
+    connection_timeout: int = 5000        # ms (MPush connectionTimeoutMs)
+
+    def __post_init__(self) -> None:
+        _need_str("[zk] server-address", self.server_address)
+        _need_str("[zk] namespace", self.namespace)
+        _need_str("[zk] digest", self.digest)
+        _need_int("[zk] sessionTimeoutMs", self.session_timeout, 1, what=" ms")
+        _need_int("[zk] connectionTimeoutMs", self.connection_timeout, 1, what=" ms")
+        if self.enabled and not self.server_address:
+            raise ConfigError("must not be empty when [zk] enabled = true", key="[zk] server-address")
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """
+    The HTTP proxy over the long connection (MPush ``mp.http``, spec 13),
+    off by default as in MPush.  Private, loopback, link-local and metadata
+    addresses are refused, after DNS, unless listed in ``proxy-allow``.
+    """
+
+    enabled: bool = False
+    max_conn_per_host: int = 5
+    default_read_timeout: int = 10000     # ms
+    max_content_length: int = 5 << 20     # bytes
+    dns_mapping: tuple = ()               # ((domain, ("ip:port", ...)), ...)
+    allow: tuple = ()                     # CIDRs always allowed, e.g. ("10.1.2.0/24",)
+    max_in_flight_per_connection: int = 8
+    max_in_flight: int = 256
+
+    def __post_init__(self) -> None:
+        _need_int("[http] max-conn-per-host", self.max_conn_per_host, 1)
+        _need_int("[http] default-read-timeout", self.default_read_timeout, 1, what=" ms")
+        _need_int("[http] max-content-length", self.max_content_length, 1, what=" bytes")
+        _need_int("[http] proxy-max-in-flight-per-connection", self.max_in_flight_per_connection, 1)
+        _need_int("[http] proxy-max-in-flight", self.max_in_flight, 1)
+        import ipaddress
+
+        for cidr in self.allow:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ConfigError(f"not an address or network: {cidr!r}",
+                                  key="[http] proxy-allow") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole configuration; ``source`` is informational and not compared."""
@@ -382,6 +507,10 @@ class Config:
     cluster: "ClusterConfig" = field(default_factory=lambda: ClusterConfig())
     http: "HttpConfig" = field(default_factory=lambda: HttpConfig())
     offline: "OfflineConfig" = field(default_factory=lambda: OfflineConfig())
+    limits: "LimitsConfig" = field(default_factory=lambda: LimitsConfig())
+    tls: "TlsConfig" = field(default_factory=lambda: TlsConfig())
+    zk: "ZkConfig" = field(default_factory=lambda: ZkConfig())
+    proxy: "ProxyConfig" = field(default_factory=lambda: ProxyConfig())
     state_dir: str = "/var/lib/mpush"   # [mpush] state-dir: generated keys live here
     source: str | None = field(default=None, compare=False)
 
@@ -390,7 +519,8 @@ class Config:
                            ("net", NetConfig), ("redis", RedisConfig),
                            ("push", PushConfig), ("bind", BindConfig),
                            ("cluster", ClusterConfig), ("http", HttpConfig),
-                           ("offline", OfflineConfig)):
+                           ("offline", OfflineConfig), ("limits", LimitsConfig),
+                           ("tls", TlsConfig), ("zk", ZkConfig), ("proxy", ProxyConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"expected a {kind.__name__}, got "
                                   f"{_describe(getattr(self, name))}", key=f"[{name}]")
@@ -530,9 +660,30 @@ _SCHEMA: dict[str, dict[str, object]] = {
             "jmxEnabled", "jmxNamePrefix", "jmxNameBase")},
     },
     "zk": {
-        "server-address": _ANY, "namespace": _ANY, "digest": _ANY, "watch-path": _ANY,
+        "enabled": _Field("enabled", _bool),
+        "server-address": _Field("server_address", _same),
+        "namespace": _Field("namespace", _same),
+        "digest": _Field("digest", _same),
+        "watch-path": _ANY,
         "retry": {k: _ANY for k in ("baseSleepTimeMs", "maxRetries", "maxSleepMs")},
-        "connectionTimeoutMs": _ANY, "sessionTimeoutMs": _ANY,
+        "connectionTimeoutMs": _Field("connection_timeout", _millis),
+        "sessionTimeoutMs": _Field("session_timeout", _millis),
+    },
+    "limits": {
+        "max-connections": _Field("max_connections", _same),
+        "max-connections-per-ip": _Field("max_connections_per_ip", _same),
+        "handshake-rate": _Field("handshake_rate", _same),
+        "handshake-burst": _Field("handshake_burst", _same),
+        "pre-handshake-timeout": _Field("pre_handshake_timeout", _millis),
+        "max-pending-packets": _Field("max_pending_packets", _same),
+        "max-read-size": _Field("max_read_size", _size),
+    },
+    "tls": {
+        "cert-file": _Field("cert_file", _same),
+        "key-file": _Field("key_file", _same),
+        "connect-server": _Field("connect_server", _bool),
+        "ws-server": _Field("ws_server", _bool),
+        "http-server": _Field("http_server", _bool),
     },
     "offline": {
         "max-count": _Field("max_count", _same),
@@ -542,9 +693,14 @@ _SCHEMA: dict[str, dict[str, object]] = {
     "http": {
         "api-token": _Field("api_token", _same),
         "max-body-size": _Field("max_body_size", _size),
-        "proxy-enabled": _Only(False, "the HTTP proxy (spec 13) is not implemented"),
-        "max-conn-per-host": _ANY, "default-read-timeout": _ANY,
-        "max-content-length": _ANY, "dns-mapping": _ANY_TABLE,
+        "proxy-enabled": _Field("proxy.enabled", _bool),
+        "max-conn-per-host": _Field("proxy.max_conn_per_host", _same),
+        "default-read-timeout": _Field("proxy.default_read_timeout", _millis),
+        "max-content-length": _Field("proxy.max_content_length", _size),
+        "dns-mapping": _Field("proxy.dns_mapping", _dns_mapping),
+        "proxy-allow": _Field("proxy.allow", _str_list),
+        "proxy-max-in-flight-per-connection": _Field("proxy.max_in_flight_per_connection", _same),
+        "proxy-max-in-flight": _Field("proxy.max_in_flight", _same),
     },
     "thread": {
         "pool": {
@@ -585,7 +741,8 @@ _SCHEMA: dict[str, dict[str, object]] = {
 
 _CLASSES = {"core": CoreConfig, "security": SecurityConfig, "net": NetConfig,
             "redis": RedisConfig, "push": PushConfig, "bind": BindConfig,
-            "cluster": ClusterConfig, "http": HttpConfig, "offline": OfflineConfig}
+            "cluster": ClusterConfig, "http": HttpConfig, "offline": OfflineConfig,
+            "limits": LimitsConfig, "tls": TlsConfig, "zk": ZkConfig}
 
 
 def _unknown(key: str, known: list[str], what: str) -> str:
@@ -644,7 +801,10 @@ def parse_config(data: dict, source: str | None = None) -> Config:
                 raise ConfigError(f"{_unknown(table, sorted(_SCHEMA), 'top-level key')}; "
                                   f"options live in tables such as [core]", key=table)
             _check_table(table, content, schema, fields[table])
+        proxy_fields = {name[len("proxy."):]: fields["http"].pop(name)
+                        for name in list(fields["http"]) if name.startswith("proxy.")}
         parts = {name: kind(**fields[name]) for name, kind in _CLASSES.items()}
+        parts["proxy"] = ProxyConfig(**proxy_fields)
         _check_net(data, parts["net"])
         return Config(**parts, **fields["mpush"], source=source)
     except ConfigError as e:

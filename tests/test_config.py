@@ -16,6 +16,7 @@ from mpush.config import (
     ConfigError,
     CoreConfig,
     NetConfig,
+    ProxyConfig,
     PushConfig,
     RedisConfig,
     SecurityConfig,
@@ -424,7 +425,10 @@ class EveryKeyTests(SynchronousTestCase):
     def test_mpush_reference_conf_translation_loads(self):
         """Every accepted-but-unused MPush key is accepted at MPush's values."""
         config = parse(MPUSH_REFERENCE)
-        expected = Config().replace(redis=RedisConfig(nodes=("127.0.0.1:6379",)))
+        expected = Config().replace(
+            redis=RedisConfig(nodes=("127.0.0.1:6379",)),
+            proxy=ProxyConfig(dns_mapping=(("mpush.com", ("127.0.0.1:8080", "127.0.0.1:8081")),)),
+        )
         self.assertEqual(config, expected)
 
     def test_register_ip_equal_to_local_ip_accepted(self):
@@ -660,8 +664,7 @@ class ErrorTests(ConfigErrorAssertions, SynchronousTestCase):
             ("net", "public-host-mapping", '{ "10.0.0.1" = "1.2.3.4" }', "set public-ip"),
             ("redis", "cluster-model", '"cluster"', "only 'single'"),
             ("redis", "sentinel-master", '"mymaster"', "Sentinel"),
-            ("http", "proxy-enabled", "true", "only False"),
-            ("http", "proxy-enabled", '"false"', "only False"),
+            ("http", "proxy-enabled", '"false"', "expected true or false"),
         ]:
             self.assertConfigError(f"[{table}]\n{key} = {value}\n", f"[{table}] {key}", needle)
 
@@ -921,3 +924,41 @@ class ClusterTests(SynchronousTestCase):
     def test_values(self):
         config = parse('[cluster]\nnode-ttl = "2s"\nnode-refresh = "500ms"\n')
         self.assertEqual((config.cluster.node_ttl, config.cluster.node_refresh), (2000, 500))
+
+
+class ReliabilityAndEcosystemConfigTests(SynchronousTestCase):
+
+    def test_limits(self):
+        config = parse('[limits]\nmax-connections = 20000\nmax-connections-per-ip = 50\n'
+                       'handshake-rate = 4000\npre-handshake-timeout = "15s"\n'
+                       'max-pending-packets = 64\nmax-read-size = "64k"\n')
+        limits = config.limits
+        self.assertEqual((limits.max_connections, limits.max_connections_per_ip, limits.handshake_rate,
+                          limits.pre_handshake_timeout, limits.max_pending_packets, limits.max_read_size),
+                         (20000, 50, 4000, 15000, 64, 65536))
+        error = self.assertRaises(ConfigError, parse, "[limits]\nmax-connections = -1\n")
+        self.assertIn("[limits] max-connections", str(error))
+
+    def test_tls_needs_cert_and_key(self):
+        error = self.assertRaises(ConfigError, parse, "[tls]\nconnect-server = true\n")
+        self.assertIn("[tls] cert-file", str(error))
+        config = parse('[tls]\ncert-file = "/etc/mpush/cert.pem"\nkey-file = "/etc/mpush/key.pem"\n'
+                       'connect-server = true\n')
+        self.assertTrue(config.tls.connect_server)
+
+    def test_zk(self):
+        config = parse('[zk]\nenabled = true\nserver-address = "10.0.0.1:2181,10.0.0.2:2181"\n'
+                       'sessionTimeoutMs = "10s"\n')
+        self.assertEqual((config.zk.enabled, config.zk.server_address, config.zk.session_timeout),
+                         (True, "10.0.0.1:2181,10.0.0.2:2181", 10000))
+
+    def test_proxy(self):
+        config = parse('[http]\nproxy-enabled = true\nproxy-allow = ["10.1.2.0/24", "127.0.0.1"]\n'
+                       'default-read-timeout = "3s"\nmax-content-length = "1m"\n')
+        proxy = config.proxy
+        self.assertEqual((proxy.enabled, proxy.allow, proxy.default_read_timeout, proxy.max_content_length),
+                         (True, ("10.1.2.0/24", "127.0.0.1"), 3000, 1 << 20))
+        error = self.assertRaises(ConfigError, parse, '[http]\nproxy-allow = ["not-an-ip"]\n')
+        self.assertIn("[http] proxy-allow", str(error))
+        error = self.assertRaises(ConfigError, parse, '[http]\ndns-mapping = { "a.com" = [] }\n')
+        self.assertIn("[http] dns-mapping", str(error))
