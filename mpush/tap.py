@@ -334,6 +334,15 @@ def makeService(options):
         strports.service(
             _endpoint(net.http_server_port, http_interface(config)), make_http_site(node, api, reactor)
         ).setServiceParent(top)
+    if config.zk.enabled:
+        # Last: registered only once every listener is bound, withdrawn first.
+        from mpush.zk import ZkRegistration, cluster_nodes
+
+        nodes = cluster_nodes(config, connect_host=info.connect_host, gateway_host=info.host)
+        try:
+            ZkRegistration(config, nodes, reactor).setServiceParent(top)
+        except ConfigError as error:
+            raise SystemExit(f"mpush: {error}")
     return top
 
 

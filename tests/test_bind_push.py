@@ -632,3 +632,23 @@ class BroadcastTaskControlTests(SynchronousTestCase):
         total += self.reached()
         self.assertLess(total, 3)
         self.assertEqual(len(self.gateway.replies()), 1)
+
+
+class AckSpoofingTests(SynchronousTestCase):
+    def test_ack_from_another_connection_does_not_count(self):
+        """
+        Found by the fuzzer: any connection could ack any push by guessing
+        the process-wide counter.  Only the connection the PUSH went to can.
+        """
+        node = make_node()
+        device = Device(node, "dev-1", port=1)
+        device.bind("alice")
+        intruder = Device(node, "dev-2", port=2)
+        gateway = Gateway(node)
+        gateway.push("alice", flags=Flags.BIZ_ACK | Flags.REPORT_TIMEOUTS, timeout=1000)
+        [(_, session_id, _, _)] = device.received()
+        intruder.ack(session_id)
+        self.assertEqual(gateway.replies(), [])
+        device.ack(session_id)
+        [(_, kind, _)] = gateway.replies()
+        self.assertEqual(kind, "ok")

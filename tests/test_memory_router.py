@@ -8,7 +8,7 @@ does.
 from __future__ import annotations
 
 from twisted.internet import defer, task
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
 from mpush.protocol.routing import (
@@ -618,3 +618,44 @@ class MemoryRoutingTests(RoutingContractMixin, TestCase):
         registry.register(NodeInfo(NODE_A[0], NODE_A[1], None, 3000, 1))
         registry.unregister()
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class OfflineRouteBoundTests(SynchronousTestCase):
+    """
+    One process does not keep every offline route forever: beyond the
+    bound, the oldest offline routes are dropped (found by the fuzzer:
+    20,000 distinct users grew memory without limit).
+    """
+
+    def test_oldest_offline_routes_dropped(self):
+        from twisted.internet.task import Clock
+
+        from mpush.protocol.routing import ClientLocation
+        from mpush.router.memory import MemoryRemoteRouter
+
+        router = MemoryRemoteRouter(Clock(), max_offline_routes=3)
+        for i in range(5):
+            location = ClientLocation("127.0.0.1", 3001, f"d{i}", "android", None, f"c{i}")
+            router.register(f"u{i}", 1, location)
+            router.mark_offline(f"u{i}", 1, conn_id=f"c{i}")
+        remaining = [i for i in range(5) if self.successResultOf(router.lookup(f"u{i}"))]
+        self.assertEqual(remaining, [2, 3, 4])
+
+    def test_rebound_route_is_not_dropped(self):
+        from twisted.internet.task import Clock
+
+        from mpush.protocol.routing import ClientLocation
+        from mpush.router.memory import MemoryRemoteRouter
+
+        router = MemoryRemoteRouter(Clock(), max_offline_routes=1)
+        first = ClientLocation("127.0.0.1", 3001, "d0", "android", None, "c0")
+        router.register("u0", 1, first)
+        router.mark_offline("u0", 1, conn_id="c0")
+        router.register("u0", 1, first)  # back online
+        second = ClientLocation("127.0.0.1", 3001, "d1", "android", None, "c1")
+        router.register("u1", 1, second)
+        router.mark_offline("u1", 1, conn_id="c1")
+        router.register("u2", 1, ClientLocation("127.0.0.1", 3001, "d2", "android", None, "c2"))
+        router.mark_offline("u2", 1, conn_id="c2")
+        self.assertTrue(self.successResultOf(router.lookup("u0"))[1].online)
+        self.assertEqual(self.successResultOf(router.lookup("u1")), {})

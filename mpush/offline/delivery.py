@@ -215,7 +215,7 @@ class _Run:
         try:
             if flags:
                 # Registered before the write, so an ACK cannot come first.
-                acked = delivery.acks.expect(packet_id, delivery.ack_timeout_ms / 1000.0)
+                acked = delivery.acks.expect(packet_id, delivery.ack_timeout_ms / 1000.0, self.connection)
             written = self.connection.send(Command.PUSH, PushMessage(message.content), packet_id, flags)
         except Exception:
             _withdraw(acked)

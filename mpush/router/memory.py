@@ -13,6 +13,8 @@ clock (C{callLater(0)}), as a message really published would arrive.
 
 from __future__ import annotations
 
+import collections
+
 from typing import Callable
 
 from twisted.internet import defer, task
@@ -91,6 +93,13 @@ class MemoryRoutingState:
 
     def hgetall(self, key: str) -> dict[str, str]:
         return dict(self.hashes.get(key, {}))
+
+    def hdel(self, key: str, field: str) -> None:
+        fields = self.hashes.get(key)
+        if fields is not None:
+            fields.pop(field, None)
+            if not fields:
+                del self.hashes[key]
 
     # sets
     def sadd(self, key: str, member: str) -> bool:
@@ -194,9 +203,19 @@ class MemoryRemoteRouter(_Closable):
     _what = "memory remote router"
     log = Logger()
 
-    def __init__(self, clock: IReactorTime, state: MemoryRoutingState | None = None) -> None:
+    def __init__(
+        self,
+        clock: IReactorTime,
+        state: MemoryRoutingState | None = None,
+        max_offline_routes: int = 100_000,
+    ) -> None:
         super().__init__()
         self.state = state if state is not None else MemoryRoutingState(clock)
+        # Redis keeps offline routes forever (MPush never deletes them); one
+        # process must not: the oldest offline routes beyond this are dropped,
+        # which reads the same (no route is as offline as an offline one).
+        self.max_offline_routes = max_offline_routes
+        self._offline = collections.OrderedDict()
 
     def register(self, user_id: str, client_type: int, location: ClientLocation) -> defer.Deferred:
         return _fired(self._register, user_id, client_type, location)
@@ -209,6 +228,7 @@ class MemoryRemoteRouter(_Closable):
         member = encode_route_member(user_id, client_type)
         old = self.state.hget(key, field)
         self.state.hset(key, field, value)
+        self._offline.pop((key, field), None)
         indexed = location.host is not None and location.online
         if indexed:
             self.state.sadd(node_routes_key(location.host, location.port), member)
@@ -289,6 +309,11 @@ class MemoryRemoteRouter(_Closable):
         self.state.hset(key, field, encode_location(location.offline()))
         if location.host is not None:
             self.state.srem(node_routes_key(location.host, location.port), member)
+        self._offline[(key, field)] = None
+        self._offline.move_to_end((key, field))
+        while len(self._offline) > self.max_offline_routes:
+            (old_key, old_field), _ = self._offline.popitem(last=False)
+            self.state.hdel(old_key, old_field)
 
     def _decode(self, value: str | None, user_id: str, field: str) -> ClientLocation | None:
         if value is None:

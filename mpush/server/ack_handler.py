@@ -19,4 +19,4 @@ class AckHandler:
         self.node = node
 
     def handle(self, connection, packet):
-        self.node.acks.acknowledge(packet.session_id)
+        self.node.acks.acknowledge(packet.session_id, connection)

@@ -4,7 +4,10 @@ Waiting for devices to acknowledge pushes (spec 12.4).
 One table per process, keyed by the PUSH's packet session id, exactly as MPush
 keys it.  A wait is registered *before* the PUSH is written (MPush registers
 it after the write completes, and loses acks that arrive first: spec 21.2
-item 19), so every ack finds its wait.
+item 19), so every ack finds its wait.  A wait may name the connection the
+PUSH went to: then only an ACK from that connection resolves it (MPush takes
+an ACK from anyone, so any connection could confirm any push by guessing the
+process-wide counter).
 """
 
 from twisted.internet.defer import Deferred
@@ -32,9 +35,10 @@ class AckTable:
     def __contains__(self, message_id):
         return message_id in self._waiting
 
-    def expect(self, message_id, timeout):
+    def expect(self, message_id, timeout, owner=None):
         """
-        Wait for the ack of C{message_id} for C{timeout} seconds.
+        Wait for the ack of C{message_id} for C{timeout} seconds; with an
+        C{owner}, only that connection's ACK counts.
 
         @return: a L{Deferred} that fires C{None} on the ack, or fails with
             L{AckTimeout}.  Cancelling it withdraws the wait.
@@ -43,20 +47,23 @@ class AckTable:
             raise ValueError(f"already waiting for the ack of message {message_id}")
         waiting = Deferred(lambda _: self._withdraw(message_id))
         timer = self.clock.callLater(timeout, self._expired, message_id)
-        self._waiting[message_id] = (waiting, timer)
+        self._waiting[message_id] = (waiting, timer, owner)
         return waiting
 
-    def acknowledge(self, message_id):
+    def acknowledge(self, message_id, owner=None):
         """
-        An ACK arrived: resolve its wait.  Unknown or late acks are ignored,
-        as in MPush.
+        An ACK arrived (from C{owner}): resolve its wait.  Unknown, late or
+        foreign acks are ignored, as MPush ignores unknown ones.
 
         @return: whether a wait was resolved.
         """
-        entry = self._waiting.pop(message_id, None)
+        entry = self._waiting.get(message_id)
         if entry is None:
             return False
-        waiting, timer = entry
+        waiting, timer, expected = entry
+        if expected is not None and expected is not owner:
+            return False
+        del self._waiting[message_id]
         timer.cancel()
         waiting.callback(None)
         return True

@@ -174,7 +174,7 @@ class PushCenter:
         acked = None
         if task.ack_bits:
             wait = max(task.deadline - self.node.now_ms(), 0) or self.node.config.push.default_timeout
-            acked = self.node.acks.expect(message_id, wait / 1000.0)
+            acked = self.node.acks.expect(message_id, wait / 1000.0, connection)
         written = connection.send(Command.PUSH, PushMessage(task.content), message_id, task.ack_bits)
         if acked is None:
             return written.addCallbacks(lambda _: Outcome.SUCCESS, lambda _: Outcome.FAILURE)
