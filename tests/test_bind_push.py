@@ -652,3 +652,24 @@ class AckSpoofingTests(SynchronousTestCase):
         device.ack(session_id)
         [(_, kind, _)] = gateway.replies()
         self.assertEqual(kind, "ok")
+
+
+class GoneWhileWaitingTests(SynchronousTestCase):
+    def test_bind_answered_after_the_device_left_logs_no_error(self):
+        """
+        Found by the fuzzer: a device that leaves while its BIND waits on
+        Redis made the OK's failed write an unhandled error.
+        """
+        from twisted.internet import defer
+
+        node = make_node()
+        device = Device(node, "dev-1")
+        remote = node.router_center.remote
+        waiting = defer.Deferred()
+        original = remote.register
+        remote.register = lambda *args: waiting
+        device.send(Command.BIND, BindUserMessage("alice"))
+        device.protocol.connectionLost(None)
+        waiting.callback(None)
+        remote.register = original
+        self.assertEqual(self.flushLoggedErrors(), [])

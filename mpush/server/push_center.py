@@ -23,6 +23,7 @@ from mpush.protocol.routing import encode_push_result
 from mpush.router.interfaces import RouterUnavailable
 from mpush.server.acks import AckTimeout
 from mpush.server.broadcast_control import MemoryBroadcastControl
+from mpush.server.errors import ConnectionClosed
 from mpush.server.flow_control import FlowControl, FlowDecision
 
 
@@ -366,7 +367,9 @@ class BroadcastTask:
             self.index += 1
             if connection.writable:
                 # Ack bits are not copied for broadcasts, as in MPush.
-                connection.send(Command.PUSH, content, self.node.next_packet_id())
+                connection.send(Command.PUSH, content, self.node.next_packet_id()).addErrback(
+                    lambda failure: failure.trap(ConnectionClosed)
+                )
                 self.count += 1
                 if self.task_id:
                     self.reached.append(user_id)

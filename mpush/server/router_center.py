@@ -16,7 +16,15 @@ from mpush.protocol.messages import KickUserMessage, OkMessage
 from mpush.protocol.packet import Command
 from mpush.protocol.routing import ClientLocation, KickRequest
 from mpush.server.context import ConnectionState
-from mpush.server.errors import BindFailed, InvalidParam, NotHandshaken
+from mpush.server.errors import BindFailed, ConnectionClosed, InvalidParam, NotHandshaken
+
+
+def _answer(written):
+    """
+    A reply to a device that may have gone while Redis was asked: nobody is
+    left to tell, so a closed connection is not an error.
+    """
+    return written.addErrback(lambda failure: failure.trap(ConnectionClosed))
 
 
 class RouterCenter:
@@ -55,9 +63,9 @@ class RouterCenter:
             if context.user_id == message.user_id:
                 # The Java client's retry resends identical bytes: answer again.
                 context.tags = message.tags
-                connection.send_raw(
+                _answer(connection.send_raw(
                     Command.OK, OkMessage(Command.BIND, 0, "bind success"), packet.session_id
-                )
+                ))
                 return
             yield self._release(connection)
         accepted = yield defer.maybeDeferred(
@@ -74,7 +82,9 @@ class RouterCenter:
         connection.state = ConnectionState.BOUND
         previous = yield self._register_remote(connection, user_id, client_type)
         self._quietly(self.events.user_online(user_id), "online event of {user}", user=user_id)
-        connection.send_raw(Command.OK, OkMessage(Command.BIND, 0, "bind success"), packet.session_id)
+        _answer(connection.send_raw(
+            Command.OK, OkMessage(Command.BIND, 0, "bind success"), packet.session_id
+        ))
         self._kick_replaced(connection, user_id, client_type, replaced, previous)
         if self.offline is not None:
             # Not waited for: the acks it waits on queue behind this BIND.
@@ -92,9 +102,9 @@ class RouterCenter:
             raise NotHandshaken("unbind before handshake")
         if connection.context.user_id is not None:
             yield self._release(connection)
-        connection.send_raw(
+        _answer(connection.send_raw(
             Command.OK, OkMessage(Command.UNBIND, 0, "unbind success"), packet.session_id
-        )
+        ))
 
     def connection_closed(self, connection):
         """
@@ -189,7 +199,7 @@ class RouterCenter:
             peer=connection.peer,
             device=connection.context.device_id,
         )
-        connection.send(Command.KICK, KickUserMessage(connection.context.device_id, user_id), 0)
+        _answer(connection.send(Command.KICK, KickUserMessage(connection.context.device_id, user_id), 0))
 
     def remote_kick(self, kick):
         """
