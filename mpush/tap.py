@@ -235,6 +235,8 @@ class NodeService(service.MultiService):
         yield super().stopService()
         if self.api is not None:
             yield self.api.close()
+        if self.node.http_proxy is not None:
+            yield self.node.http_proxy.close()
         backends = self.backends
         for step, why in (
             (lambda: backends.registry.unregister(), "node not unregistered"),
@@ -259,6 +261,8 @@ def make_dispatcher(node):
     handlers = [HeartbeatHandler(), HandshakeHandler(node), FastConnectHandler(node)]
     if node.router_center is not None:
         handlers += [BindHandler(node), UnbindHandler(node), AckHandler(node), ClientPushHandler(node)]
+    if node.http_proxy is not None:
+        handlers.append(node.http_proxy)
     return MessageDispatcher(handlers)
 
 
@@ -285,6 +289,10 @@ def build_node(config, clock, backends=None):
         offline=delivery,
     )
     node.push_center = PushCenter(node, node.router_center, backends.broadcasts)
+    if config.proxy.enabled:
+        from mpush.server.http_proxy import HttpProxyHandler
+
+        node.http_proxy = HttpProxyHandler(node)
     info = NodeInfo(
         host=host,
         port=config.net.gateway_server_port,

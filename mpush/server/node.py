@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from mpush.metrics import NullMetrics
 from mpush.server.acks import AckTable
+from mpush.server.limits import NodeLimits
 
 #: Packet session ids are Java ints: the counter wraps to 1 past this.
 MAX_PACKET_ID = 2**31 - 1
@@ -32,6 +33,7 @@ class ServerNode:
         that binds users, or C{None} on a node without the push path.
     @ivar metrics: an L{mpush.metrics.IMetrics}; L{NullMetrics} unless the
         node exposes metrics.
+    @ivar limits: the L{NodeLimits} all its client connections share.
     """
 
     log = Logger()
@@ -44,7 +46,9 @@ class ServerNode:
         self.connections = {}
         self.acks = AckTable(clock)
         self.router_center = None
+        self.http_proxy = None
         self.metrics = NullMetrics()
+        self.limits = NodeLimits(config.limits, clock)
         self._packet_ids = itertools.count(1)
 
     def now_ms(self):
@@ -80,6 +84,8 @@ class ServerNode:
         """
         if self.connections.get(connection.conn_id) is connection:
             del self.connections[connection.conn_id]
+        if self.http_proxy is not None:
+            self.http_proxy.cancel_requests(connection)
         self.connection_unbound(connection)
 
     def connection_unbound(self, connection):

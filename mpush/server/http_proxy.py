@@ -1,0 +1,863 @@
+"""
+HTTP_PROXY (cmd 12, spec 13): a device's HTTP request, made by the server.
+
+The Java client sends an HttpRequestMessage over its long connection and
+waits for an HttpResponseMessage with the same packet session id.  The
+handler starts the upstream request and returns at once, so the
+connection's next packets are not held up by a slow web server; the answer
+is written whenever it is ready.  An upstream response (any status) goes the
+"send" way, encrypted and compressed above the threshold; the statuses the
+proxy makes up itself (400, 403, 408, 502, 503, 504) go raw, as in MPush.
+
+What mpush does beyond MPush: an empty uri gets one 400 and nothing else
+(spec 21.2 item 7); https works, with certificates checked; where the proxy
+may connect is decided by L{mpush.server.ssrf} on the resolved addresses;
+in-flight requests are bounded per connection and per node.
+"""
+
+import ipaddress
+import random
+import re
+from dataclasses import dataclass
+from urllib.parse import quote, urljoin, urlsplit
+
+from service_identity import CertificateError, VerificationError
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.web.client import (
+    Agent,
+    BrowserLikePolicyForHTTPS,
+    HostnameCachingHTTPSPolicy,
+    HTTPConnectionPool,
+    PotentialDataLoss,
+    RequestTransmissionFailed,
+    ResponseDone,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
+
+from mpush.config import ConfigError
+from mpush.protocol.body import decode_body
+from mpush.protocol.messages import HttpRequestMessage, HttpResponseMessage
+from mpush.protocol.packet import Command
+from mpush.server.dispatcher import IMessageHandler
+from mpush.server.errors import NotHandshaken
+from mpush.server.ssrf import (
+    AddressPolicy,
+    AddressRefused,
+    GuardedEndpointFactory,
+    HostNotFound,
+    ReactorHostResolver,
+    UpstreamUnreachable,
+)
+
+__all__ = [
+    "BadHeader",
+    "BadUri",
+    "DnsMapping",
+    "HttpProxyHandler",
+    "Overloaded",
+    "ProxyFailure",
+    "ProxyRequest",
+    "ResponseTooLarge",
+    "Target",
+    "failure_reply",
+    "read_timeout_ms",
+    "request_headers",
+    "response_headers",
+]
+
+#: Seconds to wait for a TCP connection to the web server (MPush: 4 s).
+CONNECT_TIMEOUT = 4.0
+#: Redirects followed before the next redirect response is handed over as is.
+MAX_REDIRECTS = 5
+#: What MPush follows; 308 is not among them.
+REDIRECT_CODES = frozenset({300, 301, 302, 303, 305, 307})
+#: A device may ask for a longer read timeout than the default, up to this
+#: (or the default, if that is longer): every waiting request holds an
+#: in-flight slot and an upstream connection.
+MAX_READ_TIMEOUT_MS = 120_000
+#: The client header that carries the request's timeout in ms (spec 13.2).
+READ_TIMEOUT_HEADER = "readtimeout"
+#: Response header that says why the proxy answered an error itself.
+ERROR_HEADER = "x-mpush-proxy-error"
+
+_JAVA_INT_MAX = 2**31 - 1
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_JAVA_INT = re.compile(r"-?[0-9]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HOST_NAME = re.compile(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*\.?")
+# Everything printable in ASCII but the space stays as it is in a path or
+# query (including '%', so escapes already made are kept); the rest is
+# percent-encoded as UTF-8.
+_URL_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+# Client headers the proxy sets itself or must not pass on: framing and
+# hop-by-hop headers belong to each connection, the x-forwarded-* headers
+# name the real peer (a device cannot choose them), and readTimeout is
+# addressed to the proxy.
+_DROPPED = frozenset({
+    "host", "content-length", "transfer-encoding", "connection", "keep-alive", "te",
+    "trailer", "upgrade", "proxy-connection", "proxy-authorization",
+    "x-forwarded-for", "x-forwarded-port", READ_TIMEOUT_HEADER,
+})
+# Credentials are not carried to another origin by a redirect.
+_CREDENTIALS = frozenset({"authorization", "cookie", "cookie2", "www-authenticate"})
+
+_PHRASES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    408: "Request Timeout",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+# -- errors: what the proxy answers itself --------------------------------
+
+
+class ProxyFailure(Exception):
+    """
+    A request the proxy answers with an HTTP status of its own, raw.
+    """
+
+    status = 502
+
+    def __init__(self, detail):
+        super().__init__(detail)
+        self.detail = detail
+
+    @property
+    def phrase(self):
+        return _PHRASES[self.status]
+
+
+class BadUri(ProxyFailure):
+    """
+    The uri (or a redirect's Location) is not an http or https URL we can
+    request.  MPush answers an unusable URL with 502.
+    """
+
+
+class BadHeader(ProxyFailure):
+    """
+    A client header that cannot go on the wire: MPush's HTTP client throws,
+    and the client gets 502.
+    """
+
+
+class ResponseTooLarge(ProxyFailure):
+    """
+    The response body is longer than C{[http] max-content-length}.
+    """
+
+
+class Overloaded(ProxyFailure):
+    """
+    Too many requests in flight, on the connection or on the node.
+    """
+
+    status = 503
+
+
+# -- URLs ------------------------------------------------------------------
+
+
+def _host_of(text):
+    """
+    The host of a URL or a mapping target, normalised: an IP address in its
+    canonical form, or a lower-case ASCII (IDNA) name.
+    """
+    if not text or "%" in text:
+        raise BadUri(f"unusable host {text!r}")
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        pass
+    if ":" in text:
+        raise BadUri(f"unusable host {text!r}")
+    try:
+        name = text.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        raise BadUri(f"unusable host {text!r}") from None
+    if not _HOST_NAME.fullmatch(name):
+        raise BadUri(f"unusable host {text!r}")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """
+    Where one request goes: scheme, host (no brackets), port, and the path
+    with its query as sent in the request line.
+    """
+
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, uri):
+        """
+        @raise BadUri: not an absolute http(s) URL.  User info and fragment
+            are dropped; spaces and non-ASCII in the path are percent-encoded.
+        """
+        if not isinstance(uri, str) or not uri:
+            raise BadUri("empty uri")
+        if _CONTROL.search(uri) or uri != uri.strip():
+            raise BadUri("uri has control characters or surrounding spaces")
+        try:
+            parts = urlsplit(uri)
+            port = parts.port
+        except ValueError as error:
+            raise BadUri(f"unusable uri: {error}") from None
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise BadUri(f"not an http or https URL (scheme {scheme!r})")
+        host = _host_of(parts.hostname)
+        if port is None:
+            port = 443 if scheme == "https" else 80
+        elif port == 0:
+            raise BadUri("port 0")
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        return cls(scheme, host, port, quote(path, safe=_URL_SAFE))
+
+    @property
+    def default_port(self):
+        return self.port == (443 if self.scheme == "https" else 80)
+
+    @property
+    def _bracketed(self):
+        return f"[{self.host}]" if ":" in self.host else self.host
+
+    @property
+    def origin(self):
+        return (self.scheme, self.host, self.port)
+
+    def text(self):
+        return f"{self.scheme}://{self._bracketed}:{self.port}{self.path}"
+
+    def url(self):
+        """
+        The URL for twisted.web's Agent (always with the port).
+        """
+        return self.text().encode("ascii")
+
+    def host_header(self):
+        """
+        The Host header: the host, with the port when it is not the default.
+        """
+        if self.default_port:
+            return self._bracketed.encode("ascii")
+        return f"{self._bracketed}:{self.port}".encode("ascii")
+
+    def for_log(self):
+        """
+        The URL without its query, which may hold secrets.
+        """
+        return f"{self.scheme}://{self._bracketed}:{self.port}{self.path.split('?', 1)[0]}"
+
+    def follow(self, location):
+        """
+        The target of a redirect to C{location}, relative or absolute.
+
+        @raise BadUri: the location is not a usable http(s) URL.
+        """
+        return Target.parse(urljoin(self.text(), location))
+
+    def moved_to(self, host, port):
+        return Target(self.scheme, host, port, self.path)
+
+
+def _mapping_target(text):
+    """
+    C{"ip[:port]"} (C{"[v6]:port"}) from C{[http] dns-mapping}: C{(host,
+    port)}, the port C{None} when omitted, meaning the URL scheme's default.
+
+    @raise ValueError: not of that form.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"not a string: {text!r}")
+    host, port = text, None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"unusable target {text!r}")
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if port is not None:
+        if not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
+            raise ValueError(f"unusable port in {text!r}")
+        port = int(port)
+    try:
+        return _host_of(host), port
+    except BadUri:
+        raise ValueError(f"unusable host in {text!r}") from None
+
+
+class DnsMapping:
+    """
+    C{[http] dns-mapping}: requests for a domain go to one of the
+    operator's targets, picked at random (spec 13.2 step 2).
+    """
+
+    __slots__ = ("_targets", "_choice")
+
+    def __init__(self, entries=(), choice=random.choice):
+        self._targets = {}
+        self._choice = choice
+        for domain, targets in entries:
+            try:
+                name = _host_of(domain)
+                parsed = tuple(_mapping_target(target) for target in targets)
+            except (BadUri, ValueError) as error:
+                raise ConfigError(f"{domain!r}: {error}", key="[http] dns-mapping") from None
+            if not parsed:
+                raise ConfigError(f"{domain!r}: no target", key="[http] dns-mapping")
+            self._targets[name] = parsed
+
+    def __bool__(self):
+        return bool(self._targets)
+
+    @property
+    def trusted(self):
+        """
+        Every C{(host, port)} a mapping can send a request to: the operator
+        named them, so the address policy does not apply to them.
+        """
+        pairs = set()
+        for targets in self._targets.values():
+            for host, port in targets:
+                pairs.update([(host, port)] if port is not None else [(host, 80), (host, 443)])
+        return frozenset(pairs)
+
+    def translate(self, target):
+        """
+        C{target} sent to a mapped address, or C{None} when its host is not
+        mapped.  The path and query are kept (MPush drops user info and the
+        fragment, as L{Target} always does).
+        """
+        targets = self._targets.get(target.host)
+        if not targets:
+            return None
+        host, port = self._choice(targets)
+        if port is None:
+            port = 443 if target.scheme == "https" else 80
+        return target.moved_to(host, port)
+
+
+# -- headers -----------------------------------------------------------------
+
+
+def read_timeout_ms(headers, default, maximum=MAX_READ_TIMEOUT_MS):
+    """
+    The request timeout in ms: the client's C{readTimeout} header when it is
+    a positive Java int (MPush's rule), else C{default}; never more than
+    C{max(maximum, default)}.
+    """
+    for name, value in (headers or {}).items():
+        if name.lower() == READ_TIMEOUT_HEADER:
+            if value is not None and _JAVA_INT.fullmatch(value):
+                number = int(value)
+                if 0 < number <= _JAVA_INT_MAX:
+                    return min(number, max(maximum, default))
+            return default
+    return default
+
+
+def forwarded_headers(headers):
+    """
+    The client's headers to pass on, as C{(name, value)} bytes pairs: all of
+    them but the ones in C{_DROPPED}, and those with no value (the
+    header-map quirk of spec 3.3 can yield one).
+
+    @raise BadHeader: a name that is not an HTTP token, or a value with a
+        line break or NUL in it.
+    """
+    pairs = []
+    for name, value in (headers or {}).items():
+        if value is None or name.lower() in _DROPPED:
+            continue
+        if not _TOKEN.fullmatch(name):
+            raise BadHeader(f"header name {name!r} is not an HTTP token")
+        if "\r" in value or "\n" in value or "\x00" in value:
+            raise BadHeader(f"header {name!r} has a line break or NUL in its value")
+        pairs.append((name.encode("ascii"), value.encode("utf-8")))
+    return tuple(pairs)
+
+
+def without_credentials(pairs):
+    return tuple((name, value) for name, value in pairs if name.lower().decode("ascii") not in _CREDENTIALS)
+
+
+def request_headers(pairs, target, peer_host, peer_port):
+    """
+    The upstream request's headers (spec 13.2 step 3): the client's, then
+    Host, C{Connection: keep-alive} and the peer as C{x-forwarded-for} and
+    C{x-forwarded-port}.  Content-Length comes from the body producer.
+    """
+    headers = Headers()
+    for name, value in pairs:
+        headers.addRawHeader(name, value)
+    headers.setRawHeaders(b"Host", [target.host_header()])
+    headers.setRawHeaders(b"Connection", [b"keep-alive"])
+    headers.setRawHeaders(b"x-forwarded-for", [str(peer_host).encode("utf-8")])
+    headers.setRawHeaders(b"x-forwarded-port", [str(peer_port).encode("utf-8")])
+    return headers
+
+
+def _text(data):
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+def response_headers(headers, body):
+    """
+    The upstream response's headers as the HttpResponseMessage map: a
+    repeated name keeps its last value (MPush's HashMap), Transfer-Encoding
+    is dropped (the body is whole), and C{content-length} is added when
+    there is a body, as MPush adds it, beside the server's own.
+    """
+    out = {}
+    for raw_name, values in headers.getAllRawHeaders():
+        name = _text(raw_name)
+        if not values or name.lower() == "transfer-encoding":
+            continue
+        value = _text(values[-1])
+        if not name or ":" in name or "\n" in name or "\n" in value:
+            continue
+        out[name] = value
+    if body:
+        out["content-length"] = str(len(body))
+    return out or None
+
+
+def _location(headers):
+    values = headers.getRawHeaders(b"location")
+    return _text(values[-1]) if values else None
+
+
+# -- failures -----------------------------------------------------------------
+
+
+try:
+    from OpenSSL.SSL import Error as _OpenSSLError
+except ImportError:  # without pyOpenSSL there is no https, but http works
+    _OpenSSLError = VerificationError
+_TLS_ERRORS = (_OpenSSLError, VerificationError, CertificateError)
+# Failures that are the web server's or the request's, not a bug of ours.
+_EXPECTED = (
+    AddressRefused, ProxyFailure, ConnectError, DNSLookupError,
+    RequestTransmissionFailed, ResponseFailed,
+)
+
+
+def _tls_failed(error):
+    return any(reason.check(*_TLS_ERRORS) for reason in getattr(error, "reasons", None) or ())
+
+
+def failure_reply(failure):
+    """
+    The status, reason phrase and detail text the client is answered with
+    for a failed upstream request (spec 13.2 step 5).
+    """
+    error = failure.value
+    if isinstance(error, AddressRefused):
+        return 403, _PHRASES[403], f"refused: {error.public_reason()}"
+    if isinstance(error, ProxyFailure):
+        return error.status, error.phrase, error.detail
+    if isinstance(error, (HostNotFound, UpstreamUnreachable)):
+        return 504, _PHRASES[504], error.detail
+    if isinstance(error, (ConnectError, DNSLookupError)):
+        return 504, _PHRASES[504], f"cannot connect: {type(error).__name__}"
+    if _tls_failed(error):
+        return 502, _PHRASES[502], "TLS handshake or certificate verification failed"
+    if isinstance(error, RequestTransmissionFailed):
+        return 503, _PHRASES[503], "the request could not be written"
+    if isinstance(error, ResponseNeverReceived):
+        return 502, _PHRASES[502], "the connection closed before a response"
+    if isinstance(error, ResponseFailed):
+        return 502, _PHRASES[502], "the response was broken off"
+    return 502, _PHRASES[502], f"{type(error).__name__}: {error}"
+
+
+# -- the body ---------------------------------------------------------------------
+
+
+@implementer(IBodyProducer)
+class _BytesProducer:
+    """
+    A request body already in memory, written at once.
+    """
+
+    __slots__ = ("_body", "length")
+
+    def __init__(self, body):
+        self._body = body
+        self.length = len(body)
+
+    def startProducing(self, consumer):
+        consumer.write(self._body)
+        return succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+class _BodyReader(Protocol):
+    """
+    Collects a response body up to C{limit} bytes; past it (or when the
+    Content-Length already says so) it drops the connection, so a huge body
+    is never read, let alone buffered.
+    """
+
+    def __init__(self, limit, expected):
+        self.limit = limit
+        self.expected = expected
+        self.parts = []
+        self.size = 0
+        self.too_large = False
+        self.finished = Deferred(self._cancel)
+
+    def connectionMade(self):
+        if self.expected is not UNKNOWN_LENGTH and self.expected > self.limit:
+            self._overflow()
+
+    def dataReceived(self, data):
+        if self.too_large:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self._overflow()
+            return
+        self.parts.append(data)
+
+    def _overflow(self):
+        self.too_large = True
+        self.parts = []
+        self.transport.stopProducing()
+
+    def _cancel(self, _deferred):
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def connectionLost(self, reason):
+        if self.finished.called:
+            return
+        if self.too_large:
+            self.finished.errback(ResponseTooLarge(f"response body over {self.limit} bytes"))
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(b"".join(self.parts))
+        else:
+            self.finished.errback(reason)
+
+
+def read_body(response, limit):
+    """
+    A L{Deferred} firing with the whole body of C{response}, or failing
+    with L{ResponseTooLarge}; cancelling it drops the connection.
+    """
+    reader = _BodyReader(limit, response.length)
+    response.deliverBody(reader)
+    return reader.finished
+
+
+# -- the handler ------------------------------------------------------------------
+
+
+class ProxyRequest:
+    """
+    One request in flight for one device.
+
+    @ivar finished: fires with the status the device was answered with, or
+        with C{None} when the request was abandoned (its connection closed).
+    """
+
+    __slots__ = (
+        "connection", "session_id", "method", "target", "headers", "body",
+        "timeout_ms", "peer", "finished", "work", "timer", "done",
+    )
+
+    def __init__(self, connection, session_id, method, target, headers, body, timeout_ms, peer):
+        self.connection = connection
+        self.session_id = session_id
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.timeout_ms = timeout_ms
+        self.peer = peer
+        self.finished = Deferred()
+        self.work = None
+        self.timer = None
+        self.done = False
+
+    def __repr__(self):
+        return f"<ProxyRequest {self.session_id} {self.method} {self.target.for_log()}>"
+
+
+def _peer_of(connection):
+    address = connection.transport.getPeer()
+    host, port = getattr(address, "host", None), getattr(address, "port", None)
+    if host is None or port is None:
+        host, _, port = (connection.peer or "?:?").rpartition(":")
+    return host, port
+
+
+def _ignore_closed(failure):
+    # The device went away before its answer: nobody left to tell.
+    return None
+
+
+@implementer(IMessageHandler)
+class HttpProxyHandler:
+    """
+    The HTTP proxy of one node.
+
+    @param node: the L{mpush.server.node.ServerNode}; its C{config.proxy}
+        is read once, here.
+    @param reactor: connects, resolves and times out requests; the node's
+        clock by default (the reactor, in a real node).
+    @param resolver: an L{mpush.server.ssrf.IHostResolver}; the reactor's.
+    @param trust_root: an C{IOpenSSLTrustRoot} for https; the platform's CAs
+        by default (tests pass their own CA).
+    @param choice: picks one of a domain's mapped targets.
+    """
+
+    command = Command.HTTP_PROXY
+    log = Logger()
+
+    def __init__(self, node, reactor=None, *, resolver=None, trust_root=None,
+                 choice=random.choice, connect_timeout=CONNECT_TIMEOUT):
+        self.node = node
+        self.config = node.config.proxy
+        self._reactor = reactor if reactor is not None else node.clock
+        self._mapping = DnsMapping(self.config.dns_mapping, choice)
+        self._pool = HTTPConnectionPool(self._reactor, persistent=True)
+        self._pool.maxPersistentPerHost = self.config.max_conn_per_host
+        endpoints = GuardedEndpointFactory(
+            self._reactor,
+            resolver if resolver is not None else ReactorHostResolver(self._reactor),
+            AddressPolicy(self.config.allow),
+            HostnameCachingHTTPSPolicy(BrowserLikePolicyForHTTPS(trust_root)),
+            connect_timeout,
+            trusted=self._mapping.trusted,
+        )
+        self._agent = Agent.usingEndpointFactory(self._reactor, endpoints, pool=self._pool)
+        self._by_connection = {}
+        self._in_flight = 0
+
+    # -- what the lead and the tests see ------------------------------------
+
+    @property
+    def in_flight(self):
+        return self._in_flight
+
+    def active(self, connection=None):
+        """
+        The requests in flight, of one connection or of all.
+        """
+        if connection is not None:
+            return tuple(self._by_connection.get(connection, ()))
+        return tuple(request for requests in self._by_connection.values() for request in requests)
+
+    def cancel_requests(self, connection):
+        """
+        Abandon C{connection}'s requests (it closed): their upstream
+        connections are dropped and nothing is answered.
+
+        @return: how many were abandoned.
+        """
+        requests = self.active(connection)
+        for request in requests:
+            self._abandon(request)
+        return len(requests)
+
+    def close(self):
+        """
+        Abandon every request and close the kept-alive upstream connections.
+
+        @return: a L{Deferred} that fires once they are closed.
+        """
+        for request in self.active():
+            self._abandon(request)
+        return self._pool.closeCachedConnections()
+
+    # -- IMessageHandler ------------------------------------------------------
+
+    def handle(self, connection, packet):
+        if not connection.context.handshaken:
+            raise NotHandshaken("HTTP proxy request before handshake")
+        body = decode_body(packet, connection.decrypt_cipher, self.node.config.core.max_inflated_size)
+        # An empty body is a message with every field at its default (spec 4.3).
+        message = HttpRequestMessage.decode(body) if body else HttpRequestMessage(0, None, None, None)
+        session_id = packet.session_id
+        if not message.uri:
+            # MPush goes on and also answers 502 (spec 21.2 item 7); one answer is enough.
+            self._answer_error(connection, session_id, 400, "empty uri")
+            return None
+        try:
+            request = self._prepare(connection, session_id, message)
+        except ProxyFailure as failure:
+            self._answer_error(connection, session_id, failure.status, failure.detail)
+            return None
+        self._start(request)
+        return None
+
+    def _prepare(self, connection, session_id, message):
+        requests = self._by_connection.get(connection, ())
+        if len(requests) >= self.config.max_in_flight_per_connection:
+            raise Overloaded(f"{len(requests)} requests already in flight on this connection")
+        if self._in_flight >= self.config.max_in_flight:
+            raise Overloaded(f"{self._in_flight} requests already in flight on this node")
+        target = Target.parse(message.uri)
+        target = self._mapping.translate(target) or target
+        return ProxyRequest(
+            connection,
+            session_id,
+            message.method_name,
+            target,
+            forwarded_headers(message.headers),
+            message.body or None,
+            read_timeout_ms(message.headers, self.config.default_read_timeout),
+            _peer_of(connection),
+        )
+
+    # -- one request's life -----------------------------------------------------
+
+    def _start(self, request):
+        self._by_connection.setdefault(request.connection, set()).add(request)
+        self._in_flight += 1
+        request.timer = self._reactor.callLater(request.timeout_ms / 1000.0, self._timed_out, request)
+        work = Deferred.fromCoroutine(self._fetch(request))
+        request.work = work
+        work.addCallbacks(self._fetched, self._failed, callbackArgs=(request,), errbackArgs=(request,))
+
+    async def _fetch(self, request):
+        """
+        The final response and its body, redirects followed.  Each hop,
+        like the first, connects through the address policy.
+        """
+        target, method, body, pairs = request.target, request.method, request.body, request.headers
+        redirects = 0
+        while True:
+            headers = request_headers(pairs, target, *request.peer)
+            producer = _BytesProducer(body) if body else None
+            response = await self._agent.request(method.encode("ascii"), target.url(), headers, producer)
+            content = await read_body(response, self.config.max_content_length)
+            location = _location(response.headers) if response.code in REDIRECT_CODES else None
+            if not location or redirects == MAX_REDIRECTS:
+                return response, content
+            following = target.follow(location)
+            if following.origin != target.origin:
+                pairs = without_credentials(pairs)
+            if response.code == 303 and method != "GET":
+                # See Other: fetch the result with GET (MPush repeats the POST).
+                method, body = "GET", None
+            target = following
+            redirects += 1
+
+    def _fetched(self, result, request):
+        if request.done:
+            return None
+        response, content = result
+        try:
+            message = HttpResponseMessage(
+                response.code,
+                _text(response.phrase) or None,
+                response_headers(response.headers, content),
+                content or None,
+            )
+            sent = request.connection.send(Command.HTTP_PROXY, message, request.session_id)
+        except Exception as error:
+            self.log.failure("HTTP proxy: the response to {request} cannot be sent", request=request)
+            self._fail(request, 502, f"unusable response: {type(error).__name__}")
+            return None
+        sent.addErrback(_ignore_closed)
+        self._finish(request, response.code)
+        return None
+
+    def _failed(self, failure, request):
+        if request.done:
+            return None
+        status, _phrase, detail = failure_reply(failure)
+        if not failure.check(*_EXPECTED) and not _tls_failed(failure.value):
+            self.log.failure("HTTP proxy: unexpected error for {request}", failure, request=request)
+        # The log has what the device is not told: the address behind a name.
+        self._fail(request, status, detail, str(failure.value) if failure.check(AddressRefused) else None)
+        return None
+
+    def _timed_out(self, request):
+        request.timer = None
+        if request.done:
+            return
+        self._fail(request, 408, f"no response within {request.timeout_ms} ms")
+        request.work.cancel()
+
+    def _fail(self, request, status, detail, log_detail=None):
+        log = self.log.warn if status == 403 else self.log.info
+        log(
+            "HTTP proxy {status} for {peer}: {method} {url}: {detail}",
+            status=status,
+            peer=request.connection.peer,
+            method=request.method,
+            url=request.target.for_log(),
+            detail=log_detail or detail,
+        )
+        self._answer_error(request.connection, request.session_id, status, detail, logged=True)
+        self._finish(request, status)
+
+    def _abandon(self, request):
+        if request.done:
+            return
+        self._finish(request, None)
+        if request.work is not None:
+            request.work.cancel()
+
+    def _finish(self, request, status):
+        request.done = True
+        if request.timer is not None and request.timer.active():
+            request.timer.cancel()
+        request.timer = None
+        requests = self._by_connection.get(request.connection)
+        if requests is not None and request in requests:
+            requests.discard(request)
+            self._in_flight -= 1
+            if not requests:
+                del self._by_connection[request.connection]
+        request.finished.callback(status)
+
+    def _answer_error(self, connection, session_id, status, detail, logged=False):
+        """
+        A status the proxy made up: raw, with why in a header (and, for a
+        refusal, in the body, for whoever reads it on the device).
+        """
+        if not logged:
+            self.log.info(
+                "HTTP proxy {status} for {peer}: {detail}",
+                status=status,
+                peer=connection.peer,
+                detail=detail,
+            )
+        phrase = _PHRASES[status]
+        body = f"mpush HTTP proxy: {detail}\n".encode("utf-8") if status == 403 else None
+        message = HttpResponseMessage(status, phrase, {ERROR_HEADER: detail.replace("\n", " ")}, body)
+        connection.send_raw(Command.HTTP_PROXY, message, session_id).addErrback(_ignore_closed)
