@@ -342,6 +342,20 @@ def makeService(options):
         strports.service(
             _endpoint(net.http_server_port, http_interface(config)), make_http_site(node, api, reactor)
         ).setServiceParent(top)
+    if net.ws_server_port:
+        from mpush.server.websocket import make_ws_site
+
+        ws_site = make_ws_site(node, reactor=reactor)
+        if config.tls.ws_server:
+            from twisted.application.internet import StreamServerEndpointService
+
+            from mpush.tls import server_tls_options, tls_endpoint
+
+            StreamServerEndpointService(
+                tls_endpoint(reactor, net.ws_server_port, "", server_tls_options(config.tls)), ws_site
+            ).setServiceParent(top)
+        else:
+            strports.service(_endpoint(net.ws_server_port, ""), ws_site).setServiceParent(top)
     if config.zk.enabled:
         # Last: registered only once every listener is bound, withdrawn first.
         from mpush.zk import ZkRegistration, cluster_nodes

@@ -5,6 +5,14 @@ L{ConnectionProtocol} is a thin adapter around the sans-I/O core.  It owns the
 per-connection decoder, the queue that keeps one connection's packets strictly
 in order while a handler waits (on Redis, say), the idle timer, and the
 cipher-aware writers the handlers call.
+
+It also enforces what one client may cost (C{[limits]}, counted per node in
+L{mpush.server.limits.NodeLimits}): the factory refuses connections over the
+node and per-IP limits; a connection that has not handshaken in time, that
+queues too many packets or bytes behind a busy handler, or that stops
+reading for too long is aborted; and RSA work before a handshake draws on
+the node's handshake token bucket.  Each refusal is counted and logged by
+the node's limits, never more than one line a second per reason.
 """
 
 import collections
@@ -15,22 +23,66 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mpush.config import LimitsConfig
 from mpush.protocol.body import make_packet, make_raw_packet
 from mpush.protocol.errors import FramingError
 from mpush.protocol.heartbeat import IdleCheck
 from mpush.protocol.messages import ErrorMessage
 from mpush.protocol.packet import (
+    HEADER_LENGTH,
+    HEARTBEAT,
     HEARTBEAT_BYTE,
     Command,
     PacketDecoder,
     encode_packet,
 )
+from mpush.server import limits
 from mpush.server.context import ConnectionState, SessionContext
 from mpush.server.errors import ConnectionClosed
 
-#: Packets one connection may have waiting behind a handler that is still
-#: busy (on Redis, say).  A client that pipelines more is flooding; it is closed.
-MAX_PENDING_PACKETS = 1024
+#: The default of C{[limits] max-pending-packets}: packets one connection may
+#: have waiting behind a handler that is still busy (on Redis, say).  The
+#: bound in force is the node's C{config.limits.max_pending_packets}.
+MAX_PENDING_PACKETS = LimitsConfig().max_pending_packets
+
+
+def _wire_size(packet):
+    """
+    The bytes C{packet} took on the wire: 1 for the heartbeat byte, the
+    header and body for a frame.
+    """
+    return 1 if packet is HEARTBEAT else HEADER_LENGTH + len(packet.body)
+
+
+class _MeteredRsaKey:
+    """
+    The node's RSA key as a connection's cipher before any handshake: each
+    decrypt first draws on the node's handshake token bucket.  A refused
+    decrypt closes the connection quietly (no ERROR, as for a refused
+    HANDSHAKE) and raises L{ConnectionClosed}, so nobody answers.
+
+    MPush decrypts any CRYPTO-flagged packet of a new connection with the
+    private key (spec 7.4); without this a flood of, say, encrypted
+    FAST_CONNECTs would be RSA work the handshake limit never sees.
+    """
+
+    __slots__ = ("_connection", "_key")
+
+    def __init__(self, connection, key):
+        self._connection = connection
+        self._key = key
+
+    @property
+    def key_size_bytes(self):
+        return self._key.key_size_bytes
+
+    def decrypt(self, data):
+        if not self._connection.allow_rsa(len(data)):
+            raise ConnectionClosed(self._connection.peer)
+        return self._key.decrypt(data)
+
+    def encrypt(self, data):
+        return self._key.encrypt(data)
 
 
 @implementer(IPushProducer)
@@ -41,17 +93,23 @@ class ConnectionProtocol(Protocol):
     It registers itself as the transport's producer only to learn when the
     send buffer passes the high-water mark (C{pauseProducing}) and drains
     (C{resumeProducing}): a connection that is not C{writable} gets no more
-    pushes, as in MPush, instead of buffering without bound.
+    pushes, as in MPush, instead of buffering without bound.  While it is not
+    writable it also stops reading, so a client that sends without reading
+    cannot make the replies (pongs, OKs) pile up either; if it stays so for
+    L{limits.SLOW_READER_HEARTBEATS} heartbeats it is aborted.
 
     @ivar context: the L{SessionContext}; replaced whole by fast connect.
     @ivar state: the L{ConnectionState}.
+    @ivar slot: the L{limits.ConnectionSlot} the factory admitted it with,
+        released when it closes, or C{None}.
     """
 
     log = Logger()
 
-    def __init__(self, node, dispatcher):
+    def __init__(self, node, dispatcher, slot=None):
         self.node = node
         self.dispatcher = dispatcher
+        self.slot = slot
         core = node.config.core
         self.decoder = PacketDecoder(core.max_packet_size)
         self.context = SessionContext(heartbeat=core.pre_handshake_heartbeat)
@@ -62,6 +120,9 @@ class ConnectionProtocol(Protocol):
         self._idle = IdleCheck(core.max_hb_timeout_times)
         self._idle_call = None
         self._pending = collections.deque()
+        self._pending_bytes = 0
+        self._handshake_deadline = None
+        self._stalled_call = None
         self._busy = False
         self._processing = False
         self._closing = False
@@ -78,6 +139,11 @@ class ConnectionProtocol(Protocol):
         self.transport.bufferSize = self.node.config.net.connect_server_write_high
         self.transport.registerProducer(self, True)
         self._schedule_idle_check()
+        timeout = self.node.config.limits.pre_handshake_timeout
+        if timeout:
+            self._handshake_deadline = self.node.clock.callLater(
+                timeout / 1000.0, self._handshake_overdue
+            )
 
     def dataReceived(self, data):
         if self._closing:
@@ -89,40 +155,84 @@ class ConnectionProtocol(Protocol):
             self.log.info("closing {peer}: {error}", peer=self.peer, error=error)
             self._abort()
             return
-        if not packets:
-            return
-        self.last_read_ms = self.node.now_ms()
-        self._pending.extend(packets)
-        self._process()
-        if len(self._pending) > MAX_PENDING_PACKETS:
-            self.log.warn(
-                "closing {peer}: more than {limit} packets waiting",
-                peer=self.peer,
-                limit=MAX_PENDING_PACKETS,
+        if packets:
+            self.last_read_ms = self.node.now_ms()
+            self._pending.extend(packets)
+            self._pending_bytes += sum(map(_wire_size, packets))
+            self._process()
+        if not self._closing:
+            self._check_backlog()
+
+    def _check_backlog(self):
+        """
+        Bound what this connection holds unhandled: at most
+        C{max-pending-packets} packets queued behind a busy handler, and at
+        most C{max-read-size} bytes read and not yet handled (the wire size
+        of those packets plus the incomplete frame in the decoder).
+        """
+        config = self.node.config.limits
+        if len(self._pending) > config.max_pending_packets:
+            self._refuse(
+                limits.PENDING_PACKETS,
+                f"more than {config.max_pending_packets} packets waiting (max-pending-packets)",
             )
-            self._abort()
+        elif self.pending_bytes > config.max_read_size:
+            self._refuse(
+                limits.READ_SIZE,
+                f"{self.pending_bytes} bytes read and not handled (max-read-size "
+                f"{config.max_read_size})",
+            )
 
     def connectionLost(self, reason):
         self.node.metrics.connection_closed()
         self.state = ConnectionState.CLOSED
         self._closing = True
         self.writable = False
-        self._pending.clear()
-        if self._idle_call is not None and self._idle_call.active():
-            self._idle_call.cancel()
-        self._idle_call = None
+        self._drop_pending()
+        self._idle_call = _cancel(self._idle_call)
+        self._handshake_deadline = _cancel(self._handshake_deadline)
+        self._stalled_call = _cancel(self._stalled_call)
+        if self.slot is not None:
+            self.slot.release()
         self.node.connection_lost(self)
 
     # -- IPushProducer: the send buffer's high-water mark -----------------
 
     def pauseProducing(self):
+        """
+        The send buffer passed the high-water mark: no more pushes, read
+        nothing until it drains, and give the peer a bounded time to read.
+        """
         self.writable = False
+        if not self.is_open:
+            return
+        pause_reading = getattr(self.transport, "pauseProducing", None)
+        if pause_reading is not None:
+            pause_reading()
+        if self._stalled_call is None:
+            grace = limits.SLOW_READER_HEARTBEATS * self.context.heartbeat / 1000.0
+            self._stalled_call = self.node.clock.callLater(grace, self._stalled)
 
     def resumeProducing(self):
         self.writable = self.is_open
+        self._stalled_call = _cancel(self._stalled_call)
+        if self.writable:
+            resume_reading = getattr(self.transport, "resumeProducing", None)
+            if resume_reading is not None:
+                resume_reading()
 
     def stopProducing(self):
         self.writable = False
+        self._stalled_call = _cancel(self._stalled_call)
+
+    def _stalled(self):
+        self._stalled_call = None
+        if self.is_open and not self.writable:
+            self._refuse(
+                limits.SLOW_READER,
+                f"read nothing for {limits.SLOW_READER_HEARTBEATS} heartbeats with a full "
+                f"send buffer",
+            )
 
     # -- strict in-order processing ---------------------------------------
 
@@ -133,6 +243,7 @@ class ConnectionProtocol(Protocol):
         try:
             while self._pending and not self._busy and not self._closing:
                 packet = self._pending.popleft()
+                self._pending_bytes -= _wire_size(packet)
                 waiting = self.dispatcher.dispatch(self, packet)
                 if waiting is not None:
                     self._busy = True
@@ -152,13 +263,44 @@ class ConnectionProtocol(Protocol):
     def decrypt_cipher(self):
         """
         What a non-handshake body is decrypted with: the session cipher, or
-        before any handshake the server's RSA key, as MPush does (spec 7.4).
+        before any handshake the server's RSA key, as MPush does (spec 7.4),
+        metered by the node's handshake rate limit.
         """
-        return self.context.cipher or self.node.private_key
+        cipher = self.context.cipher
+        if cipher is not None:
+            return cipher
+        return _MeteredRsaKey(self, self.node.private_key)
 
     @property
     def is_open(self):
         return not self._closing and self.state is not ConnectionState.CLOSED
+
+    @property
+    def pending_bytes(self):
+        """
+        Bytes read and not yet handled: the packets queued behind a busy
+        handler, at their wire size, and the incomplete frame being read.
+        """
+        return self._pending_bytes + self.decoder.buffered
+
+    def allow_rsa(self, length):
+        """
+        Ask the node's handshake token bucket for the RSA work of decrypting
+        C{length} bytes.  When refused, close the connection without an
+        answer (an ERROR to a HANDSHAKE would stop the Java client for good,
+        spec 14.4; a plain close makes it retry later) and count it.
+
+        @return: whether the decrypt may go ahead.
+        """
+        node = self.node
+        if node.limits.allow_rsa(limits.rsa_blocks(node.private_key, length)):
+            return True
+        if self.is_open:
+            node.limits.refused(
+                node.metrics, limits.HANDSHAKE_RATE, self.peer, "RSA work over handshake-rate"
+            )
+            self.close()
+        return False
 
     def write_packet(self, packet):
         """
@@ -221,6 +363,7 @@ class ConnectionProtocol(Protocol):
             self.node.connection_unbound(self)
         self.context = context
         self.state = ConnectionState.HANDSHAKEN
+        self._handshake_deadline = _cancel(self._handshake_deadline)
 
     def close(self):
         """
@@ -228,13 +371,34 @@ class ConnectionProtocol(Protocol):
         """
         if not self._closing:
             self._closing = True
-            self._pending.clear()
+            self._drop_pending()
             self.transport.loseConnection()
 
     def _abort(self):
         self._closing = True
-        self._pending.clear()
+        self._drop_pending()
         self.transport.abortConnection()
+
+    def _drop_pending(self):
+        self._pending.clear()
+        self._pending_bytes = 0
+
+    def _refuse(self, reason, detail):
+        """
+        A limit says this connection must go: count it, log it (rate
+        limited), abort.
+        """
+        self.node.limits.refused(self.node.metrics, reason, self.peer, detail)
+        self._abort()
+
+    def _handshake_overdue(self):
+        self._handshake_deadline = None
+        if self.is_open and self.state is ConnectionState.NEW:
+            timeout = self.node.config.limits.pre_handshake_timeout
+            self._refuse(
+                limits.PRE_HANDSHAKE_TIMEOUT,
+                f"no handshake within {timeout} ms of accept (pre-handshake-timeout)",
+            )
 
     # -- idle detection ----------------------------------------------------
 
@@ -260,9 +424,34 @@ class ConnectionProtocol(Protocol):
         self._schedule_idle_check()
 
 
+def _cancel(call):
+    """
+    Cancel C{call} if it is still pending; return C{None} to store back.
+    """
+    if call is not None and call.active():
+        call.cancel()
+    return None
+
+
+class RefusedConnection(Protocol):
+    """
+    What a refused client gets: the connection aborted as soon as it is
+    made, nothing written.
+
+    C{buildProtocol} returning C{None} does the same on a plain TCP port,
+    but a wrapping factory (TLS's, or any policies.WrappingFactory) hands
+    that C{None} to its wrapper protocol, which fails with AttributeError in
+    the reactor and leaves the socket open; this works under any wrapper.
+    """
+
+    def connectionMade(self):
+        self.transport.abortConnection()
+
+
 class ConnectionFactory(ServerFactory):
     """
-    Builds a L{ConnectionProtocol} per accepted client of one node.
+    Builds a L{ConnectionProtocol} per accepted client of one node, within
+    the node's connection limits.
     """
 
     def __init__(self, node, dispatcher):
@@ -270,4 +459,11 @@ class ConnectionFactory(ServerFactory):
         self.dispatcher = dispatcher
 
     def buildProtocol(self, addr):
-        return ConnectionProtocol(self.node, self.dispatcher)
+        node = self.node
+        try:
+            slot = node.limits.admit(addr)
+        except limits.LimitExceeded as refusal:
+            peer = f"{getattr(addr, 'host', '?')}:{getattr(addr, 'port', '?')}"
+            node.limits.refused(node.metrics, refusal.reason, peer, str(refusal))
+            return RefusedConnection()
+        return ConnectionProtocol(node, self.dispatcher, slot)

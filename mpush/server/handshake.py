@@ -5,6 +5,9 @@ The body is always RSA-decrypted, whatever the connection's state.  The
 reply, HandshakeOk, goes out under AES(clientKey, iv); only once it has been
 written does the connection switch to AES(clientKey XOR serverKey, iv), adopt
 the device, and cache the session for fast connect.
+
+RSA is the expensive part, so a handshake first draws on the node's
+handshake token bucket (C{[limits] handshake-rate}).
 """
 
 from twisted.logger import Logger
@@ -64,6 +67,11 @@ class HandshakeHandler:
     def _handshake(self, connection, packet):
         node = self.node
         core = node.config.core
+        # The rate limit is asked before any RSA work; over it, the
+        # connection is closed without an ERROR (which would stop the Java
+        # client for good, spec 14.4): it retries later.
+        if not connection.allow_rsa(len(packet.body)):
+            return None
         body = decode_body(packet, node.private_key, core.max_inflated_size)
         message = HandshakeMessage.decode(body)
         validate_handshake(message)

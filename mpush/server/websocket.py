@@ -1,0 +1,831 @@
+"""
+The WebSocket variant of the connection server (spec 15), and its page.
+
+Browsers speak MPush as JSON text frames: no keys, no compression of the
+body, no heartbeat, no fast connect.  A L{WebSocketConnection} offers the
+interface of L{mpush.server.connection.ConnectionProtocol} (send, send_raw,
+write_packet, reply_error, close, establish, context, state, conn_id, peer,
+writable...), so the router center, the push center, acks and offline
+delivery treat a browser like any other device: C{send(Command.PUSH,
+PushMessage(content), id, flags)} becomes the JSON PUSH frame of spec 15.3.
+
+The listener is a twisted.web L{Site} (L{make_ws_site}): a GET of C{/} that
+asks to upgrade becomes a WebSocket (autobahn); a plain GET of C{/} serves
+the page in C{web/}, which connects back to the same host.  twisted.web
+parses the HTTP request, so its header limits and timeouts apply before
+autobahn sees a byte.
+
+Departures from MPush, invisible to its JavaScript client: a client PUSH
+with AUTO_ACK is answered with a JSON ACK (MPush writes a binary packet the
+WebSocket cannot carry, spec 21.2 item 16); ws connections count towards
+the node's connection limits and its pre-handshake timeout; the server pings
+idle browsers (the browser answers by itself) so dead ones release their
+routes; frames that are not MPush JSON get ERROR 100 and a close.
+"""
+
+import collections
+import importlib.resources
+import json
+from dataclasses import dataclass
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from autobahn.websocket.types import ConnectionDeny
+from twisted.internet.defer import fail, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from mpush.protocol.messages import (
+    AckMessage,
+    BindUserMessage,
+    ErrorMessage,
+    KickUserMessage,
+    OkMessage,
+    PushMessage,
+)
+from mpush.protocol.packet import Command, Flags, Packet
+from mpush.server.ack_handler import AckHandler
+from mpush.server.bind import BindHandler, UnbindHandler
+from mpush.server.context import ConnectionState, SessionContext
+from mpush.server.dispatcher import IMessageHandler, MessageDispatcher
+from mpush.server.errors import (
+    ConnectionClosed,
+    DispatchError,
+    NotHandshaken,
+    ParamInvalid,
+    RepeatHandshake,
+)
+from mpush.server.limits import PENDING_PACKETS, PRE_HANDSHAKE_TIMEOUT, READ_SIZE, LimitExceeded
+
+__all__ = [
+    "MAX_FRAME_SIZE",
+    "MIN_PING_INTERVAL",
+    "WS_HEARTBEAT",
+    "BadJson",
+    "JsonPacket",
+    "NotJsonEncodable",
+    "PageUnavailable",
+    "WebRoot",
+    "WebSocketBindHandler",
+    "WebSocketClientPushHandler",
+    "WebSocketConnection",
+    "WebSocketFactory",
+    "WebSocketHandshakeHandler",
+    "WebSocketUnbindHandler",
+    "bind_message_of",
+    "decode_json_packet",
+    "encode_json_packet",
+    "json_body",
+    "load_pages",
+    "make_ws_dispatcher",
+    "make_ws_site",
+]
+
+#: The heartbeat a WebSocket session is stored with (spec 8.3): the
+#: largest Java int, i.e. none.
+WS_HEARTBEAT = 2**31 - 1
+
+#: Largest inbound frame and message payload, after inflation (spec 15.1).
+MAX_FRAME_SIZE = 65536
+
+#: Seconds autobahn waits for the peer's reply to our close frame.
+CLOSE_HANDSHAKE_TIMEOUT = 5
+
+#: Close code for a binary frame: MPush packets come only as text.
+CLOSE_UNSUPPORTED_DATA = 1003
+
+#: Fewest seconds between two pings.  autobahn's timers are batched to
+#: whole seconds and may fire up to one second early, so a shorter ping
+#: timeout could drop a browser whose pong is on its way.
+MIN_PING_INTERVAL = 2.0
+
+_JAVA_INT_MIN = -(2**31)
+_JAVA_INT_MAX = 2**31 - 1
+
+
+# -- the JSON packet (spec 15.2) -------------------------------------------
+
+
+class BadJson(DispatchError):
+    """
+    A text frame that is not an MPush JSON packet, or a body field of the
+    wrong type.  Answered with ERROR 100 and a close, like any packet the
+    server cannot decode.
+
+    @ivar cmd: the frame's command, when it could be read (0 otherwise).
+    @ivar session_id: the frame's session id, when it could be read.
+    """
+
+    def __init__(self, detail, cmd=0, session_id=0):
+        super().__init__(detail)
+        self.cmd = cmd
+        self.session_id = session_id
+
+
+class NotJsonEncodable(TypeError):
+    """
+    A message a WebSocket cannot carry (spec 15.3 lists what it can).
+    """
+
+
+class PageUnavailable(RuntimeError):
+    """
+    The WebSocket page is not installed with mpush (package data
+    C{mpush/server/web}).
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class JsonPacket:
+    """
+    One packet of the WebSocket variant: the binary header's fields and a
+    JSON object as body.  C{cmd} and C{session_id} are what the dispatcher
+    and the handlers' replies use, as for a binary L{Packet}.
+    """
+
+    cmd: int
+    session_id: int = 0
+    flags: int = Flags.JSON_BODY
+    body: dict | None = None
+
+    def has_flag(self, mask):
+        return (self.flags & mask) != 0
+
+    def string(self, key):
+        """
+        The body's field C{key} as MPush reads it: a string, or C{None}
+        when absent or null.
+
+        @raise BadJson: the value is not a string, or not valid Unicode
+            (a lone surrogate escape): it could never be written back.
+        """
+        if self.body is None:
+            return None
+        value = self.body.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise BadJson(f"body.{key} must be a string, got {type(value).__name__}")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadJson(f"body.{key} is not valid Unicode") from None
+        return value
+
+
+def _int_field(fields, key, default, low, high, cmd=0, session_id=0):
+    value = fields.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadJson(f"{key} must be an integer", cmd, session_id)
+    if not low <= value <= high:
+        raise BadJson(f"{key} {value} is out of range [{low}, {high}]", cmd, session_id)
+    return value
+
+
+def decode_json_packet(payload):
+    """
+    Read one inbound text frame (UTF-8 bytes) as a L{JsonPacket}: C{cmd}
+    defaults to -1 (unknown), C{sessionId} to 0, C{flags} to JSON_BODY;
+    unknown keys are ignored (spec 15.2).
+
+    @raise BadJson: not a JSON object, fields of the wrong type or range,
+        or flags without JSON_BODY (MPush then takes the body for binary
+        and fails the same way).
+    """
+    try:
+        fields = json.loads(payload.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise BadJson(f"not JSON: {error}") from None
+    if not isinstance(fields, dict):
+        raise BadJson(f"a packet is a JSON object, not {type(fields).__name__}")
+    session_id = _int_field(fields, "sessionId", 0, _JAVA_INT_MIN, _JAVA_INT_MAX)
+    cmd = _int_field(fields, "cmd", -1, -128, 127, session_id=session_id)
+    flags = _int_field(fields, "flags", int(Flags.JSON_BODY), -128, 255, cmd, session_id) & 0xFF
+    if not flags & Flags.JSON_BODY:
+        raise BadJson("flags lack JSON_BODY (0x10)", cmd, session_id)
+    body = fields.get("body")
+    if body is not None and not isinstance(body, dict):
+        raise BadJson("body must be an object or null", cmd, session_id)
+    return JsonPacket(cmd, session_id, flags, body)
+
+
+def encode_json_packet(packet):
+    """
+    One outbound text frame: keys in alphabetical order as fastjson writes
+    them, C{body} left out when null, C{bodyLength} the number of body keys.
+    """
+    fields = {
+        "bodyLength": len(packet.body) if packet.body else 0,
+        "cmd": int(packet.cmd),
+        "flags": int(packet.flags),
+        "sessionId": int(packet.session_id),
+    }
+    if packet.body is not None:
+        fields["body"] = packet.body
+    text = json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # Every string read from a client was checked; "replace" only guards
+    # against a server-made string with a lone surrogate.
+    return text.encode("utf-8", "replace")
+
+
+def _present(**fields):
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def json_body(message):
+    """
+    The JSON body of a server message (spec 15.3), or C{None} for none.
+    A PUSH's bytes become text as Java's C{new String(content, UTF_8)}
+    does: malformed sequences turn into U+FFFD.
+
+    @raise NotJsonEncodable: a message the WebSocket variant does not send.
+    """
+    if message is None or isinstance(message, AckMessage):
+        return None
+    if isinstance(message, PushMessage):
+        return {"content": bytes(message.content).decode("utf-8", "replace")}
+    if isinstance(message, OkMessage):
+        return _present(
+            cmd=message.cmd if message.cmd > 0 else None,
+            code=message.code if message.code > 0 else None,
+            data=message.data,
+        )
+    if isinstance(message, ErrorMessage):
+        return _present(
+            cmd=message.cmd if message.cmd > 0 else None,
+            code=message.code if message.code > 0 else None,
+            reason=message.reason,
+            data=message.data,
+        )
+    if isinstance(message, KickUserMessage):
+        return _present(deviceId=message.device_id, userId=message.user_id)
+    raise NotJsonEncodable(f"{type(message).__name__} has no JSON form on a WebSocket")
+
+
+# -- handlers of the WebSocket listener (spec 5, 8.3, 11, 12.4) -------------
+
+
+@implementer(IMessageHandler)
+class WebSocketHandshakeHandler:
+    """
+    The non-secure handshake (spec 8.3): a device id and no keys; the
+    reply has no body; no reusable session, so no fast connect.
+    """
+
+    command = Command.HANDSHAKE
+    log = Logger()
+
+    def __init__(self, node):
+        self.node = node
+
+    def handle(self, connection, packet):
+        metrics = self.node.metrics
+        device_id = packet.string("deviceId")
+        if not device_id:
+            metrics.handshake("invalid")
+            raise ParamInvalid("handshake without a device id")
+        if device_id == connection.context.device_id:
+            metrics.handshake("repeat")
+            raise RepeatHandshake(f"device {device_id} already handshaken")
+        context = SessionContext(
+            heartbeat=WS_HEARTBEAT,
+            device_id=device_id,
+            os_name=packet.string("osName"),
+            os_version=packet.string("osVersion"),
+            client_version=packet.string("clientVersion"),
+        )
+        written = connection.write_packet(JsonPacket(Command.HANDSHAKE, packet.session_id))
+        return written.addCallback(self._established, connection, context)
+
+    def _established(self, _, connection, context):
+        connection.establish(context)
+        self.node.metrics.handshake("ok")
+        self.log.debug(
+            "ws handshake ok {peer} device={device} type={type}",
+            peer=connection.peer,
+            device=context.device_id,
+            type=context.client_type.name,
+        )
+
+
+def bind_message_of(packet):
+    """
+    BIND/UNBIND's body as the L{BindUserMessage} the router center takes.
+    Empty strings count as absent, as on the binary wire.
+    """
+    return BindUserMessage(
+        packet.string("userId") or None,
+        packet.string("data") or None,
+        packet.string("tags") or None,
+    )
+
+
+class WebSocketBindHandler(BindHandler):
+    """
+    BIND from a browser: the JSON body, then the same router center and
+    metrics as a TCP bind.
+    """
+
+    def handle(self, connection, packet):
+        bound = self.node.router_center.bind(connection, packet, bind_message_of(packet))
+        return bound.addCallbacks(self._bound, self._refused)
+
+
+class WebSocketUnbindHandler(UnbindHandler):
+    """
+    UNBIND from a browser.
+    """
+
+    def handle(self, connection, packet):
+        return self.node.router_center.unbind(connection, packet, bind_message_of(packet))
+
+
+@implementer(IMessageHandler)
+class WebSocketClientPushHandler:
+    """
+    PUSH from a browser (spec 12.4): logged; with AUTO_ACK, acknowledged
+    by a JSON ACK with the same session id.
+    """
+
+    command = Command.PUSH
+    log = Logger()
+
+    def __init__(self, node):
+        self.node = node
+
+    def handle(self, connection, packet):
+        if not connection.context.handshaken:
+            raise NotHandshaken("client push before handshake")
+        content = packet.string("content") or ""
+        self.log.debug(
+            "ws client push from {user} ({device}): {size} characters",
+            user=connection.context.user_id,
+            device=connection.context.device_id,
+            size=len(content),
+        )
+        if packet.has_flag(Flags.AUTO_ACK):
+            return connection.write_packet(JsonPacket(Command.ACK, packet.session_id))
+        return None
+
+
+def make_ws_dispatcher(node):
+    """
+    The WebSocket listener's handlers: HANDSHAKE, BIND, UNBIND, PUSH and
+    ACK; anything else is UNSUPPORTED_CMD and a close (spec 5).
+    """
+    return MessageDispatcher(
+        [
+            WebSocketHandshakeHandler(node),
+            WebSocketBindHandler(node),
+            WebSocketUnbindHandler(node),
+            WebSocketClientPushHandler(node),
+            AckHandler(node),
+        ]
+    )
+
+
+# -- one browser connection ---------------------------------------------------
+
+
+@implementer(IPushProducer)
+class WebSocketConnection:
+    """
+    One open WebSocket, seen by the rest of the node as a connection.
+
+    Packets run strictly in order, as on TCP: a frame that arrives while a
+    handler waits (a BIND on Redis) waits behind it.  The connection is its
+    transport's producer, so above the send buffer's high-water mark it is
+    not C{writable} and pushes to it fail instead of buffering.
+
+    @ivar channel: the autobahn protocol that carries the frames.
+    """
+
+    __slots__ = (
+        "node",
+        "dispatcher",
+        "channel",
+        "context",
+        "state",
+        "conn_id",
+        "peer",
+        "writable",
+        "_pending",
+        "_pending_bytes",
+        "_busy",
+        "_processing",
+        "_closing",
+        "_handshake_timer",
+    )
+
+    log = Logger()
+
+    #: No body is ever encrypted on a WebSocket.
+    decrypt_cipher = None
+
+    def __init__(self, node, dispatcher, channel):
+        self.node = node
+        self.dispatcher = dispatcher
+        self.channel = channel
+        self.context = SessionContext(heartbeat=WS_HEARTBEAT)
+        self.state = ConnectionState.NEW
+        self.conn_id = None
+        self.peer = None
+        self.writable = True
+        self._pending = collections.deque()
+        self._pending_bytes = 0
+        self._busy = False
+        self._processing = False
+        self._closing = False
+        self._handshake_timer = None
+
+    @property
+    def transport(self):
+        return self.channel.transport
+
+    # -- the channel's side -------------------------------------------------
+
+    def opened(self):
+        """
+        The WebSocket handshake is done: join the node.
+        """
+        transport = self.transport
+        address = transport.getPeer()
+        self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
+        self.conn_id = self.node.add_connection(self)
+        self.node.metrics.connection_opened()
+        if hasattr(transport, "bufferSize"):
+            transport.bufferSize = self.node.config.net.connect_server_write_high
+        # twisted.web's channel was the transport's producer until the
+        # upgrade handed the transport over; the send buffer is ours now.
+        transport.unregisterProducer()
+        transport.registerProducer(self, True)
+        timeout = self.node.config.limits.pre_handshake_timeout
+        if timeout:
+            self._handshake_timer = self.node.clock.callLater(timeout / 1000.0, self._handshake_overdue)
+
+    def message_received(self, payload, is_binary):
+        if self._closing:
+            return
+        self.node.metrics.bytes_in(len(payload))
+        if is_binary:
+            self.log.info("closing {peer}: a binary frame (MPush frames are JSON text)", peer=self.peer)
+            self._closing = True
+            self._pending.clear()
+            self.channel.refuse_binary()
+            return
+        limits = self.node.config.limits
+        self._pending.append(payload)
+        self._pending_bytes += len(payload)
+        if len(self._pending) > limits.max_pending_packets:
+            self._refuse(PENDING_PACKETS, f"more than {limits.max_pending_packets} frames waiting")
+            return
+        if self._pending_bytes > limits.max_read_size:
+            self._refuse(READ_SIZE, f"more than {limits.max_read_size} bytes of frames waiting")
+            return
+        self._process()
+
+    def lost(self):
+        """
+        The transport is gone: leave the node, release the routes.
+        """
+        self.state = ConnectionState.CLOSED
+        self._closing = True
+        self.writable = False
+        self._pending.clear()
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+        if self.conn_id is not None:
+            self.node.metrics.connection_closed()
+            self.node.connection_lost(self)
+
+    # -- IPushProducer: the send buffer's high-water mark ---------------------
+
+    def pauseProducing(self):
+        self.writable = False
+
+    def resumeProducing(self):
+        self.writable = self.is_open
+
+    def stopProducing(self):
+        self.writable = False
+
+    # -- strict in-order processing -----------------------------------------
+
+    def _process(self):
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while self._pending and not self._busy and not self._closing:
+                payload = self._pending.popleft()
+                self._pending_bytes -= len(payload)
+                try:
+                    packet = decode_json_packet(payload)
+                except BadJson as error:
+                    self.log.info("closing {peer}: {error}", peer=self.peer, error=error)
+                    self.reply_error(error, int(error.code), error.reason, close=True)
+                    break
+                waiting = self.dispatcher.dispatch(self, packet)
+                if waiting is not None:
+                    self._busy = True
+                    waiting.addBoth(self._handler_done)
+        finally:
+            self._processing = False
+
+    def _handler_done(self, result):
+        self._busy = False
+        if not self._processing:
+            self._process()
+        return result
+
+    # -- what handlers, the router center and the push center call ------------
+
+    @property
+    def is_open(self):
+        return not self._closing and self.state is not ConnectionState.CLOSED
+
+    def write_packet(self, packet):
+        """
+        Write C{packet} as one text frame.  A binary L{Packet} is taken
+        only without a body (an ACK written by a handler shared with TCP).
+
+        @return: a L{Deferred} that fires once the frame is handed to the
+            transport, or fails with L{ConnectionClosed}.
+        """
+        if isinstance(packet, Packet):
+            if packet.body:
+                raise NotJsonEncodable(f"the binary body of cmd {packet.cmd} has no JSON form")
+            packet = JsonPacket(packet.cmd, packet.session_id, packet.flags | Flags.JSON_BODY)
+        if not self.is_open:
+            return fail(ConnectionClosed(self.peer))
+        payload = encode_json_packet(packet)
+        if not self.channel.send_text(payload):
+            return fail(ConnectionClosed(self.peer))
+        self.node.metrics.bytes_out(len(payload))
+        return succeed(None)
+
+    def send(self, cmd, message, session_id, flags=0):
+        """
+        Write C{message} as JSON.  The ack bits of C{flags} are kept; there
+        is no encryption or compression to flag (spec 15.1).
+        """
+        flags = (flags & ~(Flags.CRYPTO | Flags.COMPRESS)) | Flags.JSON_BODY
+        return self.write_packet(JsonPacket(int(cmd), session_id, int(flags), json_body(message)))
+
+    #: On a WebSocket "send" and "sendRaw" are the same JSON frame.
+    send_raw = send
+
+    def reply_error(self, request, code, reason, data=None, close=False):
+        """
+        Answer C{request} with a JSON ERROR, closing afterwards if asked.
+        """
+        self.send(Command.ERROR, ErrorMessage(request.cmd, code, reason, data), request.session_id)
+        if close:
+            self.close()
+
+    def establish(self, context):
+        """
+        Make C{context} this connection's session (after the handshake
+        reply).  A user bound before is unbound first.
+        """
+        if self.context.user_id is not None:
+            self.node.connection_unbound(self)
+        self.context = context
+        self.state = ConnectionState.HANDSHAKEN
+        if self._handshake_timer is not None and self._handshake_timer.active():
+            self._handshake_timer.cancel()
+        self._handshake_timer = None
+
+    def close(self):
+        """
+        Close once what was written has been sent; read nothing more.
+        """
+        if not self._closing:
+            self._closing = True
+            self._pending.clear()
+            self.channel.sendClose(1000)
+
+    def _abort(self):
+        self._closing = True
+        self._pending.clear()
+        self.channel.dropConnection(abort=True)
+
+    def _refuse(self, reason, detail):
+        self.node.limits.refused(self.node.metrics, reason, self.peer, detail)
+        self._abort()
+
+    def _handshake_overdue(self):
+        self._handshake_timer = None
+        if self.is_open and not self.context.handshaken:
+            timeout = self.node.config.limits.pre_handshake_timeout
+            self._refuse(PRE_HANDSHAKE_TIMEOUT, f"no handshake within {timeout} ms")
+
+    def __repr__(self):
+        return f"<WebSocketConnection {self.conn_id} {self.peer} {self.state.name}>"
+
+
+# -- autobahn's side ----------------------------------------------------------
+
+
+class _WebSocketChannel(WebSocketServerProtocol):
+    """
+    The autobahn protocol under one L{WebSocketConnection}.  Kept apart
+    because autobahn's own attributes (C{state}, C{peer}) would clash with
+    the connection interface the node relies on.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.connection = None
+        self.slot = None
+
+    def onConnect(self, request):
+        node = self.factory.node
+        if request.path != "/":
+            raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "MPush's WebSocket is at /")
+        try:
+            self.slot = node.limits.admit(self.transport.getPeer())
+        except LimitExceeded as error:
+            node.limits.refused(node.metrics, error.reason, request.peer, str(error))
+            raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many connections") from None
+        return None  # no subprotocol (spec 15.1)
+
+    def onOpen(self):
+        factory = self.factory
+        self.connection = WebSocketConnection(factory.node, factory.dispatcher, self)
+        self.connection.opened()
+
+    def onMessage(self, payload, isBinary):
+        if self.connection is not None:
+            self.connection.message_received(payload, isBinary)
+
+    def connectionLost(self, reason):
+        super().connectionLost(reason)
+        if self.connection is not None:
+            self.connection.lost()
+        if self.slot is not None:
+            self.slot.release()
+
+    def send_text(self, payload):
+        """
+        Send one text frame; whether the WebSocket could take it.
+
+        autobahn applies one size limit to both directions, but MPush's is
+        inbound only (a push may be larger than what a browser may send), so
+        it is lifted around our own write; nothing is read meanwhile.
+        """
+        if self.state != self.STATE_OPEN:
+            return False
+        limit = self.maxMessagePayloadSize
+        self.maxMessagePayloadSize = 0
+        try:
+            self.sendMessage(payload, isBinary=False)
+        finally:
+            self.maxMessagePayloadSize = limit
+        return True
+
+    def refuse_binary(self):
+        self.sendCloseFrame(
+            code=CLOSE_UNSUPPORTED_DATA, reasonUtf8=b"MPush packets are JSON text frames"
+        )
+
+
+def _accept_deflate(offers):
+    """
+    permessage-deflate when offered (spec 15.1), without keeping the
+    server's compression context between messages: an idle browser then
+    costs no zlib state for what we send.
+    """
+    for offer in offers:
+        if isinstance(offer, PerMessageDeflateOffer):
+            return PerMessageDeflateOfferAccept(offer, no_context_takeover=True)
+    return None
+
+
+class WebSocketFactory(WebSocketServerFactory):
+    """
+    Builds the WebSocket side of each browser connection of one node.
+
+    @param dispatcher: the handlers; L{make_ws_dispatcher} by default.
+    """
+
+    protocol = _WebSocketChannel
+
+    def __init__(self, node, dispatcher=None, reactor=None):
+        super().__init__(server="mpush", reactor=reactor)
+        self.node = node
+        self.dispatcher = dispatcher if dispatcher is not None else make_ws_dispatcher(node)
+        # The server's heartbeat, from its side: a browser that stops
+        # reading misses a ping's pong and is dropped, releasing its routes.
+        ping = max(node.config.core.max_heartbeat / 1000.0, MIN_PING_INTERVAL)
+        self.setProtocolOptions(
+            webStatus=False,
+            maxFramePayloadSize=MAX_FRAME_SIZE,
+            maxMessagePayloadSize=MAX_FRAME_SIZE,
+            failByDrop=False,
+            closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
+            perMessageCompressionAccept=_accept_deflate,
+            autoPingInterval=ping,
+            autoPingTimeout=ping,
+        )
+        self.noisy = False
+
+
+# -- the page and the HTTP side ----------------------------------------------
+
+#: Served paths: file name in C{web/} and content type.
+_PAGES = {
+    b"/": ("index.html", "text/html; charset=utf-8"),
+    b"/index.html": ("index.html", "text/html; charset=utf-8"),
+    b"/client.js": ("client.js", "text/javascript; charset=utf-8"),
+}
+
+#: The page loads its script from here and talks to here; nothing else.
+_PAGE_HEADERS = {
+    b"Content-Security-Policy": b"default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+    b"connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    b"X-Content-Type-Options": b"nosniff",
+    b"Referrer-Policy": b"no-referrer",
+    b"Cache-Control": b"no-cache",
+}
+
+
+def load_pages():
+    """
+    The page files, read once when the listener is built.
+
+    @raise PageUnavailable: they are not installed.
+    """
+    web = importlib.resources.files(__package__).joinpath("web")
+    files = {}
+    for path, (name, content_type) in _PAGES.items():
+        try:
+            files[path] = (web.joinpath(name).read_bytes(), content_type.encode("ascii"))
+        except OSError as error:
+            raise PageUnavailable(
+                f"the WebSocket page {name} is not installed with mpush "
+                f"(package data mpush/server/web): {error}"
+            ) from None
+    return files
+
+
+def _wants_websocket(request):
+    upgrade = request.getHeader(b"upgrade") or b""
+    return any(token.strip().lower() == b"websocket" for token in upgrade.split(b","))
+
+
+class WebRoot(Resource):
+    """
+    Everything on the WebSocket port: the upgrade at C{/}, the page at
+    C{/} and C{/index.html}, its script, and 404/405 for the rest.
+    """
+
+    isLeaf = True
+
+    def __init__(self, websocket, pages):
+        super().__init__()
+        self.websocket = websocket
+        self.pages = pages
+
+    def render(self, request):
+        if _wants_websocket(request):
+            if request.path != b"/":
+                return self._status(request, 404, b"no WebSocket here; MPush's is at /\n")
+            return self.websocket.render(request)
+        if request.method not in (b"GET", b"HEAD"):
+            request.setHeader(b"Allow", b"GET, HEAD")
+            return self._status(request, 405, b"method not allowed\n")
+        page = self.pages.get(request.path)
+        if page is None:
+            return self._status(request, 404, b"not found\n")
+        body, content_type = page
+        request.setHeader(b"Content-Type", content_type)
+        for name, value in _PAGE_HEADERS.items():
+            request.setHeader(name, value)
+        return body
+
+    @staticmethod
+    def _status(request, code, text):
+        request.setResponseCode(code)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        return text
+
+
+def make_ws_site(node, dispatcher=None, reactor=None):
+    """
+    What the WebSocket port listens with: the page and, at C{/}, MPush's
+    WebSocket for C{node}.
+
+    @raise PageUnavailable: the page files are not installed.
+    """
+    factory = WebSocketFactory(node, dispatcher, reactor=reactor)
+    site = Site(WebRoot(WebSocketResource(factory), load_pages()))
+    site.noisy = False
+    return site
