@@ -90,7 +90,10 @@ REDIS_COMPONENTS = (
     "offline",
     "broadcast",
 )
-REFUSED_REASONS = ("max_connections", "per_ip", "handshake_rate")
+REFUSED_REASONS = (
+    "max_connections", "per_ip", "handshake_rate", "pre_handshake_timeout", "pending_packets",
+    "read_size", "slow_reader",
+)
 
 # PUSH written -> ACK received: a LAN round trip is about a millisecond, a
 # phone waking its radio takes seconds, and the ack timeout caps it.

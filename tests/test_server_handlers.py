@@ -10,6 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from mpush.config import LimitsConfig, load_config
 from mpush.protocol.body import make_packet
 from mpush.protocol.crypto import AesCipher, mix_key
 from mpush.protocol.messages import FastConnectMessage
@@ -197,7 +198,8 @@ class HandshakeTests(SynchronousTestCase):
 
 class HeartbeatTests(SynchronousTestCase):
     def setUp(self):
-        self.node = make_node()
+        # MPush's idle rule alone: no [limits] pre-handshake-timeout.
+        self.node = make_node(load_config(None).replace(limits=LimitsConfig(pre_handshake_timeout=0)))
         self.clock = self.node.clock
         self.protocol, self.transport = connect(self.node)
 
@@ -297,6 +299,8 @@ class FastConnectTests(SynchronousTestCase):
 
     def test_session_expires_with_ttl(self):
         self.node.clock.advance(86400 + 1)
+        # A connection made a day ago would have met the pre-handshake timeout.
+        self.protocol, self.transport = connect(self.node)
         self.protocol.dataReceived(self.device.fast_connect_bytes(self.ok.session_id))
         [reply] = self.device.read(self.transport)
         self.assertEqual(error_of(reply).code, 103)
