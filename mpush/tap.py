@@ -9,6 +9,7 @@ Redis when one is configured).
 """
 
 from twisted.application import service, strports
+from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python import usage
@@ -36,6 +37,7 @@ from mpush.server.heartbeat import HeartbeatHandler
 from mpush.server.node import ServerNode
 from mpush.server.push_center import PushCenter
 from mpush.server.router_center import RouterCenter
+from mpush.tls import server_tls_options, tls_endpoint
 
 log = Logger()
 
@@ -312,22 +314,38 @@ def _endpoint(port, interface, backlog=None):
     return description
 
 
+def _listen(parent, reactor, port, interface, factory, tls_options=None, backlog=None):
+    """
+    Listen on C{port}: plain TCP through strports, or TLS with C{tls_options}.
+    """
+    if tls_options is None:
+        strports.service(_endpoint(port, interface, backlog), factory).setServiceParent(parent)
+        return
+    listener = StreamServerEndpointService(
+        tls_endpoint(reactor, port, interface, tls_options, backlog or 50), factory)
+    listener._raiseSynchronously = True  # as strports.service: a busy port stops twistd at start
+    listener.setServiceParent(parent)
+
+
 def makeService(options):
     from twisted.internet import reactor
 
     config = options.config
+    tls = config.tls
     try:
+        tls_options = None
+        if tls.connect_server or tls.ws_server or tls.http_server:
+            tls_options = server_tls_options(tls)
         node, backends, info = build_node(config, reactor)
     except ConfigError as error:
-        raise SystemExit(f"mpush: {error}")
+        raise SystemExit(f"mpush: {error.with_source(options['config'])}")
     api = NodeAPI(node, backends, info, reactor, offline=backends.offline)
     top = NodeService(node, backends, info, api)
     net = config.net
     connections = ConnectionFactory(node, make_dispatcher(node))
     connections.noisy = False
-    strports.service(
-        _endpoint(net.connect_server_port, net.connect_server_bind_ip, 1024), connections
-    ).setServiceParent(top)
+    _listen(top, reactor, net.connect_server_port, net.connect_server_bind_ip, connections,
+            tls_options if tls.connect_server else None, backlog=1024)
     if net.gateway_server_port:
         gateway = GatewayFactory(node.push_center, config.core.max_gateway_packet_size)
         strports.service(
@@ -339,23 +357,13 @@ def makeService(options):
             _endpoint(net.admin_server_port, net.admin_server_bind_ip), admin
         ).setServiceParent(top)
     if net.http_server_port:
-        strports.service(
-            _endpoint(net.http_server_port, http_interface(config)), make_http_site(node, api, reactor)
-        ).setServiceParent(top)
+        _listen(top, reactor, net.http_server_port, http_interface(config),
+                make_http_site(node, api, reactor), tls_options if tls.http_server else None)
     if net.ws_server_port:
         from mpush.server.websocket import make_ws_site
 
         ws_site = make_ws_site(node, reactor=reactor)
-        if config.tls.ws_server:
-            from twisted.application.internet import StreamServerEndpointService
-
-            from mpush.tls import server_tls_options, tls_endpoint
-
-            StreamServerEndpointService(
-                tls_endpoint(reactor, net.ws_server_port, "", server_tls_options(config.tls)), ws_site
-            ).setServiceParent(top)
-        else:
-            strports.service(_endpoint(net.ws_server_port, ""), ws_site).setServiceParent(top)
+        _listen(top, reactor, net.ws_server_port, "", ws_site, tls_options if tls.ws_server else None)
     if config.zk.enabled:
         # Last: registered only once every listener is bound, withdrawn first.
         from mpush.zk import ZkRegistration, cluster_nodes

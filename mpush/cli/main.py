@@ -21,12 +21,13 @@ from urllib.parse import quote, urlsplit
 
 from twisted.internet import defer, task
 from twisted.internet.protocol import Protocol
-from twisted.web.client import Agent, FileBodyProducer, ResponseDone
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, FileBodyProducer, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from mpush.http import schema
 from mpush.protocol.crypto import RsaPrivateKey
+from mpush.tls import TrustFileError, load_trust_root, tls_failure
 
 __all__ = [
     "ApiFailure",
@@ -35,6 +36,7 @@ __all__ = [
     "build_parser",
     "call_api",
     "format_keys",
+    "https_policy",
     "main",
     "run",
 ]
@@ -93,6 +95,9 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
     parser.add_argument("--url", default=default(DEFAULT_URL),
                         help=f"base URL of the node's HTTP API (default {DEFAULT_URL})")
+    parser.add_argument("--ca-file", metavar="PATH", default=default(None),
+                        help="for an https:// URL: PEM CA certificate(s) to trust "
+                             "(default: the system's trust store)")
     parser.add_argument("--token", default=default(None),
                         help=f"API bearer token (default: ${TOKEN_ENV})")
     parser.add_argument("--timeout", type=float, metavar="S", default=default(None),
@@ -235,11 +240,27 @@ def _push_body(args) -> dict:
 # HTTP
 
 
+def https_policy(ca_file: str | None):
+    """
+    How https:// answers are verified: against C{ca_file}'s CAs, or (None)
+    the system's trust store; the certificate must name the URL's host.
+
+    @raise CliError: C{ca_file} is unusable.
+    """
+    if ca_file is None:
+        return BrowserLikePolicyForHTTPS()
+    try:
+        return BrowserLikePolicyForHTTPS(trustRoot=load_trust_root(ca_file))
+    except TrustFileError as exc:
+        raise CliError(f"--ca-file: {exc}") from None
+
+
 @defer.inlineCallbacks
 def call_api(reactor, method: str, url: str, token: bytes | None, body: dict | None,
-             timeout_s: float):
+             timeout_s: float, *, tls_policy=None):
     """
-    One API call; fires an L{ApiResult} for a 2xx JSON answer.
+    One API call; fires an L{ApiResult} for a 2xx JSON answer.  C{tls_policy}
+    verifies https:// URLs (default: the system's trust store).
 
     @raise ApiFailure: the API answered with an error.
     @raise CliError: no answer (connection, timeout) or not an API answer.
@@ -251,7 +272,8 @@ def call_api(reactor, method: str, url: str, token: bytes | None, body: dict | N
     if body is not None:
         headers.addRawHeader(b"Content-Type", b"application/json")
         producer = FileBodyProducer(io.BytesIO(json.dumps(body).encode("utf-8")))
-    agent = Agent(reactor, connectTimeout=min(timeout_s, _CONNECT_TIMEOUT_S))
+    agent = Agent(reactor, contextFactory=tls_policy or BrowserLikePolicyForHTTPS(),
+                  connectTimeout=min(timeout_s, _CONNECT_TIMEOUT_S))
 
     @defer.inlineCallbacks
     def exchange():
@@ -336,6 +358,10 @@ def _reason(exc: Exception) -> str:
     reasons = getattr(exc, "reasons", None)
     if reasons:
         return "; ".join(_reason(failure.value) for failure in reasons)
+    failure = tls_failure(exc)
+    if failure is not None:
+        hint = " (--ca-file trusts a private CA)" if failure.verification else ""
+        return f"TLS: {failure.reason}{hint}"
     return _one_line(str(exc)) or type(exc).__name__
 
 
@@ -369,7 +395,8 @@ def _push(reactor, args, base: str, token, out):
     timeout_s = args.timeout
     if timeout_s is None:
         timeout_s = body.get("timeout_ms", schema.DEFAULT_TIMEOUT_MS) / 1000.0 + PUSH_TIMEOUT_MARGIN_S
-    result = yield call_api(reactor, "POST", f"{base}/v1/push", token, body, timeout_s)
+    result = yield call_api(reactor, "POST", f"{base}/v1/push", token, body, timeout_s,
+                            tls_policy=getattr(args, "tls_policy", None))
     value = result.value
     results = value.get("results") if isinstance(value, dict) else None
     if not isinstance(results, list):
@@ -398,7 +425,8 @@ def _push(reactor, args, base: str, token, out):
 @defer.inlineCallbacks
 def _users_show(reactor, args, base: str, token, out):
     url = f"{base}/v1/users/{quote(_path_text(args.user, 'U'), safe='')}"
-    result = yield call_api(reactor, "GET", url, token, None, args.timeout or DEFAULT_TIMEOUT_S)
+    result = yield call_api(reactor, "GET", url, token, None, args.timeout or DEFAULT_TIMEOUT_S,
+                            tls_policy=getattr(args, "tls_policy", None))
     value = result.value
     if args.output == "json":
         _print_json(out, value)
@@ -431,7 +459,8 @@ def _users_kick(reactor, args, base: str, token, out):
         if not -(2**31) <= args.client_type < 2**31:
             raise CliError("--client-type must be a 32-bit integer")
         body = {"client_type": args.client_type}
-    result = yield call_api(reactor, "POST", url, token, body, args.timeout or DEFAULT_TIMEOUT_S)
+    result = yield call_api(reactor, "POST", url, token, body, args.timeout or DEFAULT_TIMEOUT_S,
+                            tls_policy=getattr(args, "tls_policy", None))
     if args.output == "json":
         _print_json(out, result.value)
     else:
@@ -492,6 +521,11 @@ def run(reactor, args, out=None, err=None):
             args.output = "json"
         base = _base_url(args.url)
         token = _token(args)
+        ca_file = getattr(args, "ca_file", None)
+        if ca_file is not None:
+            if urlsplit(base).scheme != "https" and args.action is not _keygen:
+                raise CliError("--ca-file goes with an https:// --url")
+            args.tls_policy = https_policy(ca_file)
         code = yield args.action(reactor, args, base, token, out)
     except CliError as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=err)

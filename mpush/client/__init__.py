@@ -21,6 +21,7 @@ from mpush.client.protocol import (
     ReceivedPush,
     RequestTimeout,
     ServerError,
+    TlsVerifyFailed,
     connect_client,
     java_packet_ids,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "ServerError",
     "SessionFile",
     "SessionFileError",
+    "TlsVerifyFailed",
     "connect_client",
     "java_packet_ids",
 ]

@@ -54,6 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     server = parser.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="server host (default %(default)s)")
     server.add_argument("--port", type=int, default=3000, help="connection port (default %(default)s)")
+    server.add_argument("--tls", action="store_true",
+                        help="connect with TLS (a node's client port with [tls] connect-server)")
+    server.add_argument("--ca-file", metavar="PATH",
+                        help="with --tls: PEM CA certificate(s) to trust (default: the system's)")
+    server.add_argument("--server-name", metavar="NAME",
+                        help="with --tls: the name the server's certificate must carry (default: --host)")
     keys = server.add_mutually_exclusive_group()
     keys.add_argument("--public-key", metavar="BASE64",
                       help="the server's RSA public key, base64 X.509 (MPush mp.security.public-key)")
@@ -150,6 +156,8 @@ def config_from_args(args) -> ClientConfig:
         raise CliError("--exit-after must be positive")
     if args.health_interval is not None and args.health_interval <= 0:
         raise CliError("--health-interval must be positive")
+    if (args.ca_file is not None or args.server_name is not None) and not args.tls:
+        raise CliError("--ca-file and --server-name go with --tls")
     public_key = _read_public_key(args)
     extra = {}
     if args.heartbeat is not None:
@@ -168,6 +176,9 @@ def config_from_args(args) -> ClientConfig:
             session_file=args.session_file,
             handshake_timeout=args.timeout,
             bind_timeout=args.timeout,
+            tls=args.tls,
+            ca_file=args.ca_file,
+            server_name=args.server_name,
             **extra,
         )
     except ClientConfigError as exc:

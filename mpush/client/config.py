@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpush.protocol.crypto import RsaPublicKey
+from mpush.tls import TrustFileError, client_tls_options
 
 __all__ = ["ClientConfig", "ClientConfigError", "JAVA_MAX_INT"]
 
@@ -32,6 +33,12 @@ class ClientConfig:
     C{public_key} is the server's RSA public key as MPush prints it: base64 of
     an X.509 SubjectPublicKeyInfo, one line.  Timeouts are in seconds,
     heartbeats in milliseconds (as on the wire).
+
+    C{tls} wraps the connection in TLS (a node's client port with ``[tls]
+    connect-server``; stock MPush clients speak plain TCP).  The server's
+    certificate is verified against C{ca_file} (PEM; None: the system's trust
+    store) and must name C{server_name} (None: C{host}, which may be an IP
+    address matched against the certificate's IP entries).
     """
 
     host: str
@@ -50,6 +57,9 @@ class ClientConfig:
     bind_timeout: float = 3.0
     compress_limit: int = 1024
     connect_timeout: float = 5.0
+    tls: bool = False
+    ca_file: str | None = None
+    server_name: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.host, str) or not self.host:
@@ -77,6 +87,29 @@ class ClientConfig:
             raise ClientConfigError("user_id must be None or a non-empty string")
         # Parse once so a bad key is reported before any connection is made.
         self.rsa_public_key()
+        if not isinstance(self.tls, bool):
+            raise ClientConfigError(f"tls must be True or False, got {self.tls!r}")
+        for name in ("ca_file", "server_name"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ClientConfigError(f"{name} must be None or a non-empty string, got {value!r}")
+            if value is not None and not self.tls:
+                raise ClientConfigError(f"{name} is set but tls is off: it would not be used")
+        # Likewise an unreadable CA file or an impossible name.
+        self.tls_options()
+
+    def tls_options(self):
+        """
+        The client TLS settings (an C{IOpenSSLClientConnectionCreator}), or
+        None without C{tls}.
+        @raise ClientConfigError: C{ca_file} or the name to verify is unusable.
+        """
+        if not self.tls:
+            return None
+        try:
+            return client_tls_options(self.host, self.ca_file, self.server_name)
+        except (TrustFileError, ValueError) as exc:
+            raise ClientConfigError(str(exc)) from None
 
     def rsa_public_key(self) -> RsaPublicKey:
         """

@@ -27,12 +27,14 @@ from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
     connectProtocol,
+    wrapClientTLS,
 )
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IHandshakeListener, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mpush.client.config import ClientConfig
 from mpush.client.session_file import SessionFile, SessionFileError
@@ -57,6 +59,7 @@ from mpush.protocol.session import (
     decode_client_session,
     encode_client_session,
 )
+from mpush.tls import tls_failure
 
 __all__ = [
     "BadServerReply",
@@ -75,6 +78,7 @@ __all__ = [
     "ReceivedPush",
     "RequestTimeout",
     "ServerError",
+    "TlsVerifyFailed",
     "connect_client",
     "java_packet_ids",
 ]
@@ -112,6 +116,14 @@ class ConnectFailed(ClientError):
         self.host = host
         self.port = port
         self.reason = reason
+
+
+class TlsVerifyFailed(ConnectFailed):
+    """
+    TLS was refused because the server's certificate was: not issued by a
+    trusted CA, expired, or not for the name asked.  (Other TLS handshake
+    failures are plain L{ConnectFailed}.)
+    """
 
 
 class ConnectionClosed(ClientError):
@@ -287,10 +299,12 @@ def _cancel(call) -> None:
 # ------------------------------------------------------------------ protocol
 
 
+@implementer(IHandshakeListener)
 class MPushClientProtocol(Protocol):
     """
     One client connection.  On connect it fast-connects (or handshakes), like
-    the Java client's C{onConnected}.
+    the Java client's C{onConnected}.  Over TLS the first packet waits in the
+    TLS layer until the TLS handshake is done; C{tls_established} says it is.
 
     Callback attributes (all optional, set before connecting):
       - C{on_established(protocol)}: HandshakeOk / FastConnectOk processed;
@@ -325,6 +339,7 @@ class MPushClientProtocol(Protocol):
         self.kicks: list[KickUserMessage] = []
         self.pong_count = 0
         self.bind_result: OkMessage | None = None
+        self.tls_established = False
         self.on_established: Callable | None = None
         self.on_push: Callable | None = None
         self.on_kick: Callable | None = None
@@ -380,12 +395,22 @@ class MPushClientProtocol(Protocol):
         if framing_error is not None and self.state not in (ClientState.CLOSING, ClientState.CLOSED):
             self._fail(BadServerReply(f"bad framing from server: {framing_error}"))
 
+    def handshakeCompleted(self) -> None:
+        """
+        The TLS handshake succeeded (the server's certificate was verified).
+        """
+        self.tls_established = True
+
     def connectionLost(self, reason: Failure = None) -> None:
         self.state = ClientState.CLOSED
         _cancel(self._abort_call)
         self._abort_call = None
         self.stop_health_check()
-        closed = ConnectionClosed(reason)
+        if self.config.tls and not self.tls_established:
+            closed = _tls_connect_failed(self.config, reason)
+            self._log.warn("mpush client failure: {error}", error=closed)
+        else:
+            closed = ConnectionClosed(reason)
         self._reject_ready(Failure(closed))
         self._abort_requests(closed)
         waiters, self._close_waiters = self._close_waiters, []
@@ -802,6 +827,10 @@ class MPushClientProtocol(Protocol):
             self._write(pending.frame)
             return
         if pending.kind in (_Kind.HANDSHAKE, _Kind.FAST_CONNECT):
+            if self.config.tls and not self.tls_established:
+                self._fail(ConnectFailed(self.config.host, self.config.port,
+                                         f"no TLS handshake within {timeout:g} s (is the port TLS?)"))
+                return
             self._fail(HandshakeTimeout(pending.kind.name, timeout))
         elif pending.kind is _Kind.BIND:
             # _fail fails this request too (after on_error), then closes.
@@ -864,6 +893,11 @@ class MPushClientProtocol(Protocol):
         self.state = ClientState.CLOSING
         self.stop_health_check()
         if self.transport is None:
+            return
+        if self.config.tls and not self.tls_established:
+            # TLS would finish its handshake before closing (with a silent
+            # server: never); nothing of ours was delivered yet anyway.
+            self.transport.abortConnection()
             return
         self.transport.loseConnection()
         self._abort_call = self.clock.callLater(CLOSE_GRACE, self._abort_transport)
@@ -951,6 +985,20 @@ def _unexpected(packet: Packet, state: ClientState) -> ProtocolError:
     return ProtocolError(f"unexpected {_cmd_name(packet.cmd)} reply while {state.value}")
 
 
+def _tls_connect_failed(config: ClientConfig, reason: Failure | None) -> ConnectFailed:
+    """
+    The connection ended before its TLS handshake completed: say why.
+    """
+    failure = tls_failure(reason) if reason is not None else None
+    if failure is not None and failure.verification:
+        return TlsVerifyFailed(config.host, config.port, failure.reason)
+    if failure is not None:
+        return ConnectFailed(config.host, config.port, failure.reason)
+    why = reason.getErrorMessage() if reason is not None else "closed"
+    return ConnectFailed(config.host, config.port, f"connection lost during the TLS handshake "
+                                                   f"(is the port TLS?): {why}")
+
+
 def _default_health_interval(heartbeat_ms: int) -> float:
     if heartbeat_ms <= 0:
         return 1.0
@@ -968,9 +1016,11 @@ def connect_client(
     prepare: Callable[[MPushClientProtocol], None] | None = None,
 ) -> defer.Deferred:
     """
-    Connect over TCP and fire with the L{MPushClientProtocol} once the session
-    is established (and the configured user bound).  Every step is bounded:
-    C{connect_timeout}, C{handshake_timeout}, C{bind_timeout}.
+    Connect over TCP (over TLS with C{config.tls}) and fire with the
+    L{MPushClientProtocol} once the session is established (and the
+    configured user bound).  Every step is bounded: C{connect_timeout},
+    C{handshake_timeout} (which includes the TLS handshake), C{bind_timeout}.
+    A refused server certificate fails with L{TlsVerifyFailed}.
 
     C{prepare(protocol)} runs before the connection is made, to set callbacks
     that must see the first events.
@@ -987,6 +1037,9 @@ def connect_client(
         endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=config.connect_timeout)
     else:
         endpoint = HostnameEndpoint(reactor, host, port, timeout=config.connect_timeout)
+    tls_options = config.tls_options()
+    if tls_options is not None:
+        endpoint = wrapClientTLS(tls_options, endpoint)
 
     def connect_failed(failure: Failure):
         raise ConnectFailed(host, port, failure.getErrorMessage()) from failure.value
