@@ -327,10 +327,12 @@ class ClusterConfig:
 
     node_ttl: int = 10000                 # ms
     node_refresh: int = 3000              # ms
+    drain_timeout: int = 10000            # ms a stopping node waits for pushes and acks
 
     def __post_init__(self) -> None:
         _need_int("[cluster] node-ttl", self.node_ttl, 100, what=" ms")
         _need_int("[cluster] node-refresh", self.node_refresh, 50, what=" ms")
+        _need_int("[cluster] drain-timeout", self.drain_timeout, 0, what=" ms")
         if self.node_refresh >= self.node_ttl:
             raise ConfigError(f"must be shorter than [cluster] node-ttl ({self.node_ttl} ms), "
                               f"got {self.node_refresh} ms", key="[cluster] node-refresh")
@@ -728,6 +730,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
     "cluster": {
         "node-ttl": _Field("node_ttl", _millis),
         "node-refresh": _Field("node_refresh", _millis),
+        "drain-timeout": _Field("drain_timeout", _millis),
     },
     "bind": {
         "validator": _Field("validator", _same),

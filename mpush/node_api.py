@@ -20,7 +20,7 @@ from mpush.protocol.routing import KickRequest
 from mpush.push import AckModel, PushClient, PushStatus
 
 _ACK_MODELS = {"none": AckModel.NO_ACK, "auto": AckModel.AUTO_ACK, "biz": AckModel.BIZ_ACK}
-_SECRET_FIELDS = {"private_key", "password", "hmac_secret", "api_token"}
+_SECRET_FIELDS = {"private_key", "password", "hmac_secret", "api_token", "digest"}
 #: Delivery counts are kept for this many recent tasks.
 MAX_TRACKED_TASKS = 10000
 

@@ -32,6 +32,15 @@ from mpush.server.connection import ConnectionFactory
 from mpush.server.dispatcher import MessageDispatcher
 from mpush.server.fast_connect import FastConnectHandler
 from mpush.server.gateway import GatewayFactory
+from mpush.server.lifecycle import (
+    Drainer,
+    LogLevelGate,
+    PushTracker,
+    Reloader,
+    install_sighup,
+    install_sigterm,
+    read_log_level,
+)
 from mpush.server.handshake import HandshakeHandler
 from mpush.server.heartbeat import HeartbeatHandler
 from mpush.server.node import ServerNode
@@ -89,6 +98,21 @@ class Options(usage.Options):
         if self["state-dir"]:
             config = config.replace(state_dir=self["state-dir"])
         self.config = config
+
+    def reload_config(self):
+        """
+        The config as the command line gives it, read again (SIGHUP);
+        raises ConfigError, never exits.
+        """
+        config = apply_overrides(
+            load_config(self["config"]),
+            connect_port=self["connect-port"],
+            gateway_port=self["gateway-port"],
+            admin_port=self["admin-port"],
+            redis_url=self["redis"],
+            http_port=self["http-port"],
+        )
+        return config.replace(state_dir=self["state-dir"]) if self["state-dir"] else config
 
 
 def registry_timing(config):
@@ -191,8 +215,15 @@ class NodeService(service.MultiService):
         self.info = info
         self.api = api
         self._sweeper = None
+        self.drainer = None
+        self.log_gate = None
 
     def startService(self):
+        if self.log_gate is not None:
+            level = read_log_level(self.node.config.source)
+            if level is not None:
+                self.log_gate.set_level(level)
+                self.log_gate.install()
         super().startService()
         center = self.node.router_center
         backends = self.backends
@@ -232,6 +263,10 @@ class NodeService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        if self.drainer is not None:
+            # Stop accepting, let pushes and acks finish, close clients so
+            # they fast-connect elsewhere, withdraw routes and registration.
+            yield self.drainer.drain()
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         yield super().stopService()
@@ -346,8 +381,9 @@ def makeService(options):
     connections.noisy = False
     _listen(top, reactor, net.connect_server_port, net.connect_server_bind_ip, connections,
             tls_options if tls.connect_server else None, backlog=1024)
+    pushes = PushTracker(node.push_center)
     if net.gateway_server_port:
-        gateway = GatewayFactory(node.push_center, config.core.max_gateway_packet_size)
+        gateway = GatewayFactory(pushes, config.core.max_gateway_packet_size)
         strports.service(
             _endpoint(net.gateway_server_port, net.gateway_server_bind_ip), gateway
         ).setServiceParent(top)
@@ -358,7 +394,8 @@ def makeService(options):
         ).setServiceParent(top)
     if net.http_server_port:
         _listen(top, reactor, net.http_server_port, http_interface(config),
-                make_http_site(node, api, reactor), tls_options if tls.http_server else None)
+                make_http_site(node, api, reactor, draining=lambda: bool(top.drainer and top.drainer.draining)),
+                tls_options if tls.http_server else None)
     if net.ws_server_port:
         from mpush.server.websocket import make_ws_site
 
@@ -373,6 +410,21 @@ def makeService(options):
             ZkRegistration(config, nodes, reactor).setServiceParent(top)
         except ConfigError as error:
             raise SystemExit(f"mpush: {error}")
+    listeners = [child for child in top if isinstance(child, StreamServerEndpointService)]
+    top.drainer = Drainer(
+        node, listeners, config.cluster.drain_timeout / 1000.0, pushes=pushes, registry=backends.registry
+    )
+    top.log_gate = LogLevelGate()
+    install_sigterm(reactor)
+    install_sighup(
+        reactor,
+        Reloader(
+            node,
+            options.reload_config,
+            log_gate=top.log_gate,
+            log_level=lambda: read_log_level(options["config"]),
+        ),
+    )
     return top
 
 
@@ -390,7 +442,7 @@ def http_interface(config):
     return "127.0.0.1"
 
 
-def make_http_site(node, api, clock):
+def make_http_site(node, api, clock, draining=lambda: False):
     """
     The HTTP API with /metrics and /healthz beside it.
     """
@@ -403,16 +455,19 @@ def make_http_site(node, api, clock):
     )
     root = HttpApiRoot(resource)
     root.putChild(b"metrics", MetricsResource(node.metrics))
-    root.putChild(b"healthz", HealthResource(lambda: health(api), clock=clock))
+    root.putChild(b"healthz", HealthResource(lambda: health(api, draining), clock=clock))
     site = ApiSite(root, body_limit=config.http.max_body_size)
     site.noisy = False
     return site
 
 
 @defer.inlineCallbacks
-def health(api):
+def health(api, draining=lambda: False):
     """
-    Healthy when the node can reach its shared state (Redis, when it has one).
+    Healthy when the node can reach its shared state (Redis, when it has
+    one) and is not draining for a shutdown.
     """
+    if draining():
+        raise RuntimeError("node is draining")
     online = yield api.online_count()
     return {"connections": api.connection_count(), "online": online}

@@ -455,7 +455,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 38)
+        self.assertEqual(len(keys), 39)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):
