@@ -90,6 +90,7 @@ hmac-secret = "bind-secret"
 [cluster]
 node-ttl = "30s"
 node-refresh = "5s"
+drain-timeout = "20s"
 
 [http]
 api-token = "t0ken"
