@@ -15,7 +15,6 @@ the node's handshake token bucket.  Each refusal is counted and logged by
 the node's limits, never more than one line a second per reason.
 """
 
-import collections
 
 from twisted.internet.defer import fail, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -39,6 +38,7 @@ from mpush.protocol.packet import (
 from mpush.server import limits
 from mpush.server.context import ConnectionState, SessionContext
 from mpush.server.errors import ConnectionClosed
+from mpush.server.in_order import InOrderQueue
 
 #: The default of C{[limits] max-pending-packets}: packets one connection may
 #: have waiting behind a handler that is still busy (on Redis, say).  The
@@ -119,12 +119,9 @@ class ConnectionProtocol(Protocol):
         self.last_read_ms = 0
         self._idle = IdleCheck(core.max_hb_timeout_times)
         self._idle_call = None
-        self._pending = collections.deque()
-        self._pending_bytes = 0
+        self._pending = InOrderQueue(self._dispatch, _wire_size, lambda: not self._closing)
         self._handshake_deadline = None
         self._stalled_call = None
-        self._busy = False
-        self._processing = False
         self._closing = False
         self.writable = True
 
@@ -158,8 +155,7 @@ class ConnectionProtocol(Protocol):
         if packets:
             self.last_read_ms = self.node.now_ms()
             self._pending.extend(packets)
-            self._pending_bytes += sum(map(_wire_size, packets))
-            self._process()
+            self._pending.run()
         if not self._closing:
             self._check_backlog()
 
@@ -188,7 +184,7 @@ class ConnectionProtocol(Protocol):
         self.state = ConnectionState.CLOSED
         self._closing = True
         self.writable = False
-        self._drop_pending()
+        self._pending.clear()
         self._idle_call = _cancel(self._idle_call)
         self._handshake_deadline = _cancel(self._handshake_deadline)
         self._stalled_call = _cancel(self._stalled_call)
@@ -234,28 +230,8 @@ class ConnectionProtocol(Protocol):
                 f"send buffer",
             )
 
-    # -- strict in-order processing ---------------------------------------
-
-    def _process(self):
-        if self._processing:
-            return
-        self._processing = True
-        try:
-            while self._pending and not self._busy and not self._closing:
-                packet = self._pending.popleft()
-                self._pending_bytes -= _wire_size(packet)
-                waiting = self.dispatcher.dispatch(self, packet)
-                if waiting is not None:
-                    self._busy = True
-                    waiting.addBoth(self._handler_done)
-        finally:
-            self._processing = False
-
-    def _handler_done(self, result):
-        self._busy = False
-        if not self._processing:
-            self._process()
-        return result
+    def _dispatch(self, packet):
+        return self.dispatcher.dispatch(self, packet)
 
     # -- what handlers call -----------------------------------------------
 
@@ -281,7 +257,7 @@ class ConnectionProtocol(Protocol):
         Bytes read and not yet handled: the packets queued behind a busy
         handler, at their wire size, and the incomplete frame being read.
         """
-        return self._pending_bytes + self.decoder.buffered
+        return self._pending.bytes + self.decoder.buffered
 
     def allow_rsa(self, length):
         """
@@ -371,17 +347,13 @@ class ConnectionProtocol(Protocol):
         """
         if not self._closing:
             self._closing = True
-            self._drop_pending()
+            self._pending.clear()
             self.transport.loseConnection()
 
     def _abort(self):
         self._closing = True
-        self._drop_pending()
-        self.transport.abortConnection()
-
-    def _drop_pending(self):
         self._pending.clear()
-        self._pending_bytes = 0
+        self.transport.abortConnection()
 
     def _refuse(self, reason, detail):
         """

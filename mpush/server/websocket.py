@@ -23,7 +23,6 @@ idle browsers (the browser answers by itself) so dead ones release their
 routes; frames that are not MPush JSON get ERROR 100 and a close.
 """
 
-import collections
 import importlib.resources
 import json
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from mpush.server.errors import (
     ParamInvalid,
     RepeatHandshake,
 )
+from mpush.server.in_order import InOrderQueue
 from mpush.server.limits import PENDING_PACKETS, PRE_HANDSHAKE_TIMEOUT, READ_SIZE, LimitExceeded
 
 __all__ = [
@@ -416,9 +416,6 @@ class WebSocketConnection:
         "peer",
         "writable",
         "_pending",
-        "_pending_bytes",
-        "_busy",
-        "_processing",
         "_closing",
         "_handshake_timer",
     )
@@ -437,10 +434,7 @@ class WebSocketConnection:
         self.conn_id = None
         self.peer = None
         self.writable = True
-        self._pending = collections.deque()
-        self._pending_bytes = 0
-        self._busy = False
-        self._processing = False
+        self._pending = InOrderQueue(self._dispatch, len, lambda: not self._closing)
         self._closing = False
         self._handshake_timer = None
 
@@ -480,15 +474,14 @@ class WebSocketConnection:
             self.channel.refuse_binary()
             return
         limits = self.node.config.limits
-        self._pending.append(payload)
-        self._pending_bytes += len(payload)
+        self._pending.extend((payload,))
         if len(self._pending) > limits.max_pending_packets:
             self._refuse(PENDING_PACKETS, f"more than {limits.max_pending_packets} frames waiting")
             return
-        if self._pending_bytes > limits.max_read_size:
+        if self._pending.bytes > limits.max_read_size:
             self._refuse(READ_SIZE, f"more than {limits.max_read_size} bytes of frames waiting")
             return
-        self._process()
+        self._pending.run()
 
     def lost(self):
         """
@@ -516,34 +509,18 @@ class WebSocketConnection:
     def stopProducing(self):
         self.writable = False
 
-    # -- strict in-order processing -----------------------------------------
-
-    def _process(self):
-        if self._processing:
-            return
-        self._processing = True
+    def _dispatch(self, payload):
+        """
+        Decode one frame and hand it to its handler; a frame that is not
+        MPush JSON is answered and the connection closed.
+        """
         try:
-            while self._pending and not self._busy and not self._closing:
-                payload = self._pending.popleft()
-                self._pending_bytes -= len(payload)
-                try:
-                    packet = decode_json_packet(payload)
-                except BadJson as error:
-                    self.log.info("closing {peer}: {error}", peer=self.peer, error=error)
-                    self.reply_error(error, int(error.code), error.reason, close=True)
-                    break
-                waiting = self.dispatcher.dispatch(self, packet)
-                if waiting is not None:
-                    self._busy = True
-                    waiting.addBoth(self._handler_done)
-        finally:
-            self._processing = False
-
-    def _handler_done(self, result):
-        self._busy = False
-        if not self._processing:
-            self._process()
-        return result
+            packet = decode_json_packet(payload)
+        except BadJson as error:
+            self.log.info("closing {peer}: {error}", peer=self.peer, error=error)
+            self.reply_error(error, int(error.code), error.reason, close=True)
+            return None
+        return self.dispatcher.dispatch(self, packet)
 
     # -- what handlers, the router center and the push center call ------------
 
