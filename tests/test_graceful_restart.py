@@ -525,8 +525,8 @@ class ReloaderTests(SynchronousTestCase):
         self.assertIsNone(reloader())
 
     def test_read_log_level(self):
-        self.assertIsNone(read_log_level(None))
-        self.assertIsNone(read_log_level(self.write("[core]\n")))
+        self.assertEqual(read_log_level(None), LogLevel.info)
+        self.assertEqual(read_log_level(self.write("[core]\n")), LogLevel.info)
         self.assertEqual(read_log_level(self.write('[mpush]\nlog-level = "WARN"\n')), LogLevel.warn)
         self.assertRaises(LogLevelError, read_log_level, self.write("[mpush]\nlog-level = 3\n"))
 
@@ -886,12 +886,12 @@ class ProcessTests(TestCase):
             config.write(
                 '[bind]\nvalidator = "hmac"\nhmac-secret = "s3cret"\n'
                 '[core]\nmax-packet-size = "20k"\n'
-                '[mpush]\nlog-level = "info"\n'
+                '[mpush]\nlog-level = "debug"\n'
             )
         node.process.send_signal(signal.SIGHUP)
         yield wait_until(lambda: "reload: applied" in node.log(), what="the reload")
         log = node.log()
-        self.assertIn("reload: applied [bind] validator, hmac-secret; [mpush] log-level = info", log)
+        self.assertIn("reload: applied [bind] validator, hmac-secret; [mpush] log-level = debug", log)
         self.assertIn("reload: [core] changed; it takes effect after a restart", log)
         self.assertIsNone(node.process.poll())  # SIGHUP does not kill it
         refused = connect_client(client_config(node.port, "ivan"), reactor)
