@@ -33,6 +33,8 @@ __all__ = [
     "RedisConfig",
     "SecurityConfig",
     "apply_overrides",
+    "check_workers",
+    "worker_config",
     "load_config",
     "parse_config",
     "parse_redis_url",
@@ -44,6 +46,8 @@ HEADER_LENGTH = 13
 MAX_PACKET_SIZE_LIMIT = 16 * 1024 * 1024
 # Heartbeats travel as a Java int in HandshakeOk / FastConnectOk (spec 6.2, 6.4).
 JAVA_INT_MAX = 2**31 - 1
+# [cluster] workers: more processes than this on one box is a typo, not a plan.
+MAX_WORKERS = 64
 
 
 class ConfigError(Exception):
@@ -328,8 +332,10 @@ class ClusterConfig:
     node_ttl: int = 10000                 # ms
     node_refresh: int = 3000              # ms
     drain_timeout: int = 10000            # ms a stopping node waits for pushes and acks
+    workers: int = 1                      # server processes on this box (1: no children)
 
     def __post_init__(self) -> None:
+        _need_int("[cluster] workers", self.workers, 1, MAX_WORKERS)
         _need_int("[cluster] node-ttl", self.node_ttl, 100, what=" ms")
         _need_int("[cluster] node-refresh", self.node_refresh, 50, what=" ms")
         _need_int("[cluster] drain-timeout", self.drain_timeout, 0, what=" ms")
@@ -731,6 +737,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "node-ttl": _Field("node_ttl", _millis),
         "node-refresh": _Field("node_refresh", _millis),
         "drain-timeout": _Field("drain_timeout", _millis),
+        "workers": _Field("workers", _same),
     },
     "bind": {
         "validator": _Field("validator", _same),
@@ -874,7 +881,8 @@ def parse_redis_url(url: str) -> RedisConfig:
 
 def apply_overrides(config: Config, *, connect_port: int | None = None,
                     gateway_port: int | None = None, admin_port: int | None = None,
-                    redis_url: str | None = None, http_port: int | None = None) -> Config:
+                    redis_url: str | None = None, http_port: int | None = None,
+                    workers: int | None = None) -> Config:
     """Command-line overrides on top of the file; each is validated like the file."""
     net_changes = {name: value for name, value in (
         ("connect_server_port", connect_port), ("gateway_server_port", gateway_port),
@@ -885,6 +893,62 @@ def apply_overrides(config: Config, *, connect_port: int | None = None,
             changes["net"] = dataclasses.replace(config.net, **net_changes)
         if redis_url is not None:
             changes["redis"] = parse_redis_url(redis_url)
+        if workers is not None:
+            changes["cluster"] = dataclasses.replace(config.cluster, workers=workers)
         return config.replace(**changes) if changes else config
     except ConfigError as e:
         raise e.with_source("overrides") from None
+
+
+def check_workers(config: Config) -> None:
+    """What ``[cluster] workers = N`` with N > 1 needs, checked once the command line's
+    overrides are in: shared state in Redis, a gateway, and room for the per-worker ports.
+
+    Worker ``i`` (0-based) listens on ``gateway-server-port + i`` and, when the console is
+    on, ``admin-server-port + i``; the client, WebSocket and HTTP ports are shared.
+    """
+    count = config.cluster.workers
+    if count <= 1:
+        return
+    key = "[cluster] workers"
+    if config.redis.url() is None:
+        raise ConfigError(
+            f"workers = {count} needs Redis: set [redis] nodes (or --redis); the in-memory "
+            f"session and route stores cannot be shared between processes", key=key)
+    net = config.net
+    if not net.gateway_server_port:
+        raise ConfigError(
+            f"workers = {count} needs the gateway ([net] gateway-server-port is 0): pushes "
+            f"reach a worker's users through that worker's own gateway port", key=key)
+    ranges = [("[net] gateway-server-port", net.gateway_server_port, count)]
+    if net.admin_server_port:
+        ranges.append(("[net] admin-server-port", net.admin_server_port, count))
+    for name, first, n in ranges:
+        if first + n - 1 > 65535:
+            raise ConfigError(
+                f"workers = {count} needs ports {first}-{first + n - 1} for {name} + 0..{n - 1}, "
+                f"beyond 65535", key=key)
+    shared = [("[net] connect-server-port", net.connect_server_port, 1)]
+    if net.http_server_port:
+        shared.append(("[net] http-server-port", net.http_server_port, 1))
+    if net.ws_server_port:
+        shared.append(("[net] ws-server-port", net.ws_server_port, 1))
+    everything = ranges + shared
+    for index, (name, first, n) in enumerate(ranges):
+        for other, start, m in everything[index + 1:]:
+            if first <= start + m - 1 and start <= first + n - 1:
+                shown = f"{start}" if m == 1 else f"{start}-{start + m - 1}"
+                raise ConfigError(
+                    f"workers = {count} gives each worker its own port from {name} "
+                    f"({first}-{first + n - 1}), which overlaps {other} ({shown}); move one "
+                    f"of them", key=key)
+
+
+def worker_config(config: Config, index: int) -> Config:
+    """The configuration worker ``index`` (0-based) runs: its own gateway port and
+    console port (``+ index``); every other setting as configured."""
+    net = config.net
+    changes = {"gateway_server_port": net.gateway_server_port + index}
+    if net.admin_server_port:
+        changes["admin_server_port"] = net.admin_server_port + index
+    return config.replace(net=dataclasses.replace(net, **changes))

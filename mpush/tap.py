@@ -14,7 +14,7 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mpush.config import ConfigError, apply_overrides, load_config
+from mpush.config import ConfigError, apply_overrides, check_workers, load_config, worker_config
 from mpush.keys import load_key_material
 from mpush.netinfo import local_ip, public_ip
 from mpush.protocol.routing import NodeInfo
@@ -61,6 +61,13 @@ def _port(text):
     return value
 
 
+def _workers(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"expected a whole number of processes, got {text!r}") from None
+
+
 class Options(usage.Options):
     """
     Plugin options; each overrides the matching key of the config file.
@@ -79,31 +86,28 @@ class Options(usage.Options):
         ["http-port", None, None, "HTTP push API, /metrics and /healthz ([net] http-server-port, default 8080; 0 disables).", _port],
         ["redis", None, None, "Redis URL redis://[:password@]host:port/db ([redis] nodes); absent = in-memory stores."],
         ["state-dir", None, None, "Directory for generated keys ([mpush] state-dir, default /var/lib/mpush)."],
+        ["workers", None, None, "Server processes sharing the client, WebSocket and HTTP ports ([cluster] workers, default 1; more than 1 needs Redis).", _workers],
     ]
+
+    #: Set by L{mpush.worker} in a worker process (0-based): the node then
+    #: runs that worker's config (its own gateway and console ports).
+    worker_index = None
 
     def postOptions(self):
         try:
-            config = load_config(self["config"])
-            config = apply_overrides(
-                config,
-                connect_port=self["connect-port"],
-                gateway_port=self["gateway-port"],
-                admin_port=self["admin-port"],
-                redis_url=self["redis"],
-                http_port=self["http-port"],
-            )
+            config = self._read()
+            # Checked on what the whole box runs, before any worker is started.
+            check_workers(config)
         except ConfigError as error:
             # One line naming the key, not twistd's whole usage text.
             raise SystemExit(f"mpush: {error}")
-        if self["state-dir"]:
-            config = config.replace(state_dir=self["state-dir"])
+        #: What the whole box runs; C{config} is this process's part of it.
+        self.base_config = config
+        if self.worker_index is not None:
+            config = worker_config(config, self.worker_index)
         self.config = config
 
-    def reload_config(self):
-        """
-        The config as the command line gives it, read again (SIGHUP);
-        raises ConfigError, never exits.
-        """
+    def _read(self):
         config = apply_overrides(
             load_config(self["config"]),
             connect_port=self["connect-port"],
@@ -111,8 +115,36 @@ class Options(usage.Options):
             admin_port=self["admin-port"],
             redis_url=self["redis"],
             http_port=self["http-port"],
+            workers=self["workers"],
         )
         return config.replace(state_dir=self["state-dir"]) if self["state-dir"] else config
+
+    def reload_config(self):
+        """
+        The config as the command line gives it, read again (SIGHUP);
+        raises ConfigError, never exits.
+        """
+        config = self._read()
+        if self.worker_index is not None:
+            config = worker_config(config, self.worker_index)
+        return config
+
+    def command_line(self):
+        """
+        The options given, as arguments that give the same configuration
+        (a worker process is started with them).
+        """
+        import os
+
+        args = []
+        for name in ("config", "connect-port", "gateway-port", "admin-port", "http-port", "redis", "state-dir", "workers"):
+            value = self[name]
+            if value is None:
+                continue
+            if name in ("config", "state-dir"):
+                value = os.path.abspath(value)
+            args += [f"--{name}", str(value)]
+        return args
 
 
 def registry_timing(config):
@@ -217,6 +249,12 @@ class NodeService(service.MultiService):
         self._sweeper = None
         self.drainer = None
         self.log_gate = None
+        #: Whether this node owns the online-user list of its public IP
+        #: (C{mp:oul:<ip>}) and clears it at start and stop.  Workers share
+        #: the IP with each other: their supervisor clears it instead.
+        self.clear_online = True
+        #: 0-based worker number under a supervisor, None for a lone node.
+        self.worker = None
 
     def startService(self):
         if self.log_gate is not None:
@@ -228,13 +266,15 @@ class NodeService(service.MultiService):
         center = self.node.router_center
         backends = self.backends
         log.info(
-            "mpush node starting: client port {port}, gateway {host}:{gateway}, state {where}",
+            "mpush node starting{worker}: client port {port}, gateway {host}:{gateway}, state {where}",
+            worker="" if self.worker is None else f" (worker {self.worker})",
             port=self.node.config.net.connect_server_port,
             host=self.info.host,
             gateway=self.info.port,
             where="in Redis" if backends.redis is not None else "in memory",
         )
-        self._quietly(backends.events.clear(), "online list not cleared")
+        if self.clear_online:
+            self._quietly(backends.events.clear(), "online list not cleared")
         # Routes this endpoint left online before a crash point at no
         # connection now; a restart within node-ttl is never reported dead.
         self._quietly(
@@ -278,7 +318,7 @@ class NodeService(service.MultiService):
         for step, why in (
             (lambda: backends.registry.unregister(), "node not unregistered"),
             (lambda: backends.remote.mark_node_offline(self.info.host, self.info.port), "routes not marked offline"),
-            (lambda: backends.events.clear(), "online list not cleared"),
+            (lambda: backends.events.clear() if self.clear_online else None, "online list not cleared"),
         ):
             try:
                 yield step()
@@ -349,10 +389,19 @@ def _endpoint(port, interface, backlog=None):
     return description
 
 
-def _listen(parent, reactor, port, interface, factory, tls_options=None, backlog=None):
+def _listen(parent, reactor, port, interface, factory, tls_options=None, backlog=None, shared=False):
     """
-    Listen on C{port}: plain TCP through strports, or TLS with C{tls_options}.
+    Listen on C{port}: plain TCP through strports, or TLS with C{tls_options};
+    C{shared} (a worker's client, WebSocket and HTTP ports): with
+    C{SO_REUSEPORT}, beside the other workers.
     """
+    if shared:
+        from mpush.reuseport import ReusePortService
+
+        ReusePortService(
+            reactor, port, interface, factory, backlog=backlog or 50, tls_options=tls_options
+        ).setServiceParent(parent)
+        return
     if tls_options is None:
         strports.service(_endpoint(port, interface, backlog), factory).setServiceParent(parent)
         return
@@ -366,6 +415,13 @@ def makeService(options):
     from twisted.internet import reactor
 
     config = options.config
+    worker = getattr(options, "worker_index", None)
+    if config.cluster.workers > 1 and worker is None:
+        # The process systemd runs: it only supervises the workers.
+        from mpush.supervisor import make_supervisor
+
+        return make_supervisor(options, reactor)
+    shared = worker is not None
     tls = config.tls
     try:
         tls_options = None
@@ -376,11 +432,14 @@ def makeService(options):
         raise SystemExit(f"mpush: {error.with_source(options['config'])}")
     api = NodeAPI(node, backends, info, reactor, offline=backends.offline)
     top = NodeService(node, backends, info, api)
+    if worker is not None:
+        top.worker = worker
+        top.clear_online = False
     net = config.net
     connections = ConnectionFactory(node, make_dispatcher(node))
     connections.noisy = False
     _listen(top, reactor, net.connect_server_port, net.connect_server_bind_ip, connections,
-            tls_options if tls.connect_server else None, backlog=1024)
+            tls_options if tls.connect_server else None, backlog=1024, shared=shared)
     pushes = PushTracker(node.push_center)
     if net.gateway_server_port:
         gateway = GatewayFactory(pushes, config.core.max_gateway_packet_size)
@@ -395,12 +454,13 @@ def makeService(options):
     if net.http_server_port:
         _listen(top, reactor, net.http_server_port, http_interface(config),
                 make_http_site(node, api, reactor, draining=lambda: bool(top.drainer and top.drainer.draining)),
-                tls_options if tls.http_server else None)
+                tls_options if tls.http_server else None, shared=shared)
     if net.ws_server_port:
         from mpush.server.websocket import make_ws_site
 
         ws_site = make_ws_site(node, reactor=reactor)
-        _listen(top, reactor, net.ws_server_port, "", ws_site, tls_options if tls.ws_server else None)
+        _listen(top, reactor, net.ws_server_port, "", ws_site, tls_options if tls.ws_server else None,
+                shared=shared)
     if config.zk.enabled:
         # Last: registered only once every listener is bound, withdrawn first.
         from mpush.zk import ZkRegistration, cluster_nodes
@@ -410,7 +470,9 @@ def makeService(options):
             ZkRegistration(config, nodes, reactor).setServiceParent(top)
         except ConfigError as error:
             raise SystemExit(f"mpush: {error}")
-    listeners = [child for child in top if isinstance(child, StreamServerEndpointService)]
+    from mpush.reuseport import ReusePortService
+
+    listeners = [child for child in top if isinstance(child, (StreamServerEndpointService, ReusePortService))]
     top.drainer = Drainer(
         node, listeners, config.cluster.drain_timeout / 1000.0, pushes=pushes, registry=backends.registry
     )

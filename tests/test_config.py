@@ -91,6 +91,7 @@ hmac-secret = "bind-secret"
 node-ttl = "30s"
 node-refresh = "5s"
 drain-timeout = "20s"
+workers = 4
 
 [http]
 api-token = "t0ken"
@@ -456,7 +457,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 39)
+        self.assertEqual(len(keys), 40)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):
