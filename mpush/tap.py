@@ -65,7 +65,7 @@ def _workers(text):
     try:
         return int(text)
     except ValueError:
-        raise ValueError(f"expected a whole number of processes, got {text!r}") from None
+        raise ValueError(f"--workers: expected a whole number of processes, got {text!r}") from None
 
 
 class Options(usage.Options):
