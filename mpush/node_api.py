@@ -288,7 +288,10 @@ class NodeAPI:
         """
         nodes = yield self.backends.registry.nodes()
         ordered = sorted(nodes, key=lambda info: (getattr(info, "load", 0) or 0, info.connect_host or "", info.connect_port))
-        return [f"{info.connect_host}:{info.connect_port}" for info in ordered if info.connect_host]
+        # The workers of one box ([cluster] workers) share one client port:
+        # each endpoint once, where its least loaded node puts it.
+        endpoints = (f"{info.connect_host}:{info.connect_port}" for info in ordered if info.connect_host)
+        return list(dict.fromkeys(endpoints))
 
     def config_view(self):
         return _toml_view(self.node.config)

@@ -438,6 +438,10 @@ class SharedPortTests(WorkersCase):
             received = yield devices[user].wait_for_push(timeout=5)
             self.assertEqual(received.content, b"to all")
 
+        # The allot list names the shared client port once.
+        status, body = yield self.http(node, "GET", "/v1/allot")
+        self.assertEqual((status, body), (200, f"127.0.0.1:{node.port}"))
+
         # One online list for the IP, filled by both workers.
         count = yield self.online_count()
         self.assertEqual(count, len(users))
