@@ -43,6 +43,10 @@ _BYTE_SEPARATOR = "|"
 # ASCII digits only so that int()'s leniency (spaces, '_', other scripts)
 # cannot make us accept what a Java node rejects.
 _SIGNED_DECIMAL = re.compile(r"[+-]?[0-9]+")
+# Java's Byte.toString for every byte, and back: the codec of every session
+# key and IV, once per handshake and per fast connect.
+_SIGNED_TEXT = tuple(str(b - 256 if b > 127 else b) for b in range(256))
+_SIGNED_VALUE = {text: b for b, text in enumerate(_SIGNED_TEXT)}
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
@@ -98,9 +102,7 @@ def encode_key_list(data: bytes) -> str:
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"key material must be bytes, not {type(data).__name__}")
-    return _BYTE_SEPARATOR.join(
-        str(b - 256 if b > 127 else b) for b in bytes(data)
-    )
+    return _BYTE_SEPARATOR.join([_SIGNED_TEXT[b] for b in bytes(data)])
 
 
 def decode_key_list(text: str, length: int = AES_KEY_LENGTH) -> bytes:
@@ -115,6 +117,11 @@ def decode_key_list(text: str, length: int = AES_KEY_LENGTH) -> bytes:
     parts = text.split(_BYTE_SEPARATOR)
     if len(parts) != length:
         raise ValueError(f"key list has {len(parts)} numbers, expected {length}")
+    try:
+        # What Java writes: every number in its canonical form.
+        return bytes([_SIGNED_VALUE[part] for part in parts])
+    except KeyError:
+        pass
     out = bytearray(length)
     for index, part in enumerate(parts):
         if _SIGNED_DECIMAL.fullmatch(part) is None:

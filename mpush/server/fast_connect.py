@@ -10,6 +10,7 @@ Any failure before that leaves the connection exactly as it was.
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mpush import debug_log
 from mpush.protocol.body import decode_body
 from mpush.protocol.crypto import AesCipher
 from mpush.protocol.heartbeat import negotiate_heartbeat
@@ -101,9 +102,10 @@ class FastConnectHandler:
     def _adopt(self, _, connection, context, message):
         connection.establish(context)
         self.node.metrics.fast_connect("ok")
-        self.log.debug(
-            "fast connect ok {peer} device={device} session={session}",
-            peer=connection.peer,
-            device=context.device_id,
-            session=message.session_id,
-        )
+        if debug_log.wanted():
+            self.log.debug(
+                "fast connect ok {peer} device={device} session={session}",
+                peer=connection.peer,
+                device=context.device_id,
+                session=message.session_id,
+            )

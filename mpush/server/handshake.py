@@ -13,6 +13,7 @@ handshake token bucket (C{[limits] handshake-rate}).
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mpush import debug_log
 from mpush.protocol.body import decode_body, make_packet
 from mpush.protocol.crypto import AES_KEY_LENGTH, AesCipher, mix_key, random_bytes
 from mpush.protocol.heartbeat import negotiate_heartbeat
@@ -85,16 +86,17 @@ class HandshakeHandler:
         )
         session_id = new_session_id()
         expire_time = node.now_ms() + core.session_expired_time * 1000
+        client_cipher = AesCipher(message.client_key, message.iv)
         reply = make_packet(
             Command.HANDSHAKE,
             HandshakeOkMessage(server_key, heartbeat, session_id, expire_time),
             packet.session_id,
-            cipher=AesCipher(message.client_key, message.iv),
+            cipher=client_cipher,
             compress_threshold=core.compress_threshold,
         )
         # As in MPush: until the reply is out, the connection speaks
         # AES(clientKey, iv); a failed write leaves it so.
-        connection.context.cipher = AesCipher(message.client_key, message.iv)
+        connection.context.cipher = client_cipher
         written = connection.write_packet(reply)
         written.addCallback(
             self._established, connection, message, session_key, heartbeat, session_id
@@ -112,12 +114,13 @@ class HandshakeHandler:
         )
         connection.establish(context)
         self.node.metrics.handshake("ok")
-        self.log.debug(
-            "handshake ok {peer} device={device} heartbeat={heartbeat}",
-            peer=connection.peer,
-            device=message.device_id,
-            heartbeat=heartbeat,
-        )
+        if debug_log.wanted():
+            self.log.debug(
+                "handshake ok {peer} device={device} heartbeat={heartbeat}",
+                peer=connection.peer,
+                device=message.device_id,
+                heartbeat=heartbeat,
+            )
         # Caching is not on the connection's critical path: a store that is
         # down costs this device its next fast connect, never this handshake.
         saved = self.node.session_store.save(

@@ -35,6 +35,7 @@ from twisted.logger import (
     globalLogPublisher,
 )
 
+from mpush import debug_log
 from mpush.config import Config, ConfigError
 from mpush.protocol.errors import ErrorCode
 from mpush.protocol.routing import encode_push_result
@@ -563,6 +564,10 @@ class LogLevelGate:
         if level not in _LEVELS:
             raise LogLevelError(f"not a log level: {level!r}")
         self.level = level
+        self._tell_hot_paths()
+
+    def _tell_hot_paths(self):
+        debug_log.set_wanted(self._publisher is None or self.level == LogLevel.debug)
 
     def install(self, publisher=None):
         """
@@ -583,6 +588,7 @@ class LogLevelGate:
         self._filter = FilteringLogObserver(LogPublisher(*moved), [self])
         publisher.addObserver(self._filter)
         self._publisher, self._moved = publisher, moved
+        self._tell_hot_paths()
 
     def uninstall(self):
         """
@@ -594,6 +600,7 @@ class LogLevelGate:
         for observer in self._moved:
             self._publisher.addObserver(observer)
         self._publisher, self._moved, self._filter = None, (), None
+        self._tell_hot_paths()
 
 
 # -- reload -------------------------------------------------------------------

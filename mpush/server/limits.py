@@ -78,6 +78,9 @@ def source_of(address):
     host = getattr(address, "host", None)
     if not isinstance(host, str) or not host:
         return None
+    if ":" not in host and host[-1].isdigit():
+        # An IPv4 peer: the kernel's dotted quad is already canonical.
+        return host
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
