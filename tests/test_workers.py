@@ -9,6 +9,7 @@ supervisor.
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -147,22 +148,23 @@ class WorkersSettingTests(SynchronousTestCase):
 # -- real processes -------------------------------------------------------------
 
 
-def free_block(count):
+def free_block(count, taken=()):
     """
-    The first of C{count} consecutive free ports of 127.0.0.1.
+    The first of C{count} consecutive free ports, below Linux's ephemeral
+    range (32768 up), so that no outgoing connection of this busy machine
+    takes one between this probe and the worker's bind.
     """
-    for _ in range(200):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            first = probe.getsockname()[1]
-        if first + count > 65535:
+    for _ in range(500):
+        first = random.randrange(20000, 32768 - count)
+        ports = range(first, first + count)
+        if any(port in taken for port in ports):
             continue
         probes = []
         try:
-            for port in range(first, first + count):
+            for port in ports:
                 sock = socket.socket()
                 probes.append(sock)
-                sock.bind(("127.0.0.1", port))
+                sock.bind(("", port))
             return first
         except OSError:
             continue
@@ -214,8 +216,11 @@ class WorkersProcess(NodeProcess):
     def __init__(self, config_text, workers):
         super().__init__(config_text)
         self.workers = workers
-        self.gateway_port = free_block(workers)
-        self.admin_port = free_block(workers)
+        taken = set()
+        for name, count in (("port", 1), ("http_port", 1), ("gateway_port", workers), ("admin_port", workers)):
+            first = free_block(count, taken)
+            taken.update(range(first, first + count))
+            setattr(self, name, first)
 
     def spawn(self):
         self.process = subprocess.Popen(
