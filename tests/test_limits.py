@@ -514,14 +514,18 @@ class PreHandshakeTimeoutTests(SynchronousTestCase):
         client = Client(node)
         client.protocol.pauseProducing()
 
-        def timers():
-            calls = node.clock.getDelayedCalls()
-            return [c for c in calls if getattr(c.func, "__self__", None) is client.protocol]
-
-        # The idle check, the handshake deadline and the slow-reader grace.
-        self.assertEqual(len(timers()), 3)
+        protocol = client.protocol
+        # The idle check, the handshake deadline and the slow-reader grace,
+        # all on the node's one timer, armed for the earliest.
+        self.assertEqual(
+            (protocol._idle_due, protocol._handshake_due, protocol._stalled_due),
+            (node.clock.seconds() + 10, node.clock.seconds() + 5, node.clock.seconds() + 20),
+        )
+        [timer] = node.clock.getDelayedCalls()
+        self.assertEqual(timer.getTime(), node.clock.seconds() + 5)
         client.lose()
-        self.assertEqual(timers(), [])
+        self.assertEqual(node.clock.getDelayedCalls(), [])
+        self.assertEqual(len(node.deadlines), 0)
 
 
 class HandshakeRateTests(SynchronousTestCase):

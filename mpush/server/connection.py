@@ -37,6 +37,7 @@ from mpush.protocol.packet import (
 )
 from mpush.server import limits
 from mpush.server.context import ConnectionState, SessionContext
+from mpush.server.deadlines import IDeadlineOwner
 from mpush.server.errors import ConnectionClosed
 from mpush.server.in_order import InOrderQueue
 
@@ -85,7 +86,7 @@ class _MeteredRsaKey:
         return self._key.encrypt(data)
 
 
-@implementer(IPushProducer)
+@implementer(IPushProducer, IDeadlineOwner)
 class ConnectionProtocol(Protocol):
     """
     One client connection of the connection server.
@@ -106,7 +107,35 @@ class ConnectionProtocol(Protocol):
 
     log = Logger()
 
+    # A node holds one per device: slots (Twisted's own attributes
+    # included) keep the instance without a dict.
+    __slots__ = (
+        "transport",
+        "connected",
+        "factory",
+        "node",
+        "dispatcher",
+        "slot",
+        "decoder",
+        "context",
+        "state",
+        "conn_id",
+        "last_read_ms",
+        "writable",
+        "wake_at",
+        "_idle",
+        "_idle_due",
+        "_handshake_due",
+        "_stalled_due",
+        "_pending",
+        "_closing",
+    )
+
     def __init__(self, node, dispatcher, slot=None):
+        # Slots hide Protocol's class defaults: give them their values.
+        self.transport = None
+        self.connected = 0
+        self.factory = None
         self.node = node
         self.dispatcher = dispatcher
         self.slot = slot
@@ -115,32 +144,31 @@ class ConnectionProtocol(Protocol):
         self.context = SessionContext(heartbeat=core.pre_handshake_heartbeat)
         self.state = ConnectionState.NEW
         self.conn_id = None
-        self.peer = None
         self.last_read_ms = 0
         self._idle = IdleCheck(core.max_hb_timeout_times)
-        self._idle_call = None
-        self._pending = InOrderQueue(self._dispatch, _wire_size, lambda: not self._closing)
-        self._handshake_deadline = None
-        self._stalled_call = None
+        # Deadlines in clock seconds, on the node's one timer (L{Deadlines}).
+        self.wake_at = None
+        self._idle_due = None
+        self._handshake_due = None
+        self._stalled_due = None
+        self._pending = InOrderQueue(self._dispatch, _wire_size, self._accepting)
         self._closing = False
         self.writable = True
 
     # -- Twisted's side -------------------------------------------------
 
     def connectionMade(self):
-        address = self.transport.getPeer()
-        self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.last_read_ms = self.node.now_ms()
         self.conn_id = self.node.add_connection(self)
         self.node.metrics.connection_opened()
         self.transport.bufferSize = self.node.config.net.connect_server_write_high
         self.transport.registerProducer(self, True)
-        self._schedule_idle_check()
+        now = self.node.clock.seconds()
         timeout = self.node.config.limits.pre_handshake_timeout
         if timeout:
-            self._handshake_deadline = self.node.clock.callLater(
-                timeout / 1000.0, self._handshake_overdue
-            )
+            self._handshake_due = now + timeout / 1000.0
+        self._idle_due = now + self.context.heartbeat / 1000.0
+        self._schedule_deadlines()
 
     def dataReceived(self, data):
         if self._closing:
@@ -185,9 +213,7 @@ class ConnectionProtocol(Protocol):
         self._closing = True
         self.writable = False
         self._pending.clear()
-        self._idle_call = _cancel(self._idle_call)
-        self._handshake_deadline = _cancel(self._handshake_deadline)
-        self._stalled_call = _cancel(self._stalled_call)
+        self.wake_at = self._idle_due = self._handshake_due = self._stalled_due = None
         if self.slot is not None:
             self.slot.release()
         self.node.connection_lost(self)
@@ -205,13 +231,14 @@ class ConnectionProtocol(Protocol):
         pause_reading = getattr(self.transport, "pauseProducing", None)
         if pause_reading is not None:
             pause_reading()
-        if self._stalled_call is None:
+        if self._stalled_due is None:
             grace = limits.SLOW_READER_HEARTBEATS * self.context.heartbeat / 1000.0
-            self._stalled_call = self.node.clock.callLater(grace, self._stalled)
+            self._stalled_due = self.node.clock.seconds() + grace
+            self._schedule_deadlines()
 
     def resumeProducing(self):
         self.writable = self.is_open
-        self._stalled_call = _cancel(self._stalled_call)
+        self._stalled_due = None
         if self.writable:
             resume_reading = getattr(self.transport, "resumeProducing", None)
             if resume_reading is not None:
@@ -219,10 +246,9 @@ class ConnectionProtocol(Protocol):
 
     def stopProducing(self):
         self.writable = False
-        self._stalled_call = _cancel(self._stalled_call)
+        self._stalled_due = None
 
     def _stalled(self):
-        self._stalled_call = None
         if self.is_open and not self.writable:
             self._refuse(
                 limits.SLOW_READER,
@@ -232,6 +258,9 @@ class ConnectionProtocol(Protocol):
 
     def _dispatch(self, packet):
         return self.dispatcher.dispatch(self, packet)
+
+    def _accepting(self):
+        return not self._closing
 
     # -- what handlers call -----------------------------------------------
 
@@ -246,6 +275,17 @@ class ConnectionProtocol(Protocol):
         if cipher is not None:
             return cipher
         return _MeteredRsaKey(self, self.node.private_key)
+
+    @property
+    def peer(self):
+        """
+        C{host:port} of the client, for log lines: worked out when one is
+        written rather than kept per connection.
+        """
+        if self.transport is None:
+            return "?"
+        address = self.transport.getPeer()
+        return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
     @property
     def is_open(self):
@@ -339,7 +379,7 @@ class ConnectionProtocol(Protocol):
             self.node.connection_unbound(self)
         self.context = context
         self.state = ConnectionState.HANDSHAKEN
-        self._handshake_deadline = _cancel(self._handshake_deadline)
+        self._handshake_due = None
 
     def close(self):
         """
@@ -364,7 +404,6 @@ class ConnectionProtocol(Protocol):
         self._abort()
 
     def _handshake_overdue(self):
-        self._handshake_deadline = None
         if self.is_open and self.state is ConnectionState.NEW:
             timeout = self.node.config.limits.pre_handshake_timeout
             self._refuse(
@@ -372,17 +411,35 @@ class ConnectionProtocol(Protocol):
                 f"no handshake within {timeout} ms of accept (pre-handshake-timeout)",
             )
 
-    # -- idle detection ----------------------------------------------------
+    # -- deadlines: idle checks, pre-handshake, slow reader -----------------
 
-    def _schedule_idle_check(self):
-        self._idle_call = self.node.clock.callLater(
-            self.context.heartbeat / 1000.0, self._check_idle
-        )
+    def _schedule_deadlines(self):
+        """
+        Ask the node's timer to wake this connection at its next deadline.
+        """
+        due = [d for d in (self._idle_due, self._handshake_due, self._stalled_due) if d is not None]
+        if due and not self._closing:
+            self.node.deadlines.schedule(self.conn_id, self, min(due))
 
-    def _check_idle(self):
-        self._idle_call = None
+    def deadline_reached(self, now):
+        """
+        L{IDeadlineOwner}: act on every deadline that has come, in the order
+        the separate timers used to fire, then wait for the next one.
+        """
         if self.state is ConnectionState.CLOSED:
             return
+        if self._handshake_due is not None and self._handshake_due <= now:
+            self._handshake_due = None
+            self._handshake_overdue()
+        if self._stalled_due is not None and self._stalled_due <= now:
+            self._stalled_due = None
+            self._stalled()
+        if self._idle_due is not None and self._idle_due <= now and not self._closing:
+            self._idle_due = None
+            self._check_idle(now)
+        self._schedule_deadlines()
+
+    def _check_idle(self, now):
         if self._idle.expired(
             self.node.now_ms(), self.last_read_ms, self.context.heartbeat
         ):
@@ -393,16 +450,7 @@ class ConnectionProtocol(Protocol):
             )
             self._abort()
             return
-        self._schedule_idle_check()
-
-
-def _cancel(call):
-    """
-    Cancel C{call} if it is still pending; return C{None} to store back.
-    """
-    if call is not None and call.active():
-        call.cancel()
-    return None
+        self._idle_due = now + self.context.heartbeat / 1000.0
 
 
 class RefusedConnection(Protocol):

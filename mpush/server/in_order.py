@@ -25,20 +25,25 @@ class InOrderQueue:
         self._handle = handle
         self._size_of = size_of
         self._is_open = is_open
-        self._items = collections.deque()
+        # Created when items arrive and dropped when they are all handled:
+        # an empty deque is ~600 bytes, and an idle connection has none.
+        self._items = None
         self.bytes = 0
         self._busy = False
         self._running = False
 
     def __len__(self):
-        return len(self._items)
+        return 0 if self._items is None else len(self._items)
 
     def extend(self, items):
-        self._items.extend(items)
+        if self._items is None:
+            self._items = collections.deque(items)
+        else:
+            self._items.extend(items)
         self.bytes += sum(map(self._size_of, items))
 
     def clear(self):
-        self._items.clear()
+        self._items = None
         self.bytes = 0
 
     def run(self):
@@ -59,6 +64,8 @@ class InOrderQueue:
                     waiting.addBoth(self._done)
         finally:
             self._running = False
+            if not self._items:
+                self._items = None
 
     def _done(self, result):
         self._busy = False

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from mpush.metrics import NullMetrics
 from mpush.server.acks import AckTable
+from mpush.server.deadlines import Deadlines
 from mpush.server.limits import NodeLimits
 
 #: Packet session ids are Java ints: the counter wraps to 1 past this.
@@ -34,6 +35,8 @@ class ServerNode:
     @ivar metrics: an L{mpush.metrics.IMetrics}; L{NullMetrics} unless the
         node exposes metrics.
     @ivar limits: the L{NodeLimits} all its client connections share.
+    @ivar deadlines: the L{Deadlines} of its client connections (idle
+        checks, pre-handshake and slow-reader deadlines) on one timer.
     """
 
     log = Logger()
@@ -44,6 +47,7 @@ class ServerNode:
         self.session_store = session_store
         self.clock = clock
         self.connections = {}
+        self.deadlines = Deadlines(clock, self.connections)
         self.acks = AckTable(clock)
         self.router_center = None
         self.http_proxy = None
@@ -84,6 +88,7 @@ class ServerNode:
         """
         if self.connections.get(connection.conn_id) is connection:
             del self.connections[connection.conn_id]
+            self.deadlines.owner_gone()
         if self.http_proxy is not None:
             self.http_proxy.cancel_requests(connection)
         self.connection_unbound(connection)
