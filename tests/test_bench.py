@@ -511,6 +511,9 @@ class SmokeTests(SynchronousTestCase):
             self.assertGreater(row["frame_bytes"], row["content_bytes"])
             self.assertLatency(row["latency_ms"], 400)
         self.assertEqual((result["idle_twisted"]["connections"], result["idle_twisted"]["failed"]), (40, 0))
+        connects = result["connect_twisted"]
+        self.assertEqual((connects["completed"], connects["failed"]), (40, 0))
+        self.assertLatency(connects["latency_ms"], 40)
 
     def test_floors_with_a_given_private_key(self):
         node = self.start_node()

@@ -411,6 +411,14 @@ def table_for(result: dict) -> str:
             f"  bare Twisted idle connection: {idle.get('rss_per_connection_kib')} KiB each "
             f"({idle.get('connections')} connections)",
         ]
+        connects = result.get("connect_twisted", {})
+        if connects:
+            latency = connects.get("latency_ms") or {}
+            lines.append(
+                f"  Twisted connect + {connects.get('frame_bytes')} B echo + close: "
+                f"{connects.get('per_s')} /s (p99 {latency.get('p99')} ms, server cpu "
+                f"{connects.get('server_cpu_pct')}%, {connects.get('completed')} connections)"
+            )
         columns = [Column("content_bytes", "content"), Column("frame_bytes", "frame"), Column("sent"),
                    Column("echoed"), Column("per_s", "echoes/s"), *_LATENCY]
         lines.append(format_table("  Twisted echo, same frame sizes", columns,

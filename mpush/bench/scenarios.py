@@ -699,6 +699,39 @@ class WorkerRuntime:
         finally:
             client.close()
 
+    async def do_connect_run(self, port: int, count: int, concurrency: int, body_size: int,
+                             start_at: float, stop_at: float) -> dict:
+        """
+        C{count} short connections to the echo server: connect, one frame of
+        C{body_size} bytes there and back, close.  What accepting and closing
+        a TCP connection costs a Twisted server, the floor of a fast connect.
+        """
+        await _sleep_until(start_at)
+        tally = _Tally()
+        cpu0, wall0 = time.process_time(), time.monotonic()
+
+        async def one(_: int) -> None:
+            began = _now_ns()
+            try:
+                client = await open_connection(EchoClient, "127.0.0.1", port, self._next_source(),
+                                               self.target.timeout_s)
+            except WireError as exc:
+                tally.fail(exc)
+                return
+            try:
+                client.send_frame(bytes(body_size))
+                while not client.echoed and not client.lost and time.monotonic() < stop_at:
+                    await client.wait_slot(stop_at)
+                if client.echoed:
+                    tally.success(_now_ns() - began)
+                else:
+                    tally.fail(WireError("no echo" if not client.lost else "connection lost"))
+            finally:
+                client.close()
+
+        tally.truncated = await _lanes(range(count), one, concurrency, stop_at)
+        return tally.as_dict(cpu0, wall0)
+
     async def do_hold(self, port: int, count: int, concurrency: int, stop_at: float) -> dict:
         """C{count} idle connections to the echo server, kept open."""
         tally = _Tally()
@@ -1331,6 +1364,11 @@ def _gateway_body_size(content_size: int, timeout_ms: int) -> int:
     return len(GatewayPushMessage(user, 1, timeout_ms, stamp_content(0, 0, 0, content_size)).encode())
 
 
+#: Body bytes of a typical FAST_CONNECT (a 32-character session id, a device
+#: id, two heartbeats): the frame size of the connection floor.
+FAST_CONNECT_FLOOR_BODY = 80
+
+
 def run_floors(target: Target, settings: Settings) -> dict:
     count = settings.count_for("floors")
     rsa = rsa_floor(settings.private_key, settings.demo_key, count, settings.duration * 0.2)
@@ -1368,6 +1406,18 @@ def run_floors(target: Target, settings: Settings) -> dict:
                     "lost": any(r["lost"] for r in replies),
                     "load_cpu_max_pct": _load_cpu(replies),
                 })
+            # A fast connect's frames: FAST_CONNECT in, FastConnectOk out.
+            stop_at = time.monotonic() + (run.deadline - time.monotonic()) / 3
+            cpu = _ServerCpu(server.pid)
+            replies = run.pool.call(
+                "connect_run",
+                [{"port": server.port, "count": n, "concurrency": settings.concurrency,
+                  "body_size": FAST_CONNECT_FLOOR_BODY, "start_at": run.start_at(), "stop_at": stop_at}
+                 for n in run.shares(count)],
+                stop_at + run.slack,
+            )
+            connects = {**_tally_result(replies, count), "frame_bytes": FAST_CONNECT_FLOOR_BODY + 13,
+                        "server_cpu_pct": cpu.percent()}
             rss_before = stats.read_rss_kib(server.pid)
             held = run.pool.call(
                 "hold",
@@ -1388,10 +1438,11 @@ def run_floors(target: Target, settings: Settings) -> dict:
             }
     finally:
         server.stop()
-    result = {"scenario": "floors", "rsa_decrypt": rsa, "echo": echo_rows, "idle_twisted": idle}
-    result["errors"] = dict(idle.get("errors", {}))
-    result["ok"] = (not idle.get("failed") and all(not row["lost"] and row["echoed"] == row["sent"]
-                                                  for row in echo_rows))
+    result = {"scenario": "floors", "rsa_decrypt": rsa, "echo": echo_rows, "connect_twisted": connects,
+              "idle_twisted": idle}
+    result["errors"] = {**connects.get("errors", {}), **idle.get("errors", {})}
+    result["ok"] = (not idle.get("failed") and not connects.get("failed")
+                    and all(not row["lost"] and row["echoed"] == row["sent"] for row in echo_rows))
     return result
 
 
