@@ -216,6 +216,7 @@ class NetConfig:
     public_ip: str = ""
     connect_server_bind_ip: str = ""
     connect_server_port: int = 3000
+    connect_server_backlog: int = 4096  # accept queue: a reconnect storm arrives at once
     gateway_server_bind_ip: str = ""
     gateway_server_port: int = 3001
     admin_server_bind_ip: str = "127.0.0.1"
@@ -230,6 +231,7 @@ class NetConfig:
                      "gateway_server_bind_ip", "admin_server_bind_ip", "http_server_bind_ip"):
             _need_ip(f"[net] {name.replace('_', '-')}", getattr(self, name))
         _need_port("[net] connect-server-port", self.connect_server_port, zero_disables=False)
+        _need_int("[net] connect-server-backlog", self.connect_server_backlog, 1, 65535)
         _need_port("[net] gateway-server-port", self.gateway_server_port, zero_disables=True)
         _need_port("[net] admin-server-port", self.admin_server_port, zero_disables=True)
         _need_port("[net] ws-server-port", self.ws_server_port, zero_disables=True)
@@ -626,6 +628,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "public-ip": _Field("public_ip", _same),
         "connect-server-bind-ip": _Field("connect_server_bind_ip", _same),
         "connect-server-port": _Field("connect_server_port", _same),
+        "connect-server-backlog": _Field("connect_server_backlog", _same),
         "gateway-server-bind-ip": _Field("gateway_server_bind_ip", _same),
         "gateway-server-port": _Field("gateway_server_port", _same),
         "admin-server-bind-ip": _Field("admin_server_bind_ip", _same),

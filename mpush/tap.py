@@ -439,7 +439,8 @@ def makeService(options):
     connections = ConnectionFactory(node, make_dispatcher(node))
     connections.noisy = False
     _listen(top, reactor, net.connect_server_port, net.connect_server_bind_ip, connections,
-            tls_options if tls.connect_server else None, backlog=1024, shared=shared)
+            tls_options if tls.connect_server else None, backlog=net.connect_server_backlog,
+            shared=shared)
     pushes = PushTracker(node.push_center)
     if net.gateway_server_port:
         gateway = GatewayFactory(pushes, config.core.max_gateway_packet_size)

@@ -59,6 +59,7 @@ local-ip = "10.0.0.5"
 public-ip = "203.0.113.7"
 connect-server-bind-ip = "0.0.0.0"
 connect-server-port = 4000
+connect-server-backlog = 512
 gateway-server-bind-ip = "10.0.0.5"
 gateway-server-port = 4001
 admin-server-bind-ip = "::1"
@@ -328,7 +329,7 @@ class EveryKeyTests(SynchronousTestCase):
         self.assertEqual(config.security.aes_key_length, 16)
         self.assertEqual(config.net, NetConfig(
             local_ip="10.0.0.5", public_ip="203.0.113.7", connect_server_bind_ip="0.0.0.0",
-            connect_server_port=4000, gateway_server_bind_ip="10.0.0.5",
+            connect_server_port=4000, connect_server_backlog=512, gateway_server_bind_ip="10.0.0.5",
             gateway_server_port=4001, admin_server_bind_ip="::1", admin_server_port=4002,
             ws_server_port=8080, connect_server_write_high=131072,
             http_server_port=9090, http_server_bind_ip="10.0.0.5"))
@@ -457,7 +458,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 40)
+        self.assertEqual(len(keys), 41)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):
@@ -611,6 +612,8 @@ class ErrorTests(ConfigErrorAssertions, SynchronousTestCase):
             ("gateway-server-port", -1, "between 0 and 65535"),
             ("admin-server-port", 70000, "between 0 and 65535"),
             ("ws-server-port", 65536, "between 0 and 65535"),
+            ("connect-server-backlog", 0, "between 1 and 65535"),
+            ("connect-server-backlog", '"many"', "expected an integer"),
         ]:
             self.assertConfigError(f"[net]\n{key} = {value}\n", f"[net] {key}", needle)
 

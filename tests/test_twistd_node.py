@@ -4,9 +4,10 @@ restarts and two nodes sharing one real Redis.
 """
 
 import os
+import subprocess
 
 from twisted.internet import defer, reactor
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SkipTest, TestCase
 
 from mpush.client.config import ClientConfig
 from mpush.client.protocol import connect_client
@@ -85,7 +86,32 @@ class NodeCase(TestCase):
 
 
 
+def listen_backlog(port):
+    """
+    The backlog of the socket listening on C{port}, as the kernel reports it
+    (C{ss}: Send-Q of a listening socket), or C{None} without C{ss}.
+    """
+    try:
+        output = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return int(output.split()[2])
+
+
 class NodeProcessTests(NodeCase):
+    def test_connect_server_backlog(self):
+        """
+        [net] connect-server-backlog is the client port's listen backlog, so
+        a reconnect storm queues instead of losing SYNs.
+        """
+        node = self.start_node("[net]\nconnect-server-backlog = 321\n")
+        backlog = listen_backlog(node.port)
+        if backlog is None:
+            raise SkipTest("no ss(8) to read the listen backlog")
+        self.assertEqual(backlog, 321)
+
     @defer.inlineCallbacks
     def test_embedded_default_generates_and_keeps_key(self):
         node = self.start_node("")
