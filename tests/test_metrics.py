@@ -318,11 +318,12 @@ class PrometheusBadInputTests(unittest.SynchronousTestCase):
         """
         A bug inside a hook (here: a series that has gone) is swallowed too.
         """
-        self.metrics._connections = None
-        self.assertIsNone(self.metrics.connection_opened())
-        self.assertIsNone(self.metrics.connection_closed())
-        self.assertEqual(self.hook_errors("connection_opened"), 1.0)
-        self.assertEqual(self.hook_errors("connection_closed"), 1.0)
+        self.metrics._handshakes = None
+        self.metrics._binds = None
+        self.assertIsNone(self.metrics.handshake("ok"))
+        self.assertIsNone(self.metrics.bind("ok"))
+        self.assertEqual(self.hook_errors("handshake"), 1.0)
+        self.assertEqual(self.hook_errors("bind"), 1.0)
         self.assertEqual(len(self.flushLoggedErrors(AttributeError)), 2)
 
     def test_weird_labels_do_not_raise(self):
