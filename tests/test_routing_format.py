@@ -6,7 +6,11 @@ JSON, kick JSON, push-result JSON, node registrations, keys and channels
 
 from __future__ import annotations
 
+import json
 import sys
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -351,3 +355,22 @@ class SansIOTests(SynchronousTestCase):
             module = sys.modules[name]
             source = open(module.__file__, encoding="utf-8").read()
             self.assertNotIn("twisted", source.replace("Twisted", ""), name)
+
+
+class JsonStringTests(SynchronousTestCase):
+    """
+    Route JSON writes plain strings without json.dumps; the result must be
+    json.dumps's, byte for byte, whatever the text.
+    """
+
+    @given(st.text())
+    def test_same_as_json_dumps(self, text):
+        from mpush.protocol.routing import _dump
+
+        self.assertEqual(_dump(text), json.dumps(text, ensure_ascii=False, separators=(",", ":")))
+
+    def test_escapes(self):
+        from mpush.protocol.routing import _dump
+
+        for text in ('a"b', "a\\b", "tab\t", "\x00", "\x1f", "\u2028", "\udc80", "\x7f", ""):
+            self.assertEqual(_dump(text), json.dumps(text, ensure_ascii=False, separators=(",", ":")))

@@ -190,6 +190,8 @@ class _Run:
         )
 
     def _send_all(self, messages) -> defer.Deferred:
+        if not messages:
+            return defer.succeed(0)  # nearly every bind
         settled = []
         for index, message in enumerate(messages):
             if not self._can_send():
