@@ -77,6 +77,16 @@ class HandshakeTests(SynchronousTestCase):
         [reply] = self.device.read(self.transport)
         return reply, self.device.accept_handshake_ok(reply)
 
+    def test_connection_state_lives_in_slots(self):
+        """
+        A node holds one connection per device: everything it keeps is in
+        slots, so no per-instance dict is ever made (about 300 bytes each).
+        """
+        self.handshake()
+        self.protocol.pauseProducing()
+        self.protocol.resumeProducing()
+        self.assertEqual(vars(self.protocol), {})
+
     def test_handshake_ok(self):
         """
         HandshakeOk echoes the request id, is AES(clientKey, iv) encrypted
