@@ -151,7 +151,9 @@ class ConnectionProtocol(Protocol):
         self._idle_due = None
         self._handshake_due = None
         self._stalled_due = None
-        self._pending = InOrderQueue(self._dispatch, _wire_size, self._accepting)
+        # Made when packets arrive, dropped once they are all handled: an
+        # idle connection holds no queue.
+        self._pending = None
         self._closing = False
         self.writable = True
 
@@ -182,8 +184,13 @@ class ConnectionProtocol(Protocol):
             return
         if packets:
             self.last_read_ms = self.node.now_ms()
-            self._pending.extend(packets)
-            self._pending.run()
+            pending = self._pending
+            if pending is None:
+                pending = self._pending = InOrderQueue(self._dispatch, _wire_size, self._accepting)
+            pending.extend(packets)
+            pending.run()
+            if pending.idle and self._pending is pending:
+                self._pending = None
         if not self._closing:
             self._check_backlog()
 
@@ -195,7 +202,8 @@ class ConnectionProtocol(Protocol):
         of those packets plus the incomplete frame in the decoder).
         """
         config = self.node.config.limits
-        if len(self._pending) > config.max_pending_packets:
+        pending = self._pending
+        if pending is not None and len(pending) > config.max_pending_packets:
             self._refuse(
                 limits.PENDING_PACKETS,
                 f"more than {config.max_pending_packets} packets waiting (max-pending-packets)",
@@ -212,7 +220,7 @@ class ConnectionProtocol(Protocol):
         self.state = ConnectionState.CLOSED
         self._closing = True
         self.writable = False
-        self._pending.clear()
+        self._drop_pending()
         self.wake_at = self._idle_due = self._handshake_due = self._stalled_due = None
         if self.slot is not None:
             self.slot.release()
@@ -256,6 +264,15 @@ class ConnectionProtocol(Protocol):
                 f"send buffer",
             )
 
+    def _drop_pending(self):
+        """
+        Forget the packets waiting behind a handler (the connection is
+        closing): a handler still running finds nothing after it.
+        """
+        if self._pending is not None:
+            self._pending.clear()
+            self._pending = None
+
     def _dispatch(self, packet):
         return self.dispatcher.dispatch(self, packet)
 
@@ -297,7 +314,8 @@ class ConnectionProtocol(Protocol):
         Bytes read and not yet handled: the packets queued behind a busy
         handler, at their wire size, and the incomplete frame being read.
         """
-        return self._pending.bytes + self.decoder.buffered
+        queued = 0 if self._pending is None else self._pending.bytes
+        return queued + self.decoder.buffered
 
     def allow_rsa(self, length):
         """
@@ -387,12 +405,12 @@ class ConnectionProtocol(Protocol):
         """
         if not self._closing:
             self._closing = True
-            self._pending.clear()
+            self._drop_pending()
             self.transport.loseConnection()
 
     def _abort(self):
         self._closing = True
-        self._pending.clear()
+        self._drop_pending()
         self.transport.abortConnection()
 
     def _refuse(self, reason, detail):

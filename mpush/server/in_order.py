@@ -32,6 +32,13 @@ class InOrderQueue:
         self._busy = False
         self._running = False
 
+    @property
+    def idle(self):
+        """
+        Nothing waiting and no handler being waited for: the queue can go.
+        """
+        return not self._busy and not self._items
+
     def __len__(self):
         return 0 if self._items is None else len(self._items)
 
