@@ -36,6 +36,19 @@ class GatewayPushHandler:
         self.push_center.push(message, packet.flags, GatewayReply(connection, packet))
 
 
+def _no_delay(transport):
+    """
+    Answers go out as they are written, not held back by Nagle until the
+    back-end's delayed ACK (as Netty's TCP_NODELAY in MPush).
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass
+
+
 class GatewayProtocol(Protocol):
     """
     One back-end's connection to the gateway port.
@@ -53,6 +66,7 @@ class GatewayProtocol(Protocol):
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.is_open = True
+        _no_delay(self.transport)
 
     def dataReceived(self, data):
         if not self.is_open:
