@@ -52,3 +52,57 @@ class PushResultJsonTests(SynchronousTestCase):
                 self.assertRaises(type(error), push_result_json, user_id, client_type, points)
             else:
                 self.assertEqual(push_result_json(user_id, client_type, points), expected)
+
+
+class GatewayShortcutTests(SynchronousTestCase):
+    def test_gateway_push_decode_matches_the_field_reader(self):
+        from mpush.protocol.errors import ProtocolError
+        from mpush.protocol.messages import GatewayPushMessage
+
+        messages = [
+            GatewayPushMessage("alice", 1, 3000, b"x" * 100),
+            GatewayPushMessage("ü用户", -5, -1, b"\x00" * 70000),
+            GatewayPushMessage("bob", 0, 0, None),
+            GatewayPushMessage(None, 0, 10, b"all", "task", ("a", "b"), "tags != null"),
+            GatewayPushMessage("carol", 2, 1, b"c", None, ("vip",)),
+            GatewayPushMessage("x" * 40000, 2, 1, b"c"),
+        ]
+        for message in messages:
+            body = message.encode()
+            for cut in [len(body), len(body) + 3, *range(0, min(len(body), 40))]:
+                data = body[:cut] if cut <= len(body) else body + b"zzz"
+                try:
+                    expected = GatewayPushMessage._decode_fields(data)
+                except ProtocolError as error:
+                    with self.assertRaises(type(error)) as raised:
+                        GatewayPushMessage.decode(data)
+                    self.assertEqual(str(raised.exception), str(error))
+                else:
+                    self.assertEqual(GatewayPushMessage.decode(data), expected)
+                    self.assertEqual(GatewayPushMessage.decode(bytearray(data)), expected)
+        bad_utf8 = b"\x00\x02\xff\xfe" + bytes(8) + b"\x00\x01x" + bytes(6)
+        with self.assertRaises(ProtocolError):
+            GatewayPushMessage.decode(bad_utf8)
+
+    def test_answer_ok_matches_make_raw_packet(self):
+        from twisted.internet.testing import StringTransport
+
+        from mpush.protocol.body import make_raw_packet
+        from mpush.protocol.messages import OkMessage
+        from mpush.protocol.packet import Command, encode_packet
+        from mpush.server.gateway import GatewayProtocol
+
+        for data in ['{"a":1}', "ü" * 20000, "x" * 40000, "", None, "lone \ud800"]:
+            for session_id in (1, 2**31 - 1, -(2**31), 0):
+                protocol = GatewayProtocol(None, 1 << 20)
+                transport = StringTransport()
+                protocol.makeConnection(transport)
+                try:
+                    expected = encode_packet(
+                        make_raw_packet(Command.OK, OkMessage(Command.GATEWAY_PUSH, 0, data), session_id)
+                    )
+                except ValueError:
+                    self.assertRaises(ValueError, protocol.answer_ok, session_id, data)
+                    continue
+                protocol.answer_ok(session_id, data)
+                self.assertEqual(transport.value(), expected, (data[:10] if data else data, session_id))
