@@ -40,6 +40,7 @@ from mpush.server import limits
 from mpush.server.context import ConnectionState, SessionContext
 from mpush.server.errors import ConnectionClosed
 from mpush.server.in_order import InOrderQueue
+from mpush.server.write_now import write_now
 
 #: The default of C{[limits] max-pending-packets}: packets one connection may
 #: have waiting behind a handler that is still busy (on Redis, say).  The
@@ -324,7 +325,7 @@ class ConnectionProtocol(Protocol):
             return False
         body, added = encode_body(content, self.context.cipher, self.node.config.core.compress_threshold)
         data = encode_frame(_PUSH, session_id, flags | added, body)
-        self.transport.write(data)
+        write_now(self.transport, data)
         self.node.metrics.bytes_out(len(data))
         return True
 
