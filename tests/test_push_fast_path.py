@@ -106,3 +106,41 @@ class GatewayShortcutTests(SynchronousTestCase):
                     continue
                 protocol.answer_ok(session_id, data)
                 self.assertEqual(transport.value(), expected, (data[:10] if data else data, session_id))
+
+
+class BatchedMetricsTests(SynchronousTestCase):
+    def test_hot_path_counts_read_as_if_counted_at_once(self):
+        import random
+
+        from prometheus_client import CollectorRegistry, Histogram
+
+        from mpush.metrics import ACK_LATENCY_BUCKETS, PrometheusMetrics
+
+        metrics = PrometheusMetrics()
+        reference = Histogram("ref_seconds", "", buckets=ACK_LATENCY_BUCKETS, registry=CollectorRegistry())
+        rng = random.Random(3)
+        sent = received = 0
+        for i in range(2000):
+            n = rng.randrange(0, 5000)
+            metrics.bytes_out(n)
+            metrics.bytes_in(n + 1)
+            sent, received = sent + n, received + n + 1
+            metrics.push(("success", "failure", "ack_timeout")[i % 3])
+            latency = rng.choice([0.0, rng.random() / 100, rng.random() * 20, *ACK_LATENCY_BUCKETS[:3]])
+            metrics.ack_latency(latency)
+            reference.observe(latency)
+            if i % 500 == 0:
+                metrics.render()  # a scrape in between
+        get = metrics.registry.get_sample_value
+        self.assertEqual(get("mpush_sent_bytes_total"), sent)
+        self.assertEqual(get("mpush_received_bytes_total"), received)
+        self.assertEqual(get("mpush_pushes_total", {"result": "success"}), 667)
+        self.assertEqual(get("mpush_pushes_total", {"result": "ack_timeout"}), 666)
+        expected = {
+            (s.name.replace("ref_seconds", "mpush_ack_latency_seconds"), tuple(sorted(s.labels.items()))): s.value
+            for family in reference.collect()
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+        for (name, labels), value in expected.items():
+            self.assertAlmostEqual(get(name, dict(labels)), value, places=6, msg=(name, labels))
