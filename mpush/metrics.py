@@ -17,11 +17,11 @@ load balancer's C{/healthz} within a bounded time, whatever the check does.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
 import math
 import numbers
-import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -33,7 +33,6 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -326,40 +325,12 @@ class _LabelledCounter:
         return child
 
 
-class _PerPacketTotals:
+def _never_raises(hook: Callable[..., None], name: str | None = None) -> Callable[..., None]:
     """
-    The series moved on every packet and every connection (bytes in and
-    out, open connections) as plain integers, read when scraped.  A
-    Prometheus child's C{inc} takes a lock and checks its amount: per packet
-    that was a visible share of a busy node's CPU.
+    Make a hook swallow (and count, as C{name}: its own by default) its own
+    errors.
     """
-
-    __slots__ = ("received", "sent", "connections", "_created")
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.received = 0
-        self.sent = 0
-        self.connections = 0
-        self._created = time.time()
-        registry.register(self)
-
-    def collect(self):
-        yield GaugeMetricFamily("mpush_connections", "Client connections open on this node.",
-                                value=self.connections)
-        for name, documentation, value in (
-            ("mpush_received_bytes", "Bytes read from client connections.", self.received),
-            ("mpush_sent_bytes", "Bytes written to client connections.", self.sent),
-        ):
-            family = CounterMetricFamily(name, documentation)
-            family.add_metric([], value, created=self._created)
-            yield family
-
-
-def _never_raises(hook: Callable[..., None]) -> Callable[..., None]:
-    """
-    Make a hook swallow (and count) its own errors.
-    """
-    name = hook.__name__
+    name = name or hook.__name__
 
     @functools.wraps(hook)
     def guarded(self: PrometheusMetrics, *args: Any, **kwargs: Any) -> None:
@@ -369,6 +340,23 @@ def _never_raises(hook: Callable[..., None]) -> Callable[..., None]:
             self._hook_failed(name)
 
     return guarded
+
+
+class _Flush:
+    """
+    A collector with no series of its own: reading the registry first moves
+    the counts L{PrometheusMetrics} keeps on its hot path into their series.
+    """
+
+    def __init__(self, metrics):
+        self._metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        self._metrics._flush()
+        return []
 
 
 @implementer(IMetrics)
@@ -395,7 +383,14 @@ class PrometheusMetrics:
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         reg = self.registry
-        self._totals = _PerPacketTotals(reg)
+        # Hot-path counts (pushes, bytes, ack latencies) are plain numbers
+        # here, moved into their series whenever the registry is read: this
+        # collector, registered before the series, does it.
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._push_counts: dict[str, int] = {}
+        reg.register(_Flush(self))
+        self._connections = Gauge("mpush_connections", "Client connections open on this node.", registry=reg)
         self._handshakes = self._labelled(
             "mpush_handshakes", "HANDSHAKE requests answered, by outcome.", "outcome", HANDSHAKE_OUTCOMES
         )
@@ -412,6 +407,14 @@ class PrometheusMetrics:
             buckets=ACK_LATENCY_BUCKETS,
             registry=reg,
         )
+        self._ack_bounds = list(getattr(self._ack_latency, "_upper_bounds", ()))
+        self._ack_counts = [0] * len(self._ack_bounds)
+        self._ack_sum = 0.0
+        # Moving counts in relies on the histogram's buckets and sum; a
+        # prometheus_client without them gets every observation as it comes.
+        self._ack_batched = bool(self._ack_bounds) and all(
+            hasattr(self._ack_latency, name) for name in ("_buckets", "_sum")
+        )
         self._offline_messages = self._labelled(
             "mpush_offline_messages", "Offline messages, by what happened to them.", "event", OFFLINE_EVENTS
         )
@@ -421,6 +424,8 @@ class PrometheusMetrics:
         self._redis_errors = self._labelled(
             "mpush_redis_errors", "Failed Redis calls, by component.", "component", REDIS_COMPONENTS
         )
+        self._received_bytes = Counter("mpush_received_bytes", "Bytes read from client connections.", registry=reg)
+        self._sent_bytes = Counter("mpush_sent_bytes", "Bytes written to client connections.", registry=reg)
         self._refused = self._labelled(
             "mpush_refused", "Connections or requests refused by a limit, by reason.", "reason", REFUSED_REASONS
         )
@@ -446,11 +451,13 @@ class PrometheusMetrics:
             self._logged_hooks.add(hook)
             self.log.failure("metrics hook {hook} failed; further failures are only counted", hook=hook)
 
+    @_never_raises
     def connection_opened(self):
-        self._totals.connections += 1
+        self._connections.inc()
 
+    @_never_raises
     def connection_closed(self):
-        self._totals.connections -= 1
+        self._connections.dec()
 
     @_never_raises
     def handshake(self, outcome):
@@ -464,12 +471,26 @@ class PrometheusMetrics:
     def bind(self, outcome):
         self._binds.inc(outcome)
 
-    @_never_raises
     def push(self, result):
+        if result.__class__ is str:
+            counts = self._push_counts
+            counts[result] = counts.get(result, 0) + 1
+        else:
+            self._push_now(result)
+
+    @functools.partial(_never_raises, name="push")
+    def _push_now(self, result):
         self._pushes.inc(result)
 
-    @_never_raises
     def ack_latency(self, seconds):
+        if self._ack_batched and seconds.__class__ is float and 0.0 <= seconds < math.inf:
+            self._ack_counts[bisect.bisect_left(self._ack_bounds, seconds)] += 1
+            self._ack_sum += seconds
+        else:
+            self._ack_latency_now(seconds)
+
+    @functools.partial(_never_raises, name="ack_latency")
+    def _ack_latency_now(self, seconds):
         self._ack_latency.observe(_amount(seconds))
 
     @_never_raises
@@ -485,28 +506,55 @@ class PrometheusMetrics:
         self._redis_errors.inc(component)
 
     def bytes_in(self, n):
-        if type(n) is int and n >= 0:
-            self._totals.received += n
+        if n.__class__ is int and n >= 0:
+            self._bytes_in += n
         else:
-            self._bytes_in_checked(n)
+            self._bytes_in_now(n)
+
+    @functools.partial(_never_raises, name="bytes_in")
+    def _bytes_in_now(self, n):
+        self._received_bytes.inc(_amount(n))
 
     def bytes_out(self, n):
-        if type(n) is int and n >= 0:
-            self._totals.sent += n
+        if n.__class__ is int and n >= 0:
+            self._bytes_out += n
         else:
-            self._bytes_out_checked(n)
+            self._bytes_out_now(n)
 
-    def _bytes_in_checked(self, n):
-        self._totals.received += int(_amount(n))
+    @functools.partial(_never_raises, name="bytes_out")
+    def _bytes_out_now(self, n):
+        self._sent_bytes.inc(_amount(n))
 
-    def _bytes_out_checked(self, n):
-        self._totals.sent += int(_amount(n))
+    def _flush(self):
+        """
+        Move the hot-path counts into their series.
+        """
+        if self._bytes_in:
+            n, self._bytes_in = self._bytes_in, 0
+            self._bytes_in_now(n)
+        if self._bytes_out:
+            n, self._bytes_out = self._bytes_out, 0
+            self._bytes_out_now(n)
+        if self._push_counts:
+            counts, self._push_counts = self._push_counts, {}
+            for result, count in counts.items():
+                self._push_many(result, count)
+        if self._ack_batched and any(self._ack_counts):
+            counts, total = self._ack_counts, self._ack_sum
+            self._ack_counts, self._ack_sum = [0] * len(counts), 0.0
+            self._ack_many(counts, total)
 
-    # Counted under the hook names the operator knows.
-    _bytes_in_checked.__name__ = "bytes_in"
-    _bytes_out_checked.__name__ = "bytes_out"
-    _bytes_in_checked = _never_raises(_bytes_in_checked)
-    _bytes_out_checked = _never_raises(_bytes_out_checked)
+    @functools.partial(_never_raises, name="push")
+    def _push_many(self, result, count):
+        self._pushes.inc(result, count)
+
+    @functools.partial(_never_raises, name="ack_latency")
+    def _ack_many(self, counts, total):
+        histogram = self._ack_latency
+        histogram._sum.inc(total)
+        for bucket, count in zip(histogram._buckets, counts):
+            if count:
+                bucket.inc(count)
 
     @_never_raises
     def refused(self, reason):

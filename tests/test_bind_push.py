@@ -375,9 +375,31 @@ class SinglePushTests(SynchronousTestCase):
             return written
 
         self.device.protocol.send = send_and_ack
+        # The Deferred path (a connection without send_push: WebSocket).
+        self.device.protocol.send_push = None
         self.gateway.push("alice", flags=Flags.AUTO_ACK)
         [(_, kind, _)] = self.gateway.replies()
         self.assertEqual(kind, "ok")
+
+    def test_ack_arriving_during_the_synchronous_write(self):
+        """
+        The same through the push center's Deferred-free path: an ACK handled
+        while the PUSH is being written still ends the push with OK, its
+        time points in order.
+        """
+        original = self.device.protocol.send_push
+
+        def send_push_and_ack(content, session_id, flags=0):
+            written = original(content, session_id, flags)
+            self.device.ack(session_id)
+            return written
+
+        self.device.protocol.send_push = send_push_and_ack
+        self.gateway.push("alice", flags=Flags.AUTO_ACK)
+        [(_, kind, data)] = self.gateway.replies()
+        self.assertEqual(kind, "ok")
+        names = json.loads(data.data)["timePoints"][0::2]
+        self.assertEqual(names, ["push-center-begin", "before-send", "waiting-ack", "success-end"])
 
     def test_offline_user(self):
         self.gateway.push("nobody")

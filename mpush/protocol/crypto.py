@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import os
 
-from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -92,14 +92,33 @@ def mix_key(client_key: bytes, server_key: bytes) -> bytes:
     return mixed.to_bytes(n, "big")
 
 
+#: PKCS#7 padding by pad length.
+_PADDING = [bytes((n,)) * n for n in range(AES_BLOCK_SIZE + 1)]
+
+
 class AesCipher:
     """AES-CBC with PKCS#7 padding; every message starts again from the same IV.
 
     That fixed IV is an MPush protocol property (spec 7.2), not a choice we
     could change without breaking the Java client.
+
+    A cipher that is used often (a connection receiving pushes) keeps one
+    CBC context per direction instead of building one per message (a
+    context costs about 750 bytes, so it is made only at the
+    L{PERSIST_AFTER}th message of its direction; a connection that
+    encrypts or decrypts a message now and then never has one).  Each
+    message first puts the context's chaining state back to the IV:
+    encrypting, with one block X = D_K(IV) XOR C_last, whose output is the
+    IV itself (dropped); decrypting, with the IV as a ciphertext block
+    (its garbage plaintext dropped).  Output is identical to a fresh CBC
+    per message.
     """
 
-    __slots__ = ("key", "iv", "_cipher")
+    __slots__ = ("key", "iv", "_cipher", "_enc", "_enc_reset", "_dk_iv", "_dec", "_uses")
+
+    #: Messages of one direction done with a fresh context before a
+    #: persistent one is made.
+    PERSIST_AFTER = 2
 
     def __init__(self, key: bytes, iv: bytes) -> None:
         if key is None or len(key) not in (16, 24, 32):
@@ -115,26 +134,65 @@ class AesCipher:
         # The Cipher object is stateless: each encryptor()/decryptor() is a
         # fresh CBC context starting from the IV, which is what MPush wants.
         self._cipher = Cipher(algorithms.AES(self.key), modes.CBC(self.iv))
+        self._enc = None
+        self._enc_reset = None
+        self._dk_iv = 0
+        self._dec = None
+        # Messages encrypted (low 16 bits) and decrypted (high bits) with
+        # fresh contexts.
+        self._uses = 0
 
     def __repr__(self) -> str:
         return f"<AesCipher {len(self.key) * 8}-bit>"
 
     def encrypt(self, data: bytes) -> bytes:
-        pad = AES_BLOCK_SIZE - len(data) % AES_BLOCK_SIZE
-        ctx = self._cipher.encryptor()
-        return ctx.update(bytes(data) + bytes((pad,)) * pad) + ctx.finalize()
+        if data.__class__ is not bytes:
+            data = bytes(data)
+        padded = data + _PADDING[AES_BLOCK_SIZE - len(data) % AES_BLOCK_SIZE]
+        enc = self._enc
+        if enc is None:
+            uses = self._uses
+            if uses & 0xFFFF < self.PERSIST_AFTER:
+                self._uses = uses + 1
+                ctx = self._cipher.encryptor()
+                return ctx.update(padded) + ctx.finalize()
+            enc = self._persistent_encryptor()
+        out = enc.update(self._enc_reset + padded)
+        self._enc_reset = (self._dk_iv ^ int.from_bytes(out[-AES_BLOCK_SIZE:], "big")).to_bytes(
+            AES_BLOCK_SIZE, "big"
+        )
+        return out[AES_BLOCK_SIZE:]
+
+    def _persistent_encryptor(self):
+        """
+        The encrypting context kept from now on, its reset block ready for
+        a chaining state that is the IV.
+        """
+        ecb = Cipher(algorithms.AES(self.key), modes.ECB()).decryptor()
+        self._dk_iv = int.from_bytes(ecb.update(self.iv) + ecb.finalize(), "big")
+        self._enc_reset = (self._dk_iv ^ int.from_bytes(self.iv, "big")).to_bytes(AES_BLOCK_SIZE, "big")
+        self._enc = self._cipher.encryptor()
+        return self._enc
 
     def decrypt(self, data: bytes) -> bytes:
         n = len(data)
         if n == 0 or n % AES_BLOCK_SIZE:
             raise CryptoError(f"AES ciphertext of {n} bytes is not a positive multiple of 16")
-        ctx = self._cipher.decryptor()
-        padded = ctx.update(data) + ctx.finalize()
-        unpadder = sym_padding.PKCS7(128).unpadder()
-        try:
-            return unpadder.update(padded) + unpadder.finalize()
-        except ValueError:
-            raise CryptoError("AES padding is invalid (wrong key or corrupt body)") from None
+        dec = self._dec
+        if dec is None:
+            uses = self._uses
+            if uses >> 16 < self.PERSIST_AFTER:
+                self._uses = uses + 0x10000
+                ctx = self._cipher.decryptor()
+                padded = ctx.update(data) + ctx.finalize()
+            else:
+                dec = self._dec = self._cipher.decryptor()
+        if dec is not None:
+            padded = dec.update(self.iv + bytes(data))[AES_BLOCK_SIZE:]
+        pad = padded[-1]
+        if not 0 < pad <= AES_BLOCK_SIZE or not hmac.compare_digest(padded[-pad:], _PADDING[pad]):
+            raise CryptoError("AES padding is invalid (wrong key or corrupt body)")
+        return padded[:-pad]
 
 
 # --- a minimal DER reader, just enough for PKCS#8 RSA keys ------------------

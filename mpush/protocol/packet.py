@@ -23,6 +23,7 @@ __all__ = [
     "Packet",
     "HEARTBEAT",
     "encode_packet",
+    "encode_frame",
     "PacketDecoder",
 ]
 
@@ -145,6 +146,21 @@ def encode_packet(packet: Packet) -> bytes:
         )
     if body:
         return header + bytes(body)
+    return header
+
+
+def encode_frame(cmd: int, session_id: int, flags: int, body: bytes) -> bytes:
+    """The bytes of a frame, as L{encode_packet} writes them, for a sender
+    that has the fields at hand (no L{Packet} built): cc and lrc are 0.
+
+    @param cmd: a command other than HEARTBEAT.
+    """
+    try:
+        header = _HEADER.pack(len(body), cmd, 0, flags, session_id, 0)
+    except struct.error:
+        return encode_packet(Packet(cmd, session_id, flags, body))
+    if body:
+        return header + body
     return header
 
 

@@ -35,17 +35,25 @@ class AckTable:
     def __contains__(self, message_id):
         return message_id in self._waiting
 
-    def expect(self, message_id, timeout, owner=None):
+    def expect(self, message_id, timeout, owner=None, waiter=None):
         """
         Wait for the ack of C{message_id} for C{timeout} seconds; with an
         C{owner}, only that connection's ACK counts.
 
+        @param waiter: told instead of a Deferred, synchronously: its
+            C{callback(None)} on the ack, its C{errback(AckTimeout(...))}
+            when time is up (L{withdraw} withdraws it).
+
         @return: a L{Deferred} that fires C{None} on the ack, or fails with
-            L{AckTimeout}.  Cancelling it withdraws the wait.
+            L{AckTimeout}.  Cancelling it withdraws the wait.  With a
+            C{waiter}, the waiter.
         """
         if message_id in self._waiting:
             raise ValueError(f"already waiting for the ack of message {message_id}")
-        waiting = Deferred(lambda _: self._withdraw(message_id))
+        if waiter is None:
+            waiting = Deferred(lambda _: self._withdraw(message_id))
+        else:
+            waiting = waiter
         timer = self.clock.callLater(timeout, self._expired, message_id)
         self._waiting[message_id] = (waiting, timer, owner)
         return waiting
@@ -67,6 +75,12 @@ class AckTable:
         timer.cancel()
         waiting.callback(None)
         return True
+
+    def withdraw(self, message_id):
+        """
+        Stop waiting for the ack of C{message_id}, telling no one.
+        """
+        self._withdraw(message_id)
 
     def _withdraw(self, message_id):
         entry = self._waiting.pop(message_id, None)

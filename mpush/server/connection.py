@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mpush.config import LimitsConfig
-from mpush.protocol.body import make_packet, make_raw_packet
+from mpush.protocol.body import encode_body, make_packet, make_raw_packet
 from mpush.protocol.errors import FramingError
 from mpush.protocol.heartbeat import IdleCheck
 from mpush.protocol.messages import ErrorMessage
@@ -33,6 +33,7 @@ from mpush.protocol.packet import (
     HEARTBEAT_BYTE,
     Command,
     PacketDecoder,
+    encode_frame,
     encode_packet,
 )
 from mpush.server import limits
@@ -40,11 +41,14 @@ from mpush.server.context import ConnectionState, SessionContext
 from mpush.server.deadlines import IDeadlineOwner
 from mpush.server.errors import ConnectionClosed
 from mpush.server.in_order import InOrderQueue
+from mpush.server.write_now import write_now
 
 #: The default of C{[limits] max-pending-packets}: packets one connection may
 #: have waiting behind a handler that is still busy (on Redis, say).  The
 #: bound in force is the node's C{config.limits.max_pending_packets}.
 MAX_PENDING_PACKETS = LimitsConfig().max_pending_packets
+
+_PUSH = int(Command.PUSH)
 
 
 def _wire_size(packet):
@@ -165,6 +169,7 @@ class ConnectionProtocol(Protocol):
         self.node.metrics.connection_opened()
         self.transport.bufferSize = self.node.config.net.connect_server_write_high
         self.transport.registerProducer(self, True)
+        _no_delay(self.transport)
         now = self.node.clock.seconds()
         timeout = self.node.config.limits.pre_handshake_timeout
         if timeout:
@@ -367,6 +372,21 @@ class ConnectionProtocol(Protocol):
         )
         return self.write_packet(packet)
 
+    def send_push(self, content, session_id, flags=0):
+        """
+        Write a PUSH of C{content} now, the way L{send} would, without the
+        Deferred: the push center's synchronous path.
+
+        @return: whether it was handed to the transport (C{False}: closed).
+        """
+        if self._closing or self.state is ConnectionState.CLOSED:
+            return False
+        body, added = encode_body(content, self.context.cipher, self.node.config.core.compress_threshold)
+        data = encode_frame(_PUSH, session_id, flags | added, body)
+        write_now(self.transport, data)
+        self.node.metrics.bytes_out(len(data))
+        return True
+
     def send_raw(self, cmd, message, session_id, flags=0):
         """
         Write C{message} in plaintext, uncompressed ("sendRaw").
@@ -469,6 +489,19 @@ class ConnectionProtocol(Protocol):
             self._abort()
             return
         self._idle_due = now + self.context.heartbeat / 1000.0
+
+
+def _no_delay(transport):
+    """
+    TCP_NODELAY, as MPush's Netty server has it: a PUSH goes out when it is
+    written, not after the device's delayed ACK of the one before.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass
 
 
 class RefusedConnection(Protocol):

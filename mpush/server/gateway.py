@@ -8,6 +8,8 @@ on one gateway connection run concurrently: each is answered whenever its
 delivery (and ack) completes, matched by packet session id.
 """
 
+import struct
+
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -36,6 +38,25 @@ class GatewayPushHandler:
         self.push_center.push(message, packet.flags, GatewayReply(connection, packet))
 
 
+#: Header (spec 2.1) + OkMessage's cmd, code and data length (spec 6.6).
+_OK_FRAME = struct.Struct(">ibhbibbbh")
+_OK = int(Command.OK)
+_GATEWAY_PUSH = int(Command.GATEWAY_PUSH)
+
+
+def _no_delay(transport):
+    """
+    Answers go out as they are written, not held back by Nagle until the
+    back-end's delayed ACK (as Netty's TCP_NODELAY in MPush).
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass
+
+
 class GatewayProtocol(Protocol):
     """
     One back-end's connection to the gateway port.
@@ -53,6 +74,7 @@ class GatewayProtocol(Protocol):
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.is_open = True
+        _no_delay(self.transport)
 
     def dataReceived(self, data):
         if not self.is_open:
@@ -77,6 +99,20 @@ class GatewayProtocol(Protocol):
             self.transport.write(encode_packet(packet))
 
     def answer_ok(self, session_id, data):
+        if not self.is_open:
+            return
+        # The frame make_raw_packet(OK, OkMessage(GATEWAY_PUSH, 0, data))
+        # encodes to, in one pack, for the usual short result.
+        if data.__class__ is str:
+            try:
+                raw = data.encode("utf-8")
+                if 0 < len(raw) < 0x7FFF:
+                    self.transport.write(
+                        _OK_FRAME.pack(len(raw) + 4, _OK, 0, 0, session_id, 0, _GATEWAY_PUSH, 0, len(raw)) + raw
+                    )
+                    return
+            except (UnicodeEncodeError, struct.error):
+                pass
         self.write_packet(
             make_raw_packet(Command.OK, OkMessage(Command.GATEWAY_PUSH, 0, data), session_id)
         )

@@ -80,7 +80,8 @@ EXPIRY_GRACE = 1.0
 
 class _TrackedReply:
     """
-    A gateway reply that tells its tracker when the push is answered.
+    A gateway reply that tells its tracker when the push is answered (or,
+    for a silent timeout, ends: C{settle}).
     """
 
     __slots__ = ("_reply", "_tracker", "settled", "_timer")
@@ -107,7 +108,8 @@ class _TrackedReply:
         try:
             self._reply.ok(data)
         finally:
-            self.settle()
+            if not self.settled:
+                self.settle()
 
     def error(self, code, data, reason=None):
         try:
@@ -118,10 +120,11 @@ class _TrackedReply:
     def settle(self, result=None):
         if not self.settled:
             self.settled = True
-            if self._timer is not None and self._timer.active():
-                self._timer.cancel()
-            self._timer = None
-            self._tracker._finished()
+            if self._timer is not None:
+                if self._timer.active():
+                    self._timer.cancel()
+                self._timer = None
+            self._tracker._in_flight -= 1
         return result
 
     def expire_after(self, clock, seconds):
@@ -169,7 +172,11 @@ class PushTracker:
         except BaseException:
             tracked.settle()
             raise
-        if isinstance(result, defer.Deferred):
+        if result.__class__ is str:
+            # Ended (settled by its answer), or PENDING: settled by its
+            # answer or, for a silent timeout, by the push center.
+            pass
+        elif isinstance(result, defer.Deferred):
             # A silent timeout answers no one: the Deferred still fires.
             result.addBoth(tracked.settle)
         elif not tracked.settled:

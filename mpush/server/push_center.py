@@ -11,6 +11,7 @@ delays a push instead of setting the throughput ceiling.
 """
 
 import json
+from json.encoder import encode_basestring
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -47,6 +48,26 @@ _METRIC_NAMES = {
     Outcome.TIMEOUT: "timeout",
 }
 
+_OUTCOME_METRICS = {
+    (outcome, bool(ack)): ("ack_timeout" if outcome == Outcome.TIMEOUT and ack else name)
+    for outcome, name in _METRIC_NAMES.items()
+    for ack in (0, 1)
+}
+
+#: Plain ints of the header flags the push path tests (IntFlag ops are slow).
+_ACK_BITS = int(Flags.ACK_BITS)
+_REPORT_TIMEOUTS = int(Flags.REPORT_TIMEOUTS)
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+#: Time point names that need no JSON escaping.
+_POINT_NAMES = frozenset(
+    ["push-center-begin", "before-send", "waiting-ack", *_METRIC_NAMES]
+)
+
+#: What L{PushCenter.push} returns for a push waiting for its device's ack:
+#: its answer goes to the reply when the ack (or the timeout) comes.
+PENDING = "pending"
+
 _ERROR_CODES = {
     Outcome.FAILURE: ErrorCode.PUSH_CLIENT_FAILURE,
     Outcome.OFFLINE: ErrorCode.OFFLINE,
@@ -66,7 +87,7 @@ class GatewayReply:
     def __init__(self, connection, packet):
         self.connection = connection
         self.session_id = packet.session_id
-        self.report_timeouts = bool(packet.flags & Flags.REPORT_TIMEOUTS)
+        self.report_timeouts = bool(packet.flags & _REPORT_TIMEOUTS)
 
     def ok(self, data):
         self.connection.answer_ok(self.session_id, data)
@@ -87,7 +108,7 @@ class SinglePush:
         self.user_id = message.user_id
         self.client_type = message.client_type
         self.content = message.content or b""
-        self.ack_bits = flags & Flags.ACK_BITS
+        self.ack_bits = flags & _ACK_BITS
         self.deadline = now_ms + timeout
         self.points = [("push-center-begin", now_ms)]
         self.reply = reply
@@ -99,12 +120,70 @@ class SinglePush:
         is, as C{"routes": {clientType: "host:port"}} (mpush's addition:
         MPush's PushSender ignores unknown keys; ours resends there).
         """
-        data = encode_push_result(self.user_id, self.client_type, self.points)
         if not self.routes:
-            return data
+            return push_result_json(self.user_id, self.client_type, self.points)
+        data = encode_push_result(self.user_id, self.client_type, self.points)
         fields = json.loads(data)
         fields["routes"] = self.routes
         return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def push_result_json(user_id, client_type, points):
+    """
+    L{encode_push_result}, byte for byte, built with one format: for the
+    push center's own (name, ms) points, whose names need no escaping.
+    Anything unusual takes L{encode_push_result}.
+    """
+    if (
+        client_type.__class__ is not int
+        or not _INT32_MIN <= client_type <= _INT32_MAX
+        or (user_id is not None and user_id.__class__ is not str)
+    ):
+        return encode_push_result(user_id, client_type, points)
+    for name, ms in points:
+        if name not in _POINT_NAMES or ms.__class__ is not int or not -(2**63) <= ms < 2**63:
+            return encode_push_result(user_id, client_type, points)
+    flat = ",".join([f'"{name}",{ms}' for name, ms in points])
+    head = f'{{"clientType":{client_type},"timePoints":[' if client_type > 0 else '{"timePoints":['
+    if user_id is None:
+        return f"{head}{flat}]}}"
+    return f'{head}{flat}],"userId":{encode_basestring(user_id)}}}'
+
+
+class _AckWait:
+    """
+    A single push's wait for its device's ack, in the ack table without a
+    Deferred: the table calls C{callback} on the ack, C{errback} on time up.
+    """
+
+    __slots__ = ("center", "task", "written_at", "early")
+
+    def __init__(self, center, task):
+        self.center = center
+        self.task = task
+        self.written_at = None
+        self.early = False
+
+    def callback(self, _):
+        if self.written_at is None:
+            # Acked while being written: the writer ends it.
+            self.early = True
+            return
+        center = self.center
+        node = center.node
+        try:
+            node.metrics.ack_latency(node.clock.seconds() - self.written_at)
+            center._finish(self.task, Outcome.SUCCESS)
+        except Exception:
+            # Not the acking device's fault: never an ERROR to it.
+            center.log.failure("answering the push to {user}", user=self.task.user_id)
+
+    def errback(self, _):
+        center = self.center
+        try:
+            center._finish(self.task, Outcome.TIMEOUT)
+        except Exception:
+            center.log.failure("answering the push to {user}", user=self.task.user_id)
 
 
 class PushCenter:
@@ -124,31 +203,75 @@ class PushCenter:
     def push(self, message, flags, reply):
         """
         Start a GATEWAY_PUSH: a broadcast when it names no user (spec 12.2).
+
+        @return: the L{Outcome} of a push that ended at once; L{PENDING} for
+            one waiting for its ack, which answers C{reply} when it ends
+            (C{reply.settle()}, if it has one, on a silent timeout); a
+            Deferred firing the outcome of one that waits otherwise (several
+            connections, a route lookup); C{None} for one parked by flow
+            control.
         """
         if message.user_id is None:
             return self.broadcast(message, reply)
-        task = SinglePush(
-            message, flags, reply, self.node.now_ms(), self.node.config.push.default_timeout
-        )
-        return self._attempt(task)
+        node = self.node
+        now = node.now_ms()
+        task = SinglePush(message, flags, reply, now, node.config.push.default_timeout)
+        return self._attempt(task, now)
 
     # -- single user ---------------------------------------------------------
 
-    def _attempt(self, task):
-        now = self.node.now_ms()
+    def _attempt(self, task, now=None):
+        if now is None:
+            now = self.node.now_ms()
         if now > task.deadline:
-            return self._finish(task, Outcome.TIMEOUT)
+            return self._finish(task, Outcome.TIMEOUT, now)
         connections = self._local_connections(task)
         if not connections:
             return self._route_elsewhere(task)
         decision = self.flow.check()
-        if decision is FlowDecision.WAIT:
-            self.node.clock.callLater(self.flow.delay(), self._attempt, task)
-            return None
-        if decision is FlowDecision.EXCEEDED:
-            return self._finish(task, Outcome.FAILURE)
+        if decision is not FlowDecision.GO:
+            if decision is FlowDecision.WAIT:
+                self.node.clock.callLater(self.flow.delay(), self._attempt, task)
+                return None
+            return self._finish(task, Outcome.FAILURE, now)
+        if len(connections) == 1:
+            connection = connections[0]
+            send_push = getattr(connection, "send_push", None)
+            if send_push is not None:
+                return self._deliver_now(task, connection, send_push, now)
         deliveries = [self._deliver(task, connection) for connection in connections]
         return defer.gatherResults(deliveries).addCallback(self._settle, task)
+
+    def _deliver_now(self, task, connection, send_push, now):
+        """
+        The common case without Deferreds: one connection here that writes
+        at once.  An ack wait is registered before the write and ends the
+        push from the ack table.
+        """
+        if not connection.writable:
+            return self._finish(task, Outcome.FAILURE, now)
+        node = self.node
+        message_id = node.next_packet_id()
+        points = task.points
+        points.append(("before-send", now))
+        ack_bits = task.ack_bits
+        if not ack_bits:
+            if send_push(task.content, message_id, 0):
+                return self._finish(task, Outcome.SUCCESS, now)
+            return self._finish(task, Outcome.FAILURE, now)
+        wait = max(task.deadline - now, 0) or node.config.push.default_timeout
+        acks = node.acks
+        waiting = _AckWait(self, task)
+        acks.expect(message_id, wait / 1000.0, connection, waiting)
+        if not send_push(task.content, message_id, ack_bits):
+            acks.withdraw(message_id)
+            return self._finish(task, Outcome.FAILURE, now)
+        waiting.written_at = node.clock.seconds()
+        points.append(("waiting-ack", now))
+        if waiting.early:
+            node.metrics.ack_latency(0.0)
+            return self._finish(task, Outcome.SUCCESS)
+        return PENDING
 
     def _local_connections(self, task):
         local = self.router_center.local
@@ -239,16 +362,20 @@ class PushCenter:
         task.routes = elsewhere
         return self._finish(task, Outcome.REDIRECT if elsewhere else Outcome.OFFLINE)
 
-    def _finish(self, task, outcome):
-        task.points.append((outcome, self.node.now_ms()))
-        self.node.metrics.push(_METRIC_NAMES[outcome] if outcome != Outcome.TIMEOUT or not task.ack_bits else "ack_timeout")
+    def _finish(self, task, outcome, now=None):
+        task.points.append((outcome, self.node.now_ms() if now is None else now))
+        self.node.metrics.push(_OUTCOME_METRICS[outcome, bool(task.ack_bits)])
+        reply = task.reply
         if outcome == Outcome.SUCCESS:
-            task.reply.ok(task.result())
-        elif outcome == Outcome.TIMEOUT and not task.reply.report_timeouts:
+            reply.ok(task.result())
+        elif outcome == Outcome.TIMEOUT and not reply.report_timeouts:
             # What MPush does, and all its Java PushSender can take: nothing.
             self.log.info("push to {user} timed out", user=task.user_id)
+            settle = getattr(reply, "settle", None)
+            if settle is not None:
+                settle()
         else:
-            task.reply.error(int(_ERROR_CODES[outcome]), task.result())
+            reply.error(int(_ERROR_CODES[outcome]), task.result())
         return outcome
 
     # -- broadcast -----------------------------------------------------------
