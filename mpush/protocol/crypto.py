@@ -114,7 +114,7 @@ class AesCipher:
     per message.
     """
 
-    __slots__ = ("key", "iv", "_cipher", "_enc", "_enc_reset", "_dk_iv", "_dec", "_uses")
+    __slots__ = ("key", "iv", "_enc", "_enc_reset", "_dk_iv", "_dec", "_uses")
 
     #: Messages of one direction done with a fresh context before a
     #: persistent one is made.
@@ -131,9 +131,8 @@ class AesCipher:
             )
         self.key = bytes(key)
         self.iv = bytes(iv)
-        # The Cipher object is stateless: each encryptor()/decryptor() is a
-        # fresh CBC context starting from the IV, which is what MPush wants.
-        self._cipher = Cipher(algorithms.AES(self.key), modes.CBC(self.iv))
+        # Each fresh encryptor()/decryptor() of _cbc() starts from the IV,
+        # which is what MPush wants.
         self._enc = None
         self._enc_reset = None
         self._dk_iv = 0
@@ -141,6 +140,14 @@ class AesCipher:
         # Messages encrypted (low 16 bits) and decrypted (high bits) with
         # fresh contexts.
         self._uses = 0
+
+    def _cbc(self) -> Cipher:
+        """
+        A CBC cipher from the IV.  Not kept: a node holds one AesCipher per
+        connection, and a connection that only handshakes and binds would
+        keep ~250 bytes for nothing; one that is busy keeps its contexts.
+        """
+        return Cipher(algorithms.AES(self.key), modes.CBC(self.iv))
 
     def __repr__(self) -> str:
         return f"<AesCipher {len(self.key) * 8}-bit>"
@@ -154,7 +161,7 @@ class AesCipher:
             uses = self._uses
             if uses & 0xFFFF < self.PERSIST_AFTER:
                 self._uses = uses + 1
-                ctx = self._cipher.encryptor()
+                ctx = self._cbc().encryptor()
                 return ctx.update(padded) + ctx.finalize()
             enc = self._persistent_encryptor()
         out = enc.update(self._enc_reset + padded)
@@ -171,7 +178,7 @@ class AesCipher:
         ecb = Cipher(algorithms.AES(self.key), modes.ECB()).decryptor()
         self._dk_iv = int.from_bytes(ecb.update(self.iv) + ecb.finalize(), "big")
         self._enc_reset = (self._dk_iv ^ int.from_bytes(self.iv, "big")).to_bytes(AES_BLOCK_SIZE, "big")
-        self._enc = self._cipher.encryptor()
+        self._enc = self._cbc().encryptor()
         return self._enc
 
     def decrypt(self, data: bytes) -> bytes:
@@ -183,10 +190,10 @@ class AesCipher:
             uses = self._uses
             if uses >> 16 < self.PERSIST_AFTER:
                 self._uses = uses + 0x10000
-                ctx = self._cipher.decryptor()
+                ctx = self._cbc().decryptor()
                 padded = ctx.update(data) + ctx.finalize()
             else:
-                dec = self._dec = self._cipher.decryptor()
+                dec = self._dec = self._cbc().decryptor()
         if dec is not None:
             padded = dec.update(self.iv + bytes(data))[AES_BLOCK_SIZE:]
         pad = padded[-1]
