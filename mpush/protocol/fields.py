@@ -140,6 +140,13 @@ class FieldReader:
     def read_bytes(self) -> bytes | None:
         """A zero length means null (there is no empty value on the wire)."""
         start = self._pos
+        data = self._data
+        if len(data) - start >= 2:
+            # The usual case inline (every handshake has six of these).
+            n = _SHORT.unpack_from(data, start)[0]
+            if n > 0 and n != EXTENDED_LENGTH and len(data) - start - 2 >= n:
+                self._pos = start + 2 + n
+                return data[start + 2:start + 2 + n]
         n = self.read_short()
         if n == 0:
             return None
