@@ -353,7 +353,7 @@ class ConnectionProtocol(Protocol):
         if not self.is_open:
             return fail(ConnectionClosed(self.peer))
         data = encode_packet(packet)
-        self.transport.write(data)
+        write_now(self.transport, data)
         self.node.metrics.bytes_out(len(data))
         return succeed(None)
 
@@ -395,7 +395,7 @@ class ConnectionProtocol(Protocol):
 
     def write_heartbeat(self):
         if self.is_open:
-            self.transport.write(HEARTBEAT_BYTE)
+            write_now(self.transport, HEARTBEAT_BYTE)
             self.node.metrics.bytes_out(1)
 
     def reply_error(self, request, code, reason, data=None, close=False):
