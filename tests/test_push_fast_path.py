@@ -22,6 +22,7 @@ POINTS = [
     [("push-center-begin", 1700000000000), ("before-send", 1700000000001), (Outcome.SUCCESS, 1700000000002)],
     [("push-center-begin", 0), ("before-send", -1), ("waiting-ack", 2**63 - 1), (Outcome.TIMEOUT, -(2**63))],
     [("push-center-begin", 5), (Outcome.OFFLINE, 5)],
+    [("push-center-begin", -(2**63)), ("before-send", 2**63 - 1), (Outcome.FAILURE, 0)],
     [],
 ]
 
@@ -44,6 +45,9 @@ class PushResultJsonTests(SynchronousTestCase):
             ("a", 1, [("custom \"name\"", 1)]),
             ("a", 1, [("before-send", 2**63)]),
             ("a", 1, [("before-send", True)]),
+            ("a", 1, [("push-center-begin", 1), ("before-send", 2**63), (Outcome.SUCCESS, 1)]),
+            ("a", 1, [("push-center-begin", 1), ("odd name", 2), (Outcome.SUCCESS, 1)]),
+            ("a", 1, [("push-center-begin", 1), ("before-send", 2.0), (Outcome.SUCCESS, 1)]),
             (b"bytes", 1, []),
         ]:
             try:
