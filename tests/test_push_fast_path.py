@@ -206,3 +206,20 @@ class AckTableTimerTests(SynchronousTestCase):
         self.assertEqual(results, [])
         self.clock.advance(1.0)
         self.assertEqual(len(results), 1)
+
+
+class BenchFrameTests(SynchronousTestCase):
+    def test_gateway_push_frame_matches_the_message_encoder(self):
+        from mpush.bench.wire import _gateway_push_frame
+        from mpush.protocol.messages import GatewayPushMessage
+        from mpush.protocol.packet import Command, Packet, encode_packet
+
+        for user in ["user-1", "ü用户", None, "x" * 40000]:
+            for content in [b"a" * 100, b"b" * 4096, b"", b"z" * 40000]:
+                for flags in (0, 4, 8, 64):
+                    for timeout in (3000, 0, -1):
+                        expected = encode_packet(
+                            Packet(Command.GATEWAY_PUSH, 77, flags,
+                                   GatewayPushMessage(user, 1, timeout, content or None).encode())
+                        )
+                        self.assertEqual(_gateway_push_frame(77, flags, user, 1, timeout, content), expected)
