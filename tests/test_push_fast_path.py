@@ -22,6 +22,7 @@ POINTS = [
     [("push-center-begin", 1700000000000), ("before-send", 1700000000001), (Outcome.SUCCESS, 1700000000002)],
     [("push-center-begin", 0), ("before-send", -1), ("waiting-ack", 2**63 - 1), (Outcome.TIMEOUT, -(2**63))],
     [("push-center-begin", 5), (Outcome.OFFLINE, 5)],
+    [("push-center-begin", -(2**63)), ("before-send", 2**63 - 1), (Outcome.FAILURE, 0)],
     [],
 ]
 
@@ -44,6 +45,9 @@ class PushResultJsonTests(SynchronousTestCase):
             ("a", 1, [("custom \"name\"", 1)]),
             ("a", 1, [("before-send", 2**63)]),
             ("a", 1, [("before-send", True)]),
+            ("a", 1, [("push-center-begin", 1), ("before-send", 2**63), (Outcome.SUCCESS, 1)]),
+            ("a", 1, [("push-center-begin", 1), ("odd name", 2), (Outcome.SUCCESS, 1)]),
+            ("a", 1, [("push-center-begin", 1), ("before-send", 2.0), (Outcome.SUCCESS, 1)]),
             (b"bytes", 1, []),
         ]:
             try:
@@ -144,3 +148,78 @@ class BatchedMetricsTests(SynchronousTestCase):
         }
         for (name, labels), value in expected.items():
             self.assertAlmostEqual(get(name, dict(labels)), value, places=6, msg=(name, labels))
+
+
+class AckTableTimerTests(SynchronousTestCase):
+    def setUp(self):
+        from twisted.internet.task import Clock
+
+        from mpush.server.acks import AckTable
+
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000.123)
+        self.table = AckTable(self.clock)
+
+    def test_each_wait_times_out_at_its_own_deadline(self):
+        from mpush.server.acks import AckTimeout
+
+        failed = {}
+        timeouts = {1: 2.5, 2: 0.3, 3: 2.5, 4: 1.0, 5: 0.0001}
+        for message_id, timeout in timeouts.items():
+            self.table.expect(message_id, timeout).addErrback(
+                lambda f, m=message_id: failed.setdefault(m, (f.check(AckTimeout), self.clock.seconds()))
+            )
+        self.assertTrue(self.table.acknowledge(4))
+        start = self.clock.seconds()
+        for step in (0.0001, 0.2999, 0.7, 1.5):
+            self.clock.advance(step)
+        self.assertEqual(sorted(failed), [1, 2, 3, 5])
+        for message_id in (1, 2, 3, 5):
+            self.assertIs(failed[message_id][0], AckTimeout)
+            self.assertAlmostEqual(failed[message_id][1] - start, timeouts[message_id], places=6)
+        self.assertEqual(len(self.table), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_not_a_moment_early(self):
+        fired = []
+        self.table.expect(7, 2.5).addErrback(lambda f: fired.append(self.clock.seconds()))
+        self.clock.advance(2.4999)
+        self.assertEqual(fired, [])
+        self.clock.advance(0.0001)
+        self.assertEqual(len(fired), 1)
+
+    def test_no_timer_left_when_all_are_answered(self):
+        for message_id in range(100):
+            self.table.expect(message_id, 3.0, owner="c")
+        for message_id in range(100):
+            self.assertTrue(self.table.acknowledge(message_id, "c"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.table._deadlines, [])
+
+    def test_cancelled_and_reused_ids(self):
+        waiting = self.table.expect(1, 1.0)
+        waiting.addErrback(lambda f: None)
+        waiting.cancel()
+        results = []
+        self.table.expect(1, 2.0).addErrback(lambda f: results.append(self.clock.seconds()))
+        self.clock.advance(1.0)
+        self.assertEqual(results, [])
+        self.clock.advance(1.0)
+        self.assertEqual(len(results), 1)
+
+
+class BenchFrameTests(SynchronousTestCase):
+    def test_gateway_push_frame_matches_the_message_encoder(self):
+        from mpush.bench.wire import _gateway_push_frame
+        from mpush.protocol.messages import GatewayPushMessage
+        from mpush.protocol.packet import Command, Packet, encode_packet
+
+        for user in ["user-1", "ü用户", None, "x" * 40000]:
+            for content in [b"a" * 100, b"b" * 4096, b"", b"z" * 40000]:
+                for flags in (0, 4, 8, 64):
+                    for timeout in (3000, 0, -1):
+                        expected = encode_packet(
+                            Packet(Command.GATEWAY_PUSH, 77, flags,
+                                   GatewayPushMessage(user, 1, timeout, content or None).encode())
+                        )
+                        self.assertEqual(_gateway_push_frame(77, flags, user, 1, timeout, content), expected)

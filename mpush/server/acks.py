@@ -10,6 +10,9 @@ an ACK from anyone, so any connection could confirm any push by guessing the
 process-wide counter).
 """
 
+import heapq
+import itertools
+
 from twisted.internet.defer import Deferred
 
 
@@ -23,11 +26,19 @@ class AckTable:
     """
     Pending acknowledgements by message id, each with its own deadline on
     the injected clock.
+
+    Deadlines are kept in one heap of (deadline, sequence, message id) with
+    one timer for the earliest, not a timer per wait: an answered wait
+    leaves its heap entry behind, dropped when its deadline comes.
     """
 
     def __init__(self, clock):
         self.clock = clock
         self._waiting = {}
+        self._deadlines = []
+        self._sequence = itertools.count()
+        self._timer = None
+        self._timer_at = None
 
     def __len__(self):
         return len(self._waiting)
@@ -54,8 +65,12 @@ class AckTable:
             waiting = Deferred(lambda _: self._withdraw(message_id))
         else:
             waiting = waiter
-        timer = self.clock.callLater(timeout, self._expired, message_id)
-        self._waiting[message_id] = (waiting, timer, owner)
+        deadline = self.clock.seconds() + timeout
+        sequence = next(self._sequence)
+        heapq.heappush(self._deadlines, (deadline, sequence, message_id))
+        self._waiting[message_id] = (waiting, sequence, owner)
+        if self._timer_at is None or deadline < self._timer_at:
+            self._arm(deadline)
         return waiting
 
     def acknowledge(self, message_id, owner=None):
@@ -68,11 +83,12 @@ class AckTable:
         entry = self._waiting.get(message_id)
         if entry is None:
             return False
-        waiting, timer, expected = entry
+        waiting, _, expected = entry
         if expected is not None and expected is not owner:
             return False
         del self._waiting[message_id]
-        timer.cancel()
+        if not self._waiting:
+            self._idle()
         waiting.callback(None)
         return True
 
@@ -83,11 +99,37 @@ class AckTable:
         self._withdraw(message_id)
 
     def _withdraw(self, message_id):
-        entry = self._waiting.pop(message_id, None)
-        if entry is not None and entry[1].active():
-            entry[1].cancel()
+        if self._waiting.pop(message_id, None) is not None and not self._waiting:
+            self._idle()
 
-    def _expired(self, message_id):
-        entry = self._waiting.pop(message_id, None)
-        if entry is not None:
-            entry[0].errback(AckTimeout(f"message {message_id} not acknowledged"))
+    def _idle(self):
+        """
+        Nothing is waited for: drop the leftover deadlines and the timer.
+        """
+        self._deadlines.clear()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = self._timer_at = None
+
+    def _arm(self, deadline):
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.clock.callLater(max(deadline - self.clock.seconds(), 0.0), self._expire_due)
+
+    def _expire_due(self):
+        """
+        Fail the waits whose deadline has come (the one this timer was set
+        for, and any before now), then wait for the next.
+        """
+        due = max(self.clock.seconds(), self._timer_at)
+        self._timer = self._timer_at = None
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= due:
+            _, sequence, message_id = heapq.heappop(deadlines)
+            entry = self._waiting.get(message_id)
+            if entry is not None and entry[1] == sequence:
+                del self._waiting[message_id]
+                entry[0].errback(AckTimeout(f"message {message_id} not acknowledged"))
+        if deadlines and (self._timer_at is None or deadlines[0][0] < self._timer_at):
+            self._arm(deadlines[0][0])

@@ -20,6 +20,7 @@ from mpush.protocol.messages import ErrorMessage, GatewayPushMessage, OkMessage
 from mpush.protocol.packet import Command, PacketDecoder, encode_packet
 from mpush.server.dispatcher import IMessageHandler, MessageDispatcher
 from mpush.server.push_center import GatewayReply
+from mpush.server.write_now import write_now
 
 
 @implementer(IMessageHandler)
@@ -69,6 +70,7 @@ class GatewayProtocol(Protocol):
         self.decoder = PacketDecoder(max_packet_size)
         self.peer = None
         self.is_open = False
+        self._answers = None
 
     def connectionMade(self):
         address = self.transport.getPeer()
@@ -86,17 +88,32 @@ class GatewayProtocol(Protocol):
             self.is_open = False
             self.transport.abortConnection()
             return
-        for packet in packets:
-            if not self.is_open:
-                return
-            self.dispatcher.dispatch(self, packet)
+        # Answers made while this chunk is handled go out in one write at
+        # its end, straight to the socket when nothing is queued.
+        self._answers = []
+        try:
+            for packet in packets:
+                if not self.is_open:
+                    break
+                self.dispatcher.dispatch(self, packet)
+        finally:
+            answers, self._answers = self._answers, None
+            if answers and self.is_open:
+                write_now(self.transport, b"".join(answers))
+
+    def _write(self, data):
+        answers = self._answers
+        if answers is not None:
+            answers.append(data)
+        else:
+            self.transport.write(data)
 
     def connectionLost(self, reason):
         self.is_open = False
 
     def write_packet(self, packet):
         if self.is_open:
-            self.transport.write(encode_packet(packet))
+            self._write(encode_packet(packet))
 
     def answer_ok(self, session_id, data):
         if not self.is_open:
@@ -107,7 +124,7 @@ class GatewayProtocol(Protocol):
             try:
                 raw = data.encode("utf-8")
                 if 0 < len(raw) < 0x7FFF:
-                    self.transport.write(
+                    self._write(
                         _OK_FRAME.pack(len(raw) + 4, _OK, 0, 0, session_id, 0, _GATEWAY_PUSH, 0, len(raw)) + raw
                     )
                     return
@@ -132,8 +149,15 @@ class GatewayProtocol(Protocol):
             make_raw_packet(Command.ERROR, ErrorMessage(request.cmd, code, reason, data), request.session_id)
         )
         if close and self.is_open:
+            self._flush_answers()
             self.is_open = False
             self.transport.loseConnection()
+
+    def _flush_answers(self):
+        answers = self._answers
+        if answers:
+            self._answers = []
+            self.transport.write(b"".join(answers))
 
 
 class GatewayFactory(ServerFactory):
