@@ -41,7 +41,7 @@ from mpush.server.context import ConnectionState, SessionContext
 from mpush.server.deadlines import IDeadlineOwner
 from mpush.server.errors import ConnectionClosed
 from mpush.server.in_order import InOrderQueue
-from mpush.server.write_now import write_now
+from mpush.server.write_now import no_delay, write_now
 
 #: The default of C{[limits] max-pending-packets}: packets one connection may
 #: have waiting behind a handler that is still busy (on Redis, say).  The
@@ -169,7 +169,7 @@ class ConnectionProtocol(Protocol):
         self.node.metrics.connection_opened()
         self.transport.bufferSize = self.node.config.net.connect_server_write_high
         self.transport.registerProducer(self, True)
-        _no_delay(self.transport)
+        no_delay(self.transport)
         now = self.node.clock.seconds()
         timeout = self.node.config.limits.pre_handshake_timeout
         if timeout:
@@ -491,17 +491,6 @@ class ConnectionProtocol(Protocol):
         self._idle_due = now + self.context.heartbeat / 1000.0
 
 
-def _no_delay(transport):
-    """
-    TCP_NODELAY, as MPush's Netty server has it: a PUSH goes out when it is
-    written, not after the device's delayed ACK of the one before.
-    """
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        try:
-            set_no_delay(True)
-        except OSError:
-            pass
 
 
 class RefusedConnection(Protocol):

@@ -20,7 +20,7 @@ from mpush.protocol.messages import ErrorMessage, GatewayPushMessage, OkMessage
 from mpush.protocol.packet import Command, PacketDecoder, encode_packet
 from mpush.server.dispatcher import IMessageHandler, MessageDispatcher
 from mpush.server.push_center import GatewayReply
-from mpush.server.write_now import write_now
+from mpush.server.write_now import no_delay, write_now
 
 
 @implementer(IMessageHandler)
@@ -45,17 +45,6 @@ _OK = int(Command.OK)
 _GATEWAY_PUSH = int(Command.GATEWAY_PUSH)
 
 
-def _no_delay(transport):
-    """
-    Answers go out as they are written, not held back by Nagle until the
-    back-end's delayed ACK (as Netty's TCP_NODELAY in MPush).
-    """
-    set_no_delay = getattr(transport, "setTcpNoDelay", None)
-    if set_no_delay is not None:
-        try:
-            set_no_delay(True)
-        except OSError:
-            pass
 
 
 class GatewayProtocol(Protocol):
@@ -76,7 +65,7 @@ class GatewayProtocol(Protocol):
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.is_open = True
-        _no_delay(self.transport)
+        no_delay(self.transport)
 
     def dataReceived(self, data):
         if not self.is_open:

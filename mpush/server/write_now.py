@@ -12,7 +12,7 @@ buffering, producer and error handling.
 
 from twisted.internet import tcp
 
-__all__ = ["write_now"]
+__all__ = ["no_delay", "write_now"]
 
 _SERVER = tcp.Server
 
@@ -41,3 +41,16 @@ def write_now(transport, data):
         sent = 0
     if sent < len(data):
         transport.write(data[sent:])
+
+
+def no_delay(transport):
+    """
+    TCP_NODELAY, as MPush's Netty servers have it: what is written goes out
+    at once, not held back by Nagle until the peer's delayed ACK.
+    """
+    set_no_delay = getattr(transport, "setTcpNoDelay", None)
+    if set_no_delay is not None:
+        try:
+            set_no_delay(True)
+        except OSError:
+            pass
