@@ -491,8 +491,6 @@ class ConnectionProtocol(Protocol):
         self._idle_due = now + self.context.heartbeat / 1000.0
 
 
-
-
 class RefusedConnection(Protocol):
     """
     What a refused client gets: the connection aborted as soon as it is

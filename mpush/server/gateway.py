@@ -45,8 +45,6 @@ _OK = int(Command.OK)
 _GATEWAY_PUSH = int(Command.GATEWAY_PUSH)
 
 
-
-
 class GatewayProtocol(Protocol):
     """
     One back-end's connection to the gateway port.
