@@ -147,6 +147,11 @@ class Options(usage.Options):
         return args
 
 
+#: Seconds a node's Redis connection may leave a command unanswered before
+#: it is aborted and made again.
+NODE_REDIS_REPLY_TIMEOUT = 15.0
+
+
 def registry_timing(config):
     cluster = config.cluster
     return {"ttl": cluster.node_ttl / 1000.0, "refresh": cluster.node_refresh / 1000.0}
@@ -192,7 +197,14 @@ class Backends:
             from mpush.store.redis import RedisSessionStore
             from mpush.store.redis_connection import connect_redis
 
-            self.redis = connect_redis(url, clock)
+            # Callers are answered within BoundedRedis's own deadline (2 s)
+            # whatever happens; the connection itself is declared hung only
+            # after NODE_REDIS_REPLY_TIMEOUT.  txredisapi times each command
+            # from when it was sent, so under a reconnect storm a reply
+            # already waiting in the socket behind a busy reactor looked
+            # "hung" at 5 s, and dropping the connection failed every call
+            # in flight at once.
+            self.redis = connect_redis(url, clock, reply_timeout=NODE_REDIS_REPLY_TIMEOUT)
             self.offline = RedisOfflineStore(
                 self.redis, clock, max_count=config.offline.max_count, max_bytes=config.offline.max_bytes
             )
