@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from mpush.config import ConfigError, apply_overrides, check_workers, load_config, worker_config
+from mpush.gc_tuning import tune_gc
 from mpush.keys import load_key_material
 from mpush.netinfo import local_ip, public_ip
 from mpush.protocol.routing import NodeInfo
@@ -269,6 +270,7 @@ class NodeService(service.MultiService):
         self.worker = None
 
     def startService(self):
+        tune_gc()
         if self.log_gate is not None:
             level = read_log_level(self.node.config.source)
             if level is not None:
