@@ -19,6 +19,8 @@ import ipaddress
 
 from twisted.logger import Logger
 
+from mpush.log_throttle import LogThrottle
+
 __all__ = [
     "LOG_INTERVAL",
     "MAX_CONNECTIONS",
@@ -199,8 +201,7 @@ class NodeLimits:
         self._connections = 0
         self._per_source = {}
         self._rsa = self._bucket(config, None)
-        self._last_logged = {}
-        self._unlogged = {}
+        self._throttle = LogThrottle(clock, log_interval)
 
     def _bucket(self, config, current):
         rate = config.handshake_rate
@@ -284,13 +285,9 @@ class NodeLimits:
         same reason was logged less than C{log_interval} ago.
         """
         metrics.refused(reason)
-        now = self.clock.seconds()
-        last = self._last_logged.get(reason)
-        if last is not None and 0 <= now - last < self.log_interval:
-            self._unlogged[reason] = self._unlogged.get(reason, 0) + 1
+        unlogged = self._throttle.admit(reason)
+        if unlogged is None:
             return
-        self._last_logged[reason] = now
-        unlogged = self._unlogged.pop(reason, 0)
         if unlogged:
             self.log.warn(
                 "refused {peer} ({reason}): {detail}; {unlogged} more {reason} "

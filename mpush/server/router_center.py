@@ -12,6 +12,7 @@ reaches the connection it names (spec 21.2).
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mpush.log_throttle import LogThrottle
 from mpush.protocol.messages import KickUserMessage, OkMessage
 from mpush.protocol.packet import Command
 from mpush.protocol.routing import ClientLocation, KickRequest
@@ -46,6 +47,9 @@ class RouterCenter:
         self.kicks = kicks
         self.validator = validator
         self.gateway = gateway
+        # A Redis outage or overload fails these side effects for every
+        # device at once: one line a second per kind, with a count.
+        self._warnings = LogThrottle(node.clock)
 
     # -- BIND / UNBIND -----------------------------------------------------
 
@@ -220,7 +224,18 @@ class RouterCenter:
         """
 
         def log_failure(failure):
-            self.log.warn(message + ": {why}", why=failure.getErrorMessage(), **fields)
+            held = self._warnings.admit(message)
+            if held is None:
+                return
+            if held:
+                self.log.warn(
+                    message + ": {why} ({held} more like it since the last such line)",
+                    why=failure.getErrorMessage(),
+                    held=held,
+                    **fields,
+                )
+            else:
+                self.log.warn(message + ": {why}", why=failure.getErrorMessage(), **fields)
 
         if isinstance(result, defer.Deferred):
             return result.addErrback(log_failure)
