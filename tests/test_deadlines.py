@@ -87,7 +87,7 @@ class DeadlinesTests(SynchronousTestCase):
         self.deadlines.schedule("a", owner, 0.3)
         self.clock.advance(0.3 - 1e-9)
         self.assertEqual(self.log, [])
-        self.deadlines._fire()  # as a reactor would, a hair early
+        self.deadlines._heap._fire()  # as a reactor would, a hair early
         self.assertEqual(self.log, [("a", 0.3)])
         self.assertIsNone(owner.wake_at)
 

@@ -194,7 +194,7 @@ class AckTableTimerTests(SynchronousTestCase):
         for message_id in range(100):
             self.assertTrue(self.table.acknowledge(message_id, "c"))
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(self.table._deadlines, [])
+        self.assertEqual(len(self.table._deadlines), 0)
 
     def test_cancelled_and_reused_ids(self):
         waiting = self.table.expect(1, 1.0)

@@ -10,10 +10,9 @@ an ACK from anyone, so any connection could confirm any push by guessing the
 process-wide counter).
 """
 
-import heapq
-import itertools
-
 from twisted.internet.defer import Deferred
+
+from mpush.server.deadlines import DeadlineHeap
 
 
 class AckTimeout(Exception):
@@ -27,18 +26,15 @@ class AckTable:
     Pending acknowledgements by message id, each with its own deadline on
     the injected clock.
 
-    Deadlines are kept in one heap of (deadline, sequence, message id) with
-    one timer for the earliest, not a timer per wait: an answered wait
-    leaves its heap entry behind, dropped when its deadline comes.
+    Deadlines are kept on one L{DeadlineHeap}, not a timer per wait: an
+    answered wait leaves its heap entry behind, ignored when its deadline
+    comes.
     """
 
     def __init__(self, clock):
         self.clock = clock
         self._waiting = {}
-        self._deadlines = []
-        self._sequence = itertools.count()
-        self._timer = None
-        self._timer_at = None
+        self._deadlines = DeadlineHeap(clock, self._expired)
 
     def __len__(self):
         return len(self._waiting)
@@ -65,12 +61,8 @@ class AckTable:
             waiting = Deferred(lambda _: self._withdraw(message_id))
         else:
             waiting = waiter
-        deadline = self.clock.seconds() + timeout
-        sequence = next(self._sequence)
-        heapq.heappush(self._deadlines, (deadline, sequence, message_id))
-        self._waiting[message_id] = (waiting, sequence, owner)
-        if self._timer_at is None or deadline < self._timer_at:
-            self._arm(deadline)
+        stamp = self._deadlines.push(self.clock.seconds() + timeout, message_id)
+        self._waiting[message_id] = (waiting, stamp, owner)
         return waiting
 
     def acknowledge(self, message_id, owner=None):
@@ -86,9 +78,7 @@ class AckTable:
         waiting, _, expected = entry
         if expected is not None and expected is not owner:
             return False
-        del self._waiting[message_id]
-        if not self._waiting:
-            self._idle()
+        self._withdraw(message_id)
         waiting.callback(None)
         return True
 
@@ -100,36 +90,11 @@ class AckTable:
 
     def _withdraw(self, message_id):
         if self._waiting.pop(message_id, None) is not None and not self._waiting:
-            self._idle()
+            # Nothing is waited for: drop the leftover deadlines and the timer.
+            self._deadlines.clear()
 
-    def _idle(self):
-        """
-        Nothing is waited for: drop the leftover deadlines and the timer.
-        """
-        self._deadlines.clear()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = self._timer_at = None
-
-    def _arm(self, deadline):
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer_at = deadline
-        self._timer = self.clock.callLater(max(deadline - self.clock.seconds(), 0.0), self._expire_due)
-
-    def _expire_due(self):
-        """
-        Fail the waits whose deadline has come (the one this timer was set
-        for, and any before now), then wait for the next.
-        """
-        due = max(self.clock.seconds(), self._timer_at)
-        self._timer = self._timer_at = None
-        deadlines = self._deadlines
-        while deadlines and deadlines[0][0] <= due:
-            _, sequence, message_id = heapq.heappop(deadlines)
-            entry = self._waiting.get(message_id)
-            if entry is not None and entry[1] == sequence:
-                del self._waiting[message_id]
-                entry[0].errback(AckTimeout(f"message {message_id} not acknowledged"))
-        if deadlines and (self._timer_at is None or deadlines[0][0] < self._timer_at):
-            self._arm(deadlines[0][0])
+    def _expired(self, message_id, when, stamp, now):
+        entry = self._waiting.get(message_id)
+        if entry is not None and entry[1] == stamp:
+            del self._waiting[message_id]
+            entry[0].errback(AckTimeout(f"message {message_id} not acknowledged"))

@@ -1,19 +1,17 @@
 """
-The deadlines of many connections on one reactor timer.
+Many deadlines on one reactor timer.
 
-Every connection has a next moment it must look at itself: its idle check,
-its pre-handshake deadline, the grace of a slow reader.  One
-C{clock.callLater} each costs about a kilobyte per connection (a
-L{DelayedCall} with its dict, arguments and the reactor's heap entry); a node
-that holds tens of thousands of idle devices keeps them all in one heap of
-C{(when, sequence, connection id)} entries instead, with a single
-L{DelayedCall} for the earliest.
+A node has a deadline per connection (its idle check, its pre-handshake
+deadline, the grace of a slow reader) and one per push waiting for its ack.
+One C{clock.callLater} each costs about a kilobyte (a L{DelayedCall} with its
+dict, arguments and the reactor's heap entry) and a heap operation in the
+reactor; L{DeadlineHeap} keeps C{(when, stamp, key)} entries in one heap with
+a single L{DelayedCall} for the earliest.
 
-Entries are never cancelled: a connection remembers the one entry it waits
-for (L{IDeadlineOwner.wake_at}) and ignores the others, and entries name the
-connection by id so that a closed connection is not kept alive by them.
-When no connection is left the heap is dropped and the timer cancelled, so
-an empty node has no timer pending.
+Entries are never cancelled: whoever scheduled one remembers what it still
+waits for and ignores the entries it no longer wants when they come.
+Entries name what they are for by key (a connection id, a message id), so a
+closed connection or an answered push is not kept alive by them.
 """
 
 import heapq
@@ -22,67 +20,45 @@ import itertools
 from zope.interface import Attribute, Interface
 
 
-class IDeadlineOwner(Interface):
+class DeadlineHeap:
     """
-    What L{Deadlines} calls back.
-    """
-
-    wake_at = Attribute("The time of the entry this owner waits for, or None.")
-
-    def deadline_reached(now):
-        """
-        C{wake_at} has come (it is set to C{None} first): act on what is due
-        and schedule the next deadline, if any.
-        """
-
-
-class Deadlines:
-    """
-    A heap of (time, sequence, owner id) with one timer for its head.
+    A heap of C{(when, stamp, key)} with one timer for its head.
 
     @param clock: an C{IReactorTime}.
-    @param owners: a mapping from owner id to live owner (a node's
-        connections): an id it no longer holds is a closed connection.
+    @param expire: C{expire(key, when, stamp, now)}, called for each entry
+        whose time has come, in time order; it may push new entries.
     """
 
-    __slots__ = ("_clock", "_owners", "_heap", "_call", "_call_time", "_sequence")
+    __slots__ = ("_clock", "_expire", "_heap", "_call", "_call_time", "_stamps")
 
-    def __init__(self, clock, owners):
+    def __init__(self, clock, expire):
         self._clock = clock
-        self._owners = owners
+        self._expire = expire
         self._heap = []
         self._call = None
         self._call_time = None
-        self._sequence = itertools.count()
+        self._stamps = itertools.count()
 
     def __len__(self):
         """Entries held, stale ones included."""
         return len(self._heap)
 
-    def schedule(self, owner_id, owner, when):
+    def push(self, when, key):
         """
-        Wake C{owner} at C{when} (clock seconds) unless it already waits for
-        an earlier moment.
+        Expire C{key} at C{when} (clock seconds).
+
+        @return: the entry's stamp, unique among entries, to tell this entry
+            from other ones of the same key.
         """
-        current = owner.wake_at
-        if current is not None and current <= when:
-            return
-        owner.wake_at = when
-        heapq.heappush(self._heap, (when, next(self._sequence), owner_id))
+        stamp = next(self._stamps)
+        heapq.heappush(self._heap, (when, stamp, key))
         if self._call_time is None or when < self._call_time:
             self._arm(when)
+        return stamp
 
-    def owner_gone(self):
+    def clear(self):
         """
-        An owner closed: when none is left, drop every entry and the timer.
-        """
-        if not self._owners:
-            self._heap = []
-            self._disarm()
-
-    def stop(self):
-        """
-        Forget every entry and cancel the timer (the node is stopping).
+        Forget every entry and cancel the timer.
         """
         self._heap = []
         self._disarm()
@@ -107,15 +83,76 @@ class Deadlines:
         self._call = None
         self._call_time = None
         heap = self._heap
-        owners = self._owners
         while heap and heap[0][0] <= now:
-            when, _, owner_id = heapq.heappop(heap)
-            owner = owners.get(owner_id)
-            if owner is None or owner.wake_at != when:
-                continue  # closed, or superseded by an earlier entry
-            owner.wake_at = None
-            owner.deadline_reached(now)
+            when, stamp, key = heapq.heappop(heap)
+            self._expire(key, when, stamp, now)
         if not heap:
             self._disarm()
         elif self._call_time != heap[0][0]:
             self._arm(heap[0][0])
+
+
+class IDeadlineOwner(Interface):
+    """
+    What L{Deadlines} calls back.
+    """
+
+    wake_at = Attribute("The time of the entry this owner waits for, or None.")
+
+    def deadline_reached(now):
+        """
+        C{wake_at} has come (it is set to C{None} first): act on what is due
+        and schedule the next deadline, if any.
+        """
+
+
+class Deadlines:
+    """
+    The next deadline of each client connection of a node, on one
+    L{DeadlineHeap}.
+
+    @param clock: an C{IReactorTime}.
+    @param owners: a mapping from owner id to live owner (a node's
+        connections): an id it no longer holds is a closed connection.
+    """
+
+    __slots__ = ("_owners", "_heap")
+
+    def __init__(self, clock, owners):
+        self._owners = owners
+        self._heap = DeadlineHeap(clock, self._reached)
+
+    def __len__(self):
+        """Entries held, stale ones included."""
+        return len(self._heap)
+
+    def schedule(self, owner_id, owner, when):
+        """
+        Wake C{owner} at C{when} (clock seconds) unless it already waits for
+        an earlier moment.
+        """
+        current = owner.wake_at
+        if current is not None and current <= when:
+            return
+        owner.wake_at = when
+        self._heap.push(when, owner_id)
+
+    def owner_gone(self):
+        """
+        An owner closed: when none is left, drop every entry and the timer.
+        """
+        if not self._owners:
+            self._heap.clear()
+
+    def stop(self):
+        """
+        Forget every entry and cancel the timer (the node is stopping).
+        """
+        self._heap.clear()
+
+    def _reached(self, owner_id, when, stamp, now):
+        owner = self._owners.get(owner_id)
+        if owner is None or owner.wake_at != when:
+            return  # closed, or superseded by an earlier entry
+        owner.wake_at = None
+        owner.deadline_reached(now)
