@@ -542,7 +542,8 @@ class DeviceProtocol(asyncio.Protocol):
 class _PusherBase:
     """
     What the push scenario needs of any pusher: fire-and-count requests,
-    C{in_flight} for the window, C{wait_slot} to block on it, own timers
+    C{in_flight} for the window, C{wait_slot} to block on it (a subclass
+    sets C{_slot} and C{lost}, and calls C{_wake} when a reply frees room), own timers
     (C{expire}) because MPush sends nothing on a push timeout (spec 12.6),
     and counters of the outcomes.
     """
@@ -556,6 +557,28 @@ class _PusherBase:
 
     def _error(self, key: str) -> None:
         self.errors[key] = self.errors.get(key, 0) + 1
+
+    def _wake(self) -> None:
+        slot = self._slot
+        if slot is not None and not slot.done():
+            slot.set_result(None)
+
+    async def wait_slot(self, until: float) -> None:
+        """
+        Wait until a reply frees the window (or the connection dies, or
+        C{until}); raise L{ConnectionLost} once C{lost} says why.
+        """
+        if self.lost:
+            raise ConnectionLost(self.lost)
+        self._slot = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(self._slot, max(until - time.monotonic(), 0.001))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._slot = None
+        if self.lost:
+            raise ConnectionLost(self.lost)
 
 
 class GatewayPusher(asyncio.Protocol, _PusherBase):
@@ -637,25 +660,6 @@ class GatewayPusher(asyncio.Protocol, _PusherBase):
                 else:
                     waiter.set_result(answer)
         self._wake()
-
-    def _wake(self) -> None:
-        slot = self._slot
-        if slot is not None and not slot.done():
-            slot.set_result(None)
-
-    async def wait_slot(self, until: float) -> None:
-        """Wait until a reply frees the window (or the connection dies, or C{until})."""
-        if self.lost:
-            raise ConnectionLost(self.lost)
-        self._slot = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(self._slot, max(until - time.monotonic(), 0.001))
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            self._slot = None
-        if self.lost:
-            raise ConnectionLost(self.lost)
 
     def push(self, user_id: str | None, content: bytes, flags: int, timeout_ms: int,
              client_type: int = 1) -> int:
@@ -890,24 +894,6 @@ class HttpPusher(_PusherBase):
         if not connection.dead:
             self._idle.append(connection)
         self._wake()
-
-    def _wake(self) -> None:
-        slot = self._slot
-        if slot is not None and not slot.done():
-            slot.set_result(None)
-
-    async def wait_slot(self, until: float) -> None:
-        if self.lost:
-            raise ConnectionLost(self.lost)
-        self._slot = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(self._slot, max(until - time.monotonic(), 0.001))
-        except asyncio.TimeoutError:
-            pass
-        finally:
-            self._slot = None
-        if self.lost:
-            raise ConnectionLost(self.lost)
 
     def push(self, user_id: str | None, content: bytes, flags: int, timeout_ms: int,
              client_type: int = 1) -> int:
