@@ -189,7 +189,6 @@ class NodeLimits:
     The limits of one node, from its C{[limits]} config.
 
     @ivar config: the L{mpush.config.LimitsConfig}.
-    @ivar log_interval: seconds between two log lines of one reason.
     """
 
     log = Logger()
@@ -197,11 +196,17 @@ class NodeLimits:
     def __init__(self, config, clock, log_interval=LOG_INTERVAL):
         self.config = config
         self.clock = clock
-        self.log_interval = log_interval
         self._connections = 0
         self._per_source = {}
         self._rsa = self._bucket(config, None)
         self._throttle = LogThrottle(clock, log_interval)
+
+    @property
+    def log_interval(self):
+        """
+        Seconds between two log lines of one reason.
+        """
+        return self._throttle.interval
 
     def _bucket(self, config, current):
         rate = config.handshake_rate
