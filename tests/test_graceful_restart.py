@@ -558,6 +558,25 @@ class LogLevelTests(SynchronousTestCase):
         publisher({"log_level": LogLevel.debug, "n": 6})
         self.assertEqual(seen[-1]["n"], 6)
 
+    def test_hot_paths_learn_whether_debug_lines_are_wanted(self):
+        """
+        Handshakes and fast connects build their debug line only when the
+        gate would keep it (mpush.debug_log); without a gate, always.
+        """
+        from mpush import debug_log
+
+        self.addCleanup(debug_log.set_wanted, debug_log.wanted())
+        gate = LogLevelGate(LogLevel.info)
+        self.assertTrue(debug_log.wanted())
+        gate.install(LogPublisher())
+        self.assertFalse(debug_log.wanted())
+        gate.set_level(LogLevel.debug)
+        self.assertTrue(debug_log.wanted())
+        gate.set_level(LogLevel.warn)
+        self.assertFalse(debug_log.wanted())
+        gate.uninstall()
+        self.assertTrue(debug_log.wanted())
+
     def test_gate_refuses_what_it_cannot_filter(self):
         gate = LogLevelGate()
         self.assertRaises(LogLevelError, gate.install, object())

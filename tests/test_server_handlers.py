@@ -87,6 +87,18 @@ class HandshakeTests(SynchronousTestCase):
         self.protocol.resumeProducing()
         self.assertEqual(vars(self.protocol), {})
 
+    def test_idle_connection_holds_no_packet_queue(self):
+        """
+        The in-order queue exists while packets wait and is dropped once
+        they are handled: an idle connection keeps none.
+        """
+        self.assertIsNone(self.protocol._pending)
+        self.handshake()
+        self.assertIsNone(self.protocol._pending)
+        self.protocol.dataReceived(HEARTBEAT_BYTE)
+        self.assertIsNone(self.protocol._pending)
+        self.assertEqual(self.protocol.pending_bytes, 0)
+
     def test_handshake_ok(self):
         """
         HandshakeOk echoes the request id, is AES(clientKey, iv) encrypted
