@@ -195,7 +195,7 @@ class Backends:
                 RedisRemoteRouter,
                 RedisUserEvents,
             )
-            from mpush.store.redis import RedisSessionStore
+            from mpush.store.redis import LOAD_PATIENCE as SESSION_LOAD_PATIENCE, RedisSessionStore
             from mpush.store.redis_connection import connect_redis
 
             # Callers are answered within BoundedRedis's own deadline (2 s)
@@ -210,7 +210,9 @@ class Backends:
                 self.redis, clock, max_count=config.offline.max_count, max_bytes=config.offline.max_bytes
             )
             self.broadcasts = RedisBroadcastControl(self.redis, clock)
-            self.sessions = RedisSessionStore(self.redis, clock, close_connection=False)
+            self.sessions = RedisSessionStore(
+                self.redis, clock, close_connection=False, load_patience=SESSION_LOAD_PATIENCE
+            )
             self.remote = RedisRemoteRouter(self.redis, clock)
             self.events = RedisUserEvents(self.redis, public_ip(config.net), clock)
             self.kicks = RedisKickChannel(url, clock, publisher=self.redis)
@@ -329,6 +331,9 @@ class NodeService(service.MultiService):
         if self.node.http_proxy is not None:
             yield self.node.http_proxy.close()
         backends = self.backends
+        # Closes still waiting for their shared side: do it before the
+        # routes of the whole node are marked offline.
+        self.node.router_center.flush_closes()
         for step, why in (
             (lambda: backends.registry.unregister(), "node not unregistered"),
             (lambda: backends.remote.mark_node_offline(self.info.host, self.info.port), "routes not marked offline"),
@@ -343,6 +348,12 @@ class NodeService(service.MultiService):
     def _quietly(self, result, why):
         if isinstance(result, defer.Deferred):
             result.addErrback(lambda failure: log.warn(why + ": {why}", why=failure.getErrorMessage()))
+
+
+#: Seconds the Redis side of a client's close waits, so that the devices of
+#: a reconnect storm that bind again here meanwhile cost it nothing
+#: (L{RouterCenter.connection_closed}).
+ROUTE_CLOSE_DELAY = 2.0
 
 
 def make_dispatcher(node):
@@ -378,6 +389,7 @@ def build_node(config, clock, backends=None):
     node.router_center = RouterCenter(
         node, LocalRouter(), backends.remote, backends.events, backends.kicks, validator, gateway,
         offline=delivery,
+        close_delay=ROUTE_CLOSE_DELAY if backends.redis is not None else 0.0,
     )
     node.push_center = PushCenter(node, node.router_center, backends.broadcasts)
     if config.proxy.enabled:

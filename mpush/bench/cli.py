@@ -20,7 +20,7 @@ import secrets
 import sys
 from dataclasses import dataclass, replace
 
-from mpush.bench import stats
+from mpush.bench import redis_info, stats
 from mpush.bench.scenarios import ALL_ORDER, DEFAULT_COUNTS, SCENARIOS, Settings, Target, run_scenario
 from mpush.bench.stats import Column, format_table
 from mpush.bench.wire import (
@@ -163,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     private.add_argument("--private-key", help="floors: the RSA private key, base64 PKCS#8 (default: demo or a new one)")
     private.add_argument("--private-key-file", help="floors: file holding that key")
     where.add_argument("--server-pid", type=_positive_int, default=None,
-                       help="the server's pid: RSS and CPU from /proc (idle; CPU%% elsewhere)")
+                       help="the server's pid: RSS and CPU from /proc, its workers included "
+                            "(idle and storm; CPU%% elsewhere)")
+    where.add_argument("--redis-port", type=_positive_int, default=None,
+                       help="storm: the Redis the server uses, on --host: its commands per device "
+                            "from INFO commandstats")
     load = parser.add_argument_group("load")
     load.add_argument("--workers", type=_positive_int, default=os.cpu_count() or 1,
                       help="load processes (default: CPU count, %(default)s here)")
@@ -241,6 +245,11 @@ def parse_config(argv: list[str] | None, environ=os.environ) -> Config:
             stats.check_process(args.server_pid)
         except stats.ProcessGone as exc:
             raise UsageError(f"--server-pid: {exc}") from None
+    if args.redis_port is not None:
+        try:
+            redis_info.command_calls(host, args.redis_port)
+        except redis_info.RedisInfoError as exc:
+            raise UsageError(f"--redis-port: {exc}") from None
 
     token = args.http_token if args.http_token is not None else environ.get("MPUSH_API_TOKEN")
     target = Target(
@@ -267,6 +276,7 @@ def parse_config(argv: list[str] | None, environ=os.environ) -> Config:
         sweep=args.sweep,
         push_timeout_ms=args.push_timeout_ms,
         server_pid=args.server_pid,
+        redis_port=args.redis_port,
         private_key=private_key,
         demo_key=args.demo_key,
         pusher="http" if args.http_port else "gateway",
@@ -364,6 +374,8 @@ def _flat(row: dict) -> dict:
     latency = row.get("latency_ms") or {}
     flat["p50"] = latency.get("p50")
     flat["p99"] = latency.get("p99")
+    for key, value in (row.get("redis_per_device") or {}).items():
+        flat[f"redis_per_device.{key}"] = value
     return flat
 
 
@@ -381,8 +393,15 @@ def table_for(result: dict) -> str:
     if name == "storm":
         columns = [Column("devices"), Column("bound_again", "bound again"), Column("failed"),
                    Column("all_bound_s", "all bound s", 3), Column("per_s", "per s"), *_LATENCY,
-                   Column("fallback_handshakes", "fallbacks")]
-        return format_table(title, columns, [_flat(result)])
+                   Column("fallback_handshakes", "fallbacks"),
+                   Column("server_cpu_us_per_device", "server µs/device"),
+                   Column("redis_per_device.all", "redis cmds/device", 2),
+                   Column("redis_per_device.scripts", "scripts/device", 3)]
+        table = format_table(title, columns, [_flat(result)])
+        rss = result.get("rss_kib")
+        if rss:
+            table += "\n  server RSS MiB: " + ", ".join(f"{phase} {kib / 1024:.1f}" for phase, kib in rss.items())
+        return table
     if name == "push":
         columns = [Column("ack"), Column("content_bytes", "bytes"), Column("label", "run"),
                    Column("target_rate", "target/s"), Column("sent"), Column("ok_replies", "ok"),

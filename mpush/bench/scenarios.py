@@ -27,7 +27,7 @@ import time
 import traceback
 from dataclasses import asdict, dataclass, field
 
-from mpush.bench import stats
+from mpush.bench import redis_info, stats
 from mpush.bench.wire import (
     STAMP_SIZE,
     BenchError,
@@ -124,6 +124,7 @@ class Settings:
     sweep: bool = False
     push_timeout_ms: int = 3000
     server_pid: int | None = None
+    redis_port: int | None = None
     private_key: str | None = None
     demo_key: bool = False
     pusher: str = "gateway"
@@ -1015,22 +1016,68 @@ def run_fast_connect(target: Target, settings: Settings) -> dict:
     return result
 
 
+#: Seconds the storm waits after a phase for the server's deferred work
+#: (mpush does the Redis side of closes 2 s later) before reading its CPU,
+#: RSS and Redis counters, so a lazy server is not flattered.
+STORM_SETTLE_S = 3.0
+
+
+class _ServerReadings:
+    """
+    CPU seconds and RSS of --server-pid and its workers, and the command
+    counters of --redis-port, read at the phases of a storm.
+    """
+
+    def __init__(self, target: Target, settings: Settings) -> None:
+        self.pid = settings.server_pid
+        self.redis = (target.host, settings.redis_port) if settings.redis_port else None
+        self.rss_kib: dict[str, int] = {}
+        self.marks: dict[str, tuple] = {}
+
+    def mark(self, phase: str, rss: bool = True) -> None:
+        cpu = stats.read_tree(self.pid, stats.read_cpu_seconds) if self.pid else None
+        calls = redis_info.command_calls(*self.redis) if self.redis else None
+        self.marks[phase] = (cpu, calls)
+        if rss and self.pid:
+            self.rss_kib[phase] = int(stats.read_tree(self.pid, stats.read_rss_kib))
+
+    def cost(self, first: str, last: str, devices: int) -> dict:
+        cpu0, calls0 = self.marks[first]
+        cpu1, calls1 = self.marks[last]
+        out: dict = {}
+        if cpu0 is not None and devices:
+            out["server_cpu_s"] = round(cpu1 - cpu0, 3)
+            out["server_cpu_us_per_device"] = round((cpu1 - cpu0) / devices * 1e6, 1)
+        if calls0 is not None:
+            out["redis_per_device"] = redis_info.per_device(calls0, calls1, devices)
+        return out
+
+
 def run_storm(target: Target, settings: Settings) -> dict:
     count = settings.count_for("storm")
+    readings = _ServerReadings(target, settings)
     with _Run(target, settings) as run:
+        readings.mark("before")
         setup, _ = run.open_devices(count, bind=True)
-        closed = run.pool.call("close_devices", {}, run.deadline + run.slack)
+        readings.mark("connected")
         cpu = _ServerCpu(settings.server_pid)
+        closed = run.pool.call("close_devices", {}, run.deadline + run.slack)
+        time.sleep(STORM_SETTLE_S)
+        readings.mark("after_close")
         start = run.start_at()
         replies = run.pool.call("reconnect_all", {"start_at": start, "stop_at": run.deadline},
                                 run.deadline + run.slack)
+        server_cpu_pct = cpu.percent()
+        time.sleep(STORM_SETTLE_S)
+        readings.mark("after_storm")
         tally = _tally_result(replies, setup["bound"])
         all_bound = None
         if tally["completed"]:
             all_bound = round((max(r["end_ns"] for r in replies if r["done"]) - int(start * 1e9)) / 1e9, 3)
+        devices = setup["bound"]
         result = {
             "scenario": "storm",
-            "devices": setup["bound"],
+            "devices": devices,
             "disconnected": sum(r["closed"] + r["aborted"] for r in closed),
             "bound_again": tally["completed"],
             "failed": tally["failed"],
@@ -1041,7 +1088,10 @@ def run_storm(target: Target, settings: Settings) -> dict:
             "fallback_handshakes": tally.get("fallback_handshakes", 0),
             "errors": tally["errors"],
             "load_cpu_max_pct": tally["load_cpu_max_pct"],
-            "server_cpu_pct": cpu.percent(),
+            "server_cpu_pct": server_cpu_pct,
+            # close + fast connect + bind, deferred work included
+            **readings.cost("connected", "after_storm", devices),
+            "rss_kib": readings.rss_kib or None,
             "setup": setup,
         }
     result["ok"] = _ok(result) and _ok(setup)

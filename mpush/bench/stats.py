@@ -20,6 +20,8 @@ __all__ = [
     "summarize_ms",
     "rate_per_s",
     "read_rss_kib",
+    "read_tree",
+    "process_tree",
     "read_cpu_seconds",
     "check_process",
     "format_table",
@@ -111,6 +113,39 @@ def read_rss_kib(pid: int) -> int:
             unit = parts[2].lower() if len(parts) > 2 else "kb"
             return value * 1024 if unit == "mb" else value
     raise ProcessGone(f"process {pid} reports no VmRSS (a zombie or a kernel thread?)")
+
+
+def process_tree(pid: int) -> list[int]:
+    """
+    C{pid} and its live descendants (a supervisor and its workers), from
+    /proc/<pid>/task/*/children; a child that exits meanwhile is skipped.
+    """
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{current}/task/{task}/children") as f:
+                    todo.extend(int(child) for child in f.read().split())
+            except (OSError, ValueError):
+                continue
+    return found
+
+
+def read_tree(pid: int, read) -> float:
+    """C{read(p)} summed over L{process_tree}: RSS or CPU of a node and its workers."""
+    total = read(pid)
+    for child in process_tree(pid)[1:]:
+        try:
+            total += read(child)
+        except ProcessGone:
+            continue
+    return total
 
 
 def read_cpu_seconds(pid: int) -> float:

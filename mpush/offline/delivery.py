@@ -106,6 +106,9 @@ class OfflineDelivery:
         self.acks = acks
         self.clock = clock
         self._counts = dict.fromkeys(DELIVERY_STAT_NAMES, 0)
+        # Connections that claimed messages: only their closes have claims
+        # to give back, so the others (nearly all) cost the store nothing.
+        self._claimants: set[str] = set()
 
     def stats(self) -> dict[str, int]:
         """
@@ -143,6 +146,19 @@ class OfflineDelivery:
             return 0
 
         return result.addErrback(unexpected)
+
+    def release_claims(self, user_id: str, owner: str) -> defer.Deferred:
+        """
+        Give back what connection C{owner} claimed of C{user_id}'s messages
+        and did not settle (it closed): the next bind gets them.
+
+        @return: a Deferred of how many claims went back (0 at once for a
+            connection that never claimed any).
+        """
+        if owner not in self._claimants:
+            return defer.succeed(0)
+        self._claimants.discard(owner)
+        return defer.maybeDeferred(self.store.release, user_id, owner)
 
     def _count(self, name: str, count: int = 1) -> None:
         self._counts[name] += count
@@ -192,6 +208,7 @@ class _Run:
     def _send_all(self, messages) -> defer.Deferred:
         if not messages:
             return defer.succeed(0)  # nearly every bind
+        self.delivery._claimants.add(self.owner)
         settled = []
         for index, message in enumerate(messages):
             if not self._can_send():

@@ -60,6 +60,7 @@ from mpush.offline.interfaces import (
     check_owner,
     check_user_id,
 )
+from mpush.store.redis_batch import TurnBatch
 from mpush.store.redis_calls import BoundedRedis, RedisComponent
 from mpush.store.redis_connection import RedisClient
 
@@ -240,6 +241,38 @@ return released
 """
 
 
+# 1 per queue KEYS[i] that exists, else 0: a turn's binds ask in one command
+# whether there is anything to claim (nearly always not).
+_EXISTING = """
+local out = {}
+for i, key in ipairs(KEYS) do out[i] = redis.call('EXISTS', key) end
+return out
+"""
+
+# Every claim of owner ARGV[i] on the queue KEYS[2i-1] (data KEYS[2i]):
+# the closes of a turn in one command.  Returns the claims dropped per queue.
+_RELEASE_ALL_MANY = """
+local out = {}
+for i, owner in ipairs(ARGV) do
+  local queue, data = KEYS[2 * i - 1], KEYS[2 * i]
+  local released = 0
+  for _, id in ipairs(redis.call('LRANGE', queue, 0, -1)) do
+    local c = redis.call('HGET', data, 'c:' .. id)
+    if c then
+      local bar = string.find(c, '|', 1, true)
+      local who = bar and string.sub(c, bar + 1) or ''
+      if who == owner then
+        redis.call('HDEL', data, 'c:' .. id)
+        released = released + 1
+      end
+    end
+  end
+  out[i] = released
+end
+return out
+"""
+
+
 @implementer(IOfflineStore)
 class RedisOfflineStore(RedisComponent):
     """
@@ -273,6 +306,9 @@ class RedisOfflineStore(RedisComponent):
         self._client = redis if isinstance(redis, RedisClient) else None
         self._close_connection = close_connection
         self.counters = OfflineCounters(listener)
+        refusal = self._calls.refusal
+        self._existing: TurnBatch = TurnBatch(clock, self._existing_many, refusal=refusal)
+        self._releases: TurnBatch = TurnBatch(clock, self._release_many, refusal=refusal)
 
     # -- IOfflineStore ---------------------------------------------------
 
@@ -305,8 +341,28 @@ class RedisOfflineStore(RedisComponent):
             args = [check_owner(owner), str(check_now(now_ms) + check_lease(lease_ms)), str(now_ms)]
         except Exception:
             return defer.fail()
+
+        def claim_if_queued(exists) -> defer.Deferred | list:
+            if not exists:
+                return []
+            return self._calls.call(
+                "claim", lambda: self._redis.eval(_CLAIM, keys, args), lambda reply: self._claimed(reply, user_id)
+            )
+
+        return self._existing.submit(keys[0]).addCallback(claim_if_queued)
+
+    def _existing_many(self, queues: list[str]) -> defer.Deferred:
         return self._calls.call(
-            "claim", lambda: self._redis.eval(_CLAIM, keys, args), lambda reply: self._claimed(reply, user_id)
+            "claim", lambda: self._redis.eval(_EXISTING, queues, []), lambda found: [int(n) for n in found]
+        )
+
+    def _release_many(self, releases: list[tuple[str, str]]) -> defer.Deferred:
+        keys: list[str] = []
+        for user_id, _ in releases:
+            keys += _keys(user_id)
+        owners = [owner for _, owner in releases]
+        return self._calls.call(
+            "release", lambda: self._redis.eval(_RELEASE_ALL_MANY, keys, owners), lambda done: [int(n) for n in done]
         )
 
     def remove(self, user_id: str, message_id: str) -> defer.Deferred:
@@ -319,12 +375,14 @@ class RedisOfflineStore(RedisComponent):
             wanted = check_message_ids(message_ids)
         except Exception:
             return defer.fail()
-        if wanted is not None:
-            if not wanted:
-                if self._calls.closed:
-                    return defer.fail(OfflineStoreUnavailable("redis offline store is closed"))
-                return defer.succeed(0)
-            args += sorted(wanted)
+        if wanted is None:
+            # A close: every claim of the owner, batched with the turn's others.
+            return self._releases.submit((user_id, args[0]))
+        if not wanted:
+            if self._calls.closed:
+                return defer.fail(OfflineStoreUnavailable("redis offline store is closed"))
+            return defer.succeed(0)
+        args += sorted(wanted)
         return self._calls.call("release", lambda: self._redis.eval(_RELEASE, keys, args), int)
 
     def count(self, user_id: str) -> defer.Deferred:

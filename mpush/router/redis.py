@@ -58,6 +58,7 @@ from mpush.router.interfaces import (
     kick_message,
 )
 from mpush.router.pubsub import RedisSubscriber
+from mpush.store.redis_batch import TurnBatch
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 from mpush.store.redis_connection import RedisClient, connect_redis, parse_redis_url
 
@@ -68,42 +69,84 @@ __all__ = [
     "RedisUserEvents",
 ]
 
-# HGET the old route, HSET the new one, index it under its node and take it
-# out of the index of the node that owned it before.  One script, so two
-# binds racing on different nodes cannot leave the index pointing at the
-# loser.  The old owner comes from the old JSON (cjson), so an undecodable
-# old value only skips the clean-up.
-#   KEYS[1] route hash   ARGV: field, new value, index member,
-#   new index key ("" when the route is offline or has no host), index key prefix
-_REGISTER = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-if ARGV[4] ~= '' then redis.call('SADD', ARGV[4], ARGV[3]) end
-if old then
-  local ok, loc = pcall(cjson.decode, old)
-  if ok and type(loc) == 'table' and type(loc['host']) == 'string'
-      and type(loc['port']) == 'number' then
-    local was = ARGV[5] .. loc['host'] .. ':' .. string.format('%d', loc['port'])
-    if was ~= ARGV[4] then redis.call('SREM', was, ARGV[3]) end
+# For each route KEYS[i]: HGET the old value, HSET the new one, index it
+# under its node and take it out of the index of the node that owned it
+# before.  One script, so two binds racing on different nodes cannot leave
+# the index pointing at the loser; one script for all the binds of a turn.
+# The old owner comes from the old JSON (cjson), so an undecodable old value
+# only skips the clean-up.  Returns the old values (nil where none).
+#   ARGV[1]: index key prefix; then per route: field, new value, index
+#   member, new index key ("" when the route is offline or has no host)
+_REGISTER_MANY = """
+local prefix = ARGV[1]
+local olds = {}
+for i, key in ipairs(KEYS) do
+  local a = 4 * i - 2
+  local field, member, index = ARGV[a], ARGV[a + 2], ARGV[a + 3]
+  local old = redis.call('HGET', key, field)
+  redis.call('HSET', key, field, ARGV[a + 1])
+  if index ~= '' then redis.call('SADD', index, member) end
+  if old then
+    local ok, loc = pcall(cjson.decode, old)
+    if ok and type(loc) == 'table' and type(loc['host']) == 'string'
+        and type(loc['port']) == 'number' then
+      local was = prefix .. loc['host'] .. ':' .. string.format('%d', loc['port'])
+      if was ~= index then redis.call('SREM', was, member) end
+    end
   end
+  olds[i] = old or false
 end
-return old
+return olds
 """
 
-# Compare-and-set of one route: only if the field still holds exactly what
-# the caller decided on, rewrite it (unless ARGV[3] is "") and drop the
-# index member (unless ARGV[4] is "").  ARGV[6] = "1": expect no field.
-#   KEYS[1] route hash   ARGV: field, expected, new value, index key, member, expect-missing
-_COMPARE_AND_SET = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[6] == '1' then
-  if cur then return 0 end
-elseif cur ~= ARGV[2] then
-  return 0
+# HGET field ARGV[i] of each KEYS[i] (nil where none): the reads of a turn's
+# compare-and-sets in one command.
+_HGET_MANY = """
+local values = {}
+for i, key in ipairs(KEYS) do values[i] = redis.call('HGET', key, ARGV[i]) or false end
+return values
+"""
+
+# Compare-and-set of routes, one per KEYS[i]: only if the field still holds
+# exactly what the caller decided on, rewrite it (unless the new value is
+# "") and drop the index member (unless the index key is "").  Expect-missing
+# "1": expect no field.  Returns 1 or 0 per route.
+#   ARGV per route: field, expected, new value, index key, member, expect-missing
+_COMPARE_AND_SET_MANY = """
+local done = {}
+for i, key in ipairs(KEYS) do
+  local a = 6 * i - 5
+  local field = ARGV[a]
+  local cur = redis.call('HGET', key, field)
+  local same
+  if ARGV[a + 5] == '1' then same = not cur else same = cur == ARGV[a + 1] end
+  if same then
+    if ARGV[a + 2] ~= '' then redis.call('HSET', key, field, ARGV[a + 2]) end
+    if ARGV[a + 3] ~= '' then redis.call('SREM', ARGV[a + 3], ARGV[a + 4]) end
+    done[i] = 1
+  else
+    done[i] = 0
+  end
 end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
-if ARGV[4] ~= '' then redis.call('SREM', ARGV[4], ARGV[5]) end
-return 1
+return done
+"""
+
+# Online and offline events, in order: per user a ZADD (ARGV "1") or ZREM
+# (ARGV "0") on the online list KEYS[1], then a PUBLISH on its channel.
+#   ARGV[1], ARGV[2]: online and offline channels; then per event: op, user
+_EVENTS = """
+local online, offline = ARGV[1], ARGV[2]
+for a = 3, #ARGV, 2 do
+  local user = ARGV[a + 1]
+  if ARGV[a] == '1' then
+    redis.call('ZADD', KEYS[1], 0, user)
+    redis.call('PUBLISH', online, user)
+  else
+    redis.call('ZREM', KEYS[1], user)
+    redis.call('PUBLISH', offline, user)
+  end
+end
+return (#ARGV - 2) / 2
 """
 
 # Attempts of a compare-and-set before giving up on a route that keeps
@@ -142,6 +185,12 @@ class RedisRemoteRouter(RedisComponent):
         self._redis = self._calls.redis
         self._client = _client_of(redis)
         self._close_connection = close_connection
+        # What a turn's binds and closes ask goes as one script each: the
+        # registers (bounded), and the reads and writes of compare-and-sets
+        # (inside a bounded mark_offline already).
+        self._registers: TurnBatch = TurnBatch(clock, self._register_many, refusal=self._calls.refusal)
+        self._reads: TurnBatch = TurnBatch(clock, self._read_many)
+        self._swaps: TurnBatch = TurnBatch(clock, self._swap_many)
 
     def register(self, user_id: str, client_type: int, location: ClientLocation) -> defer.Deferred:
         try:
@@ -154,11 +203,27 @@ class RedisRemoteRouter(RedisComponent):
         # Only online routes are indexed: the index is what a node's death
         # would have to mark offline.
         index = node_routes_key(location.host, location.port) if location.host is not None and location.online else ""
-        return self._calls.call(
-            "register",
-            lambda: self._redis.eval(_REGISTER, [key], [field, value, member, index, NODE_ROUTES_PREFIX]),
-            lambda old: self._decode(old, user_id, field),
-        )
+        return self._registers.submit((user_id, key, field, value, member, index))
+
+    def _register_many(self, routes: list[tuple[str, str, str, str, str, str]]) -> defer.Deferred:
+        keys = [route[1] for route in routes]
+        args = [NODE_ROUTES_PREFIX]
+        for _, _, field, value, member, index in routes:
+            args += (field, value, member, index)
+
+        def decoded(olds) -> list:
+            return [self._decode(old, route[0], route[2]) for old, route in zip(olds, routes)]
+
+        return self._calls.call("register", lambda: self._redis.eval(_REGISTER_MANY, keys, args), decoded)
+
+    def _read_many(self, fields: list[tuple[str, str]]) -> defer.Deferred:
+        return self._redis.eval(_HGET_MANY, [key for key, _ in fields], [field for _, field in fields])
+
+    def _swap_many(self, swaps: list[tuple]) -> defer.Deferred:
+        args: list[str] = []
+        for swap in swaps:
+            args += swap[1:]
+        return self._redis.eval(_COMPARE_AND_SET_MANY, [swap[0] for swap in swaps], args)
 
     def lookup(self, user_id: str) -> defer.Deferred:
         try:
@@ -222,7 +287,7 @@ class RedisRemoteRouter(RedisComponent):
         Fires whether it marked the route offline.
         """
         for _ in range(_CAS_ATTEMPTS):
-            raw = yield self._redis.hget(key, field)
+            raw = yield self._reads.submit((key, field))
             location = self._decode(raw, user_id, field)
             if location is not None and should(location):
                 index = node_routes_key(location.host, location.port) if location.host is not None else ""
@@ -234,8 +299,8 @@ class RedisRemoteRouter(RedisComponent):
                 location = None
             else:
                 return False
-            done = yield self._redis.eval(_COMPARE_AND_SET, [key], [field, expected, new, index, member, missing])
-            if done == 1:
+            done = yield self._swaps.submit((key, field, expected, new, index, member, missing))
+            if int(done) == 1:
                 return location is not None
         self.log.info("route {user}/{field} kept changing; left as is", user=user_id, field=field)
         return False
@@ -344,6 +409,7 @@ class RedisUserEvents(RedisComponent):
         self._redis = self._calls.redis
         self._client = _client_of(redis)
         self._close_connection = close_connection
+        self._events: TurnBatch = TurnBatch(clock, self._send_events, refusal=self._calls.refusal)
 
     def user_online(self, user_id: str) -> defer.Deferred:
         return self._event(user_id, ONLINE_CHANNEL)
@@ -354,14 +420,17 @@ class RedisUserEvents(RedisComponent):
     def _event(self, user_id: str, channel: str) -> defer.Deferred:
         if not isinstance(user_id, str):
             return defer.fail(TypeError(f"user id must be text, not {type(user_id).__name__}"))
-        redis, key = self._redis, self._key
-        if channel == ONLINE_CHANNEL:
-            def send():
-                return redis.zadd(key, 0, user_id).addCallback(lambda _: redis.publish(channel, user_id))
-        else:
-            def send():
-                return redis.zrem(key, user_id).addCallback(lambda _: redis.publish(channel, user_id))
-        return self._calls.call(channel, send, lambda _: None)
+        return self._events.submit(("1" if channel == ONLINE_CHANNEL else "0", user_id))
+
+    def _send_events(self, events: list[tuple[str, str]]) -> defer.Deferred:
+        args = [ONLINE_CHANNEL, OFFLINE_CHANNEL]
+        for event in events:
+            args += event
+        return self._calls.call(
+            "online/offline events",
+            lambda: self._redis.eval(_EVENTS, [self._key], args),
+            lambda _: [None] * len(events),
+        )
 
     def count_online(self) -> defer.Deferred:
         return self._calls.call("count_online", lambda: self._redis.zcard(self._key), int)

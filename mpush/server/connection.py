@@ -59,6 +59,10 @@ def _wire_size(packet):
     return 1 if packet is HEARTBEAT else HEADER_LENGTH + len(packet.body)
 
 
+def _gone(failure):
+    failure.trap(ConnectionClosed)
+
+
 class _MeteredRsaKey:
     """
     The node's RSA key as a connection's cipher before any handshake: each
@@ -403,7 +407,9 @@ class ConnectionProtocol(Protocol):
         Answer C{request} with ERROR (always raw), closing afterwards if asked.
         """
         message = ErrorMessage(request.cmd, code, reason, data)
-        self.send_raw(Command.ERROR, message, request.session_id)
+        # A device that left while its request waited (on Redis, say) has
+        # nobody to tell: not an error worth a line.
+        self.send_raw(Command.ERROR, message, request.session_id).addErrback(_gone)
         if close:
             self.close()
 

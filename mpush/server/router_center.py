@@ -38,7 +38,9 @@ class RouterCenter:
 
     log = Logger()
 
-    def __init__(self, node, local, remote, events, kicks, validator, gateway, offline=None):
+    def __init__(
+        self, node, local, remote, events, kicks, validator, gateway, offline=None, close_delay=0.0
+    ):
         self.node = node
         self.offline = offline
         self.local = local
@@ -50,6 +52,13 @@ class RouterCenter:
         # A Redis outage or overload fails these side effects for every
         # device at once: one line a second per kind, with a count.
         self._warnings = LogThrottle(node.clock)
+        #: Seconds the shared side of a close waits (0: done at once).
+        self.close_delay = close_delay
+        self._closed = []
+        self._closed_flush = None
+        #: Closes whose shared bookkeeping was skipped: the user had bound
+        #: again on this node before it was due.
+        self.closes_skipped = 0
 
     # -- BIND / UNBIND -----------------------------------------------------
 
@@ -115,27 +124,66 @@ class RouterCenter:
         Release the routes a closed connection still owns (spec 11.6).  A
         route that a newer connection took over is left alone.  Offline
         messages it had claimed but not acked go back to the queue.
+
+        The local route goes at once.  With a C{close_delay}, the shared
+        side (the offline event, the route in Redis) waits that long and is
+        skipped for a user who has bound again here meanwhile, whose BIND
+        rewrote the route: in a reconnect storm most closes then cost no
+        Redis work at all, and none delays a resuming device.  Until then
+        the route still names this node, whose gateway answers a push to
+        it OFFLINE, as it would after the route was marked.
         """
         user_id = connection.context.user_id
         if self.offline is not None:
             self._quietly(
-                self.offline.store.release(user_id, connection.conn_id),
+                self.offline.release_claims(user_id, connection.conn_id),
                 "offline claims of {user} not released",
                 user=user_id,
             )
-        return self._release(connection)
+        if self.close_delay <= 0:
+            return self._release(connection)
+        self._closed.append(self._release_local(connection) + (connection.conn_id,))
+        if self._closed_flush is None:
+            self._closed_flush = self.node.clock.callLater(self.close_delay, self.flush_closes)
+        return defer.succeed(None)
+
+    def flush_closes(self):
+        """
+        Do the shared side of every close waiting, now (the delay's end, or
+        a node stopping).
+        """
+        call, self._closed_flush = self._closed_flush, None
+        if call is not None and call.active():
+            call.cancel()
+        closed, self._closed = self._closed, []
+        for user_id, client_type, owned, conn_id in closed:
+            if self.local.lookup(user_id, client_type) is not None:
+                self.closes_skipped += 1
+                continue
+            self._release_shared(user_id, client_type, owned, conn_id)
 
     def _release(self, connection):
+        return self._release_shared(*self._release_local(connection), connection.conn_id)
+
+    def _release_local(self, connection):
+        """
+        Unbind C{connection} here.
+
+        @return: C{(user_id, client_type, owned)}, C{owned} saying whether
+            the local route was still this connection's.
+        """
         context = connection.context
         user_id, client_type = context.user_id, context.client_type
         context.user_id = None
         context.tags = None
         if connection.state is ConnectionState.BOUND:
             connection.state = ConnectionState.HANDSHAKEN
-        owned = self.local.unregister(user_id, client_type, connection)
+        return user_id, client_type, self.local.unregister(user_id, client_type, connection)
+
+    def _release_shared(self, user_id, client_type, owned, conn_id):
         if owned:
             self._quietly(self.events.user_offline(user_id), "offline event of {user}", user=user_id)
-        released = self.remote.mark_offline(user_id, client_type, conn_id=connection.conn_id)
+        released = self.remote.mark_offline(user_id, client_type, conn_id=conn_id)
         return self._quietly(released, "route of {user} not marked offline", user=user_id)
 
     def location_of(self, connection):

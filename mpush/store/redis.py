@@ -11,7 +11,6 @@ when it ends.
 
 from __future__ import annotations
 
-import txredisapi
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -29,10 +28,11 @@ from mpush.store.interfaces import (
     check_session_id,
     check_ttl,
 )
+from mpush.store.redis_batch import TurnBatch
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 from mpush.store.redis_connection import RedisClient
 
-__all__ = ["KEY_PREFIX", "RedisSessionStore", "session_key"]
+__all__ = ["KEY_PREFIX", "LOAD_PATIENCE", "RedisSessionStore", "session_key"]
 
 #: MPush's CacheKeys.SESSION_KEY prefix.
 KEY_PREFIX = "mp:rs:"
@@ -43,14 +43,25 @@ def session_key(session_id: str) -> str:
     return KEY_PREFIX + session_id
 
 
-def _wrong_type_is_missing(failure):
-    """
-    Redis answered that the key holds something else: not a session.
-    """
-    failure.trap(txredisapi.ResponseError)
-    if str(failure.value).startswith("WRONGTYPE"):
-        return None
-    return failure
+#: Seconds a session lookup may wait for Redis while this node is
+#: overloaded (see L{BoundedRedis.call}'s patience).  A lookup that gives up
+#: turns a cheap fast connect into a full RSA handshake, the dearest thing a
+#: busy node can do; a slow or unreachable Redis still fails it in time.
+LOAD_PATIENCE = 8.0
+
+# SET each KEYS[i] to ARGV[2i-1] with a TTL of ARGV[2i] seconds (0: none):
+# the sessions of one turn's handshakes in one command.
+_SAVE_MANY = """
+for i, key in ipairs(KEYS) do
+  local ttl = ARGV[2 * i]
+  if ttl == '0' then
+    redis.call('SET', key, ARGV[2 * i - 1])
+  else
+    redis.call('SET', key, ARGV[2 * i - 1], 'EX', ttl)
+  end
+end
+return #KEYS
+"""
 
 
 @implementer(ISessionStore)
@@ -65,6 +76,8 @@ class RedisSessionStore(RedisComponent):
     @param clock: times the per-call deadline.
     @param timeout: seconds each call may take before it errbacks with
         L{StoreUnavailable}.
+    @param load_patience: seconds a lookup may wait while the node is
+        overloaded (a node gives L{LOAD_PATIENCE}); none when not given.
     @param close_connection: whether L{close} also disconnects C{redis}.
         Disconnecting a L{RedisClient} twice is harmless, so stores sharing
         one client may all leave this on.
@@ -79,11 +92,17 @@ class RedisSessionStore(RedisComponent):
         timeout: float = 2.0,
         *,
         close_connection: bool = True,
+        load_patience: float | None = None,
     ) -> None:
         self._calls = BoundedRedis(
             redis, clock, check_timeout(timeout), "redis session store", StoreUnavailable
         )
+        self._load_patience = None if load_patience is None else check_timeout(load_patience)
         self._redis = self._calls.redis
+        # One MGET for the lookups of a turn, one script for its saves.
+        refusal = self._calls.refusal
+        self._load_batch: TurnBatch = TurnBatch(clock, self._load_many, refusal=refusal)
+        self._save_batch: TurnBatch = TurnBatch(clock, self._save_many, refusal=refusal)
         self._client = redis if isinstance(redis, RedisClient) else None
         self._close_connection = close_connection
 
@@ -94,10 +113,8 @@ class RedisSessionStore(RedisComponent):
             value = encode_reusable_session(session)
         except Exception:
             return defer.fail()
-        key = session_key(session_id)
         # SET ... EX is SET then EXPIRE in one step; Java nodes only GET.
-        expire = ttl if ttl > 0 else None
-        return self._calls.call("save", lambda: self._redis.set(key, value, expire=expire), _saved)
+        return self._save_batch.submit((session_key(session_id), value, str(max(ttl, 0))))
 
     def load(self, session_id: str) -> defer.Deferred:
         if not isinstance(session_id, str):
@@ -106,11 +123,23 @@ class RedisSessionStore(RedisComponent):
             )
         if not session_id:
             return defer.succeed(None)
-        key = session_key(session_id)
+        return self._load_batch.submit(session_id)
+
+    def _load_many(self, session_ids: list[str]) -> defer.Deferred:
+        # MGET answers nil for a key holding another type: not a session.
+        keys = [session_key(session_id) for session_id in session_ids]
         return self._calls.call(
             "load",
-            lambda: self._redis.get(key).addErrback(_wrong_type_is_missing),
-            lambda reply: self._decode(reply, session_id),
+            lambda: self._redis.mget(keys),
+            lambda replies: [self._decode(reply, sid) for reply, sid in zip(replies, session_ids)],
+            patience=self._load_patience,
+        )
+
+    def _save_many(self, saves: list[tuple[str, str, str]]) -> defer.Deferred:
+        keys = [key for key, _, _ in saves]
+        args = [part for _, value, ttl in saves for part in (value, ttl)]
+        return self._calls.call(
+            "save", lambda: self._redis.eval(_SAVE_MANY, keys, args), lambda _: [None] * len(saves)
         )
 
     def close(self) -> defer.Deferred:
@@ -134,6 +163,3 @@ class RedisSessionStore(RedisComponent):
             )
             return None
 
-
-def _saved(_reply: object) -> None:
-    return None

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from mpush.store.redis_connection import RedisClient
 
-__all__ = ["BoundedRedis", "RedisComponent", "check_timeout"]
+__all__ = ["OVERLOAD_LAG", "BoundedRedis", "RedisComponent", "check_timeout"]
 
 
 def check_timeout(timeout: object) -> float:
@@ -37,13 +37,24 @@ def check_timeout(timeout: object) -> float:
     return float(timeout)
 
 
+#: How late a deadline's timer may fire before the node counts as
+#: overloaded: the reply may then be read and waiting behind our own work.
+OVERLOAD_LAG = 0.25
+#: How long a patient call waits again each time its deadline finds the
+#: node overloaded.
+_GRACE = 1.0
+
+
 class _Call:
     """One command racing its deadline."""
 
-    __slots__ = ("result", "timer", "what")
+    __slots__ = ("result", "timer", "what", "timeout", "due", "give_up_at")
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, timeout: float, due: float, give_up_at: float) -> None:
         self.what = what
+        self.timeout = timeout
+        self.due = due
+        self.give_up_at = give_up_at
         self.result: defer.Deferred = defer.Deferred(self._cancelled)
         self.timer: IDelayedCall | None = None
 
@@ -95,24 +106,33 @@ class BoundedRedis:
         what: str,
         command: Callable[[], defer.Deferred],
         on_reply: Callable[[object], object] = lambda reply: reply,
+        timeout: float | None = None,
+        patience: float | None = None,
     ) -> defer.Deferred:
         """
         Run C{command()} (which sends one or more commands and returns a
         Deferred) and pass its reply through C{on_reply}.
 
         A call of several commands chains them inside C{command}: the
-        deadline covers the whole chain.
+        deadline covers the whole chain.  C{timeout} overrides the
+        component's deadline for this call.  With C{patience} (seconds, more
+        than the deadline), a deadline whose timer fires more than
+        L{OVERLOAD_LAG} late, while a connection is up, is taken for this
+        node being overloaded rather than Redis being slow: the call waits
+        on, a second at a time, up to C{patience} in all.  A session lookup
+        uses it, since giving up makes the device pay a full RSA handshake.
 
         @return: a Deferred firing C{on_reply}'s result, or failing with
             C{error} if Redis failed, refused the command (C{ResponseError})
             or took too long.
         """
-        if self.closed:
-            return defer.fail(self.error(f"{self.name} is closed"))
-        if not self.available and self.client is not None and not self.client.connected:
-            return defer.fail(self.error(f"{self.name} unavailable: {self._last_failure}"))
-        call = _Call(what)
-        call.timer = self.clock.callLater(self.timeout, self._deadline, call)
+        refused = self.refusal()
+        if refused is not None:
+            return defer.fail(refused)
+        timeout = self.timeout if timeout is None else timeout
+        now = self.clock.seconds()
+        call = _Call(what, timeout, now + timeout, now + max(timeout, patience or 0.0))
+        call.timer = self.clock.callLater(timeout, self._deadline, call)
         self._calls.add(call)
         try:
             sent = command()
@@ -120,6 +140,21 @@ class BoundedRedis:
             sent = defer.fail()
         sent.addBoth(self._answered, call, on_reply)
         return call.result
+
+    def _connected(self) -> bool:
+        return self.client is None or self.client.connected
+
+    def refusal(self) -> Exception | None:
+        """
+        The error a call made now would fail with at once (closed, or an
+        outage known while no connection is up), or C{None}: lets a caller
+        that batches refuse without waiting for the batch.
+        """
+        if self.closed:
+            return self.error(f"{self.name} is closed")
+        if not self.available and self.client is not None and not self.client.connected:
+            return self.error(f"{self.name} unavailable: {self._last_failure}")
+        return None
 
     def close(self) -> None:
         """Fail every call still waiting; later calls fail at once."""
@@ -160,7 +195,12 @@ class BoundedRedis:
         if call.result.called:
             self._calls.discard(call)
             return
-        why = f"no answer to {call.what} within {self.timeout:g} s"
+        now = self.clock.seconds()
+        if now < call.give_up_at and now - call.due > OVERLOAD_LAG and self._connected():
+            call.due = now + min(_GRACE, call.give_up_at - now)
+            call.timer = self.clock.callLater(call.due - now, self._deadline, call)
+            return
+        why = f"no answer to {call.what} within {call.timeout:g} s"
         self._failed(why)
         self._finish(call, Failure(self.error(f"{self.name} unavailable: {why}")))
 

@@ -1,0 +1,124 @@
+"""
+Many requests of one reactor turn sent to Redis as one command.
+
+A reconnect storm asks Redis the same few things for thousands of devices at
+once: load this session, register that route, publish this event.  Each
+command costs the node far more CPU than it costs Redis (a deadline timer,
+Deferreds, the encoder and the reply parser), so per-device commands made
+Redis work the node's bottleneck and let it starve fast connects behind a
+backlog of close bookkeeping.  A L{TurnBatch} collects what callers ask for
+during one turn and sends it as one command (an C{MGET}, or a Lua script
+that loops), at most C{max_items} a command, then hands each caller its own
+answer.
+
+Nothing here waits: a batch is sent in the first turn after its first
+request (C{callLater(0)}), so a lone request costs one turn, not a delay.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Generic, Sequence, TypeVar
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
+
+__all__ = ["DEFAULT_MAX_ITEMS", "TurnBatch"]
+
+Item = TypeVar("Item")
+
+#: Requests per command at the most: large enough to take a storm's turn in
+#: a few commands, small enough that one script keeps Redis busy for only a
+#: few milliseconds.
+DEFAULT_MAX_ITEMS = 500
+
+
+class TurnBatch(Generic[Item]):
+    """
+    Collects requests and runs them, a chunk at a time, in the next turn.
+
+    @param clock: schedules the flush.
+    @param run: C{run(items)} sends one command for C{items} (a list) and
+        returns a Deferred firing a sequence of one result per item, in
+        order; a result that is a L{Failure} fails that item alone.  If the
+        Deferred fails, every item of the chunk fails with it.
+    @param max_items: the most items one C{run} gets.
+    @param refusal: C{refusal()} is asked on each request: an exception
+        fails the request at once instead of batching it (a closed
+        component, a known outage: see L{BoundedRedis.refusal}).
+    """
+
+    __slots__ = ("_clock", "_run", "_max_items", "_refusal", "_items", "_waiters", "_flush_call")
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        run: Callable[[list[Item]], defer.Deferred],
+        max_items: int = DEFAULT_MAX_ITEMS,
+        refusal: Callable[[], Exception | None] = lambda: None,
+    ) -> None:
+        if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
+            raise ValueError(f"max_items must be a positive int, not {max_items!r}")
+        self._clock = clock
+        self._run = run
+        self._max_items = max_items
+        self._refusal = refusal
+        self._items: list[Item] = []
+        self._waiters: list[defer.Deferred] = []
+        self._flush_call: IDelayedCall | None = None
+
+    def __len__(self) -> int:
+        """Requests waiting for the next flush."""
+        return len(self._items)
+
+    def submit(self, item: Item) -> defer.Deferred:
+        """
+        Ask for C{item} in the next batch.
+
+        @return: a Deferred firing this item's result.
+        """
+        refused = self._refusal()
+        if refused is not None:
+            return defer.fail(refused)
+        waiter: defer.Deferred = defer.Deferred()
+        self._items.append(item)
+        self._waiters.append(waiter)
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self.flush)
+        return waiter
+
+    def flush(self) -> None:
+        """Send everything waiting now, C{max_items} to a command."""
+        call, self._flush_call = self._flush_call, None
+        if call is not None and call.active():
+            call.cancel()
+        items, waiters = self._items, self._waiters
+        self._items, self._waiters = [], []
+        size = self._max_items
+        for start in range(0, len(items), size):
+            self._send(items[start : start + size], waiters[start : start + size])
+
+    def _send(self, items: list[Item], waiters: list[defer.Deferred]) -> None:
+        try:
+            sent = self._run(items)
+        except Exception:
+            sent = defer.fail()
+        sent.addCallbacks(self._answered, self._failed, callbackArgs=(waiters,), errbackArgs=(waiters,))
+
+    @staticmethod
+    def _answered(results: Sequence[object], waiters: list[defer.Deferred]) -> None:
+        if len(results) != len(waiters):
+            TurnBatch._failed(
+                Failure(ValueError(f"{len(results)} results for {len(waiters)} requests")), waiters
+            )
+            return
+        for waiter, result in zip(waiters, results):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+
+    @staticmethod
+    def _failed(failure: Failure, waiters: list[defer.Deferred]) -> None:
+        for waiter in waiters:
+            waiter.errback(failure)
