@@ -9,7 +9,7 @@ import subprocess
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
-from twisted.trial.unittest import SkipTest, TestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
 from mpush.client.config import ClientConfig
 from mpush.client.protocol import connect_client
@@ -91,18 +91,33 @@ class NodeCase(TestCase):
 
 
 
-def listen_backlog(port):
+def listen_backlog(port, environ=os.environ, run=subprocess.run):
     """
     The backlog of the socket listening on C{port}, as the kernel reports it
-    (C{ss}: Send-Q of a listening socket), or C{None} without C{ss}.
+    (C{ss}: Send-Q of a listening socket).  Without C{ss} the test is
+    skipped, except under CI, where it is an error (C{.ci/run} installs
+    iproute2).
     """
     try:
-        output = subprocess.run(
-            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
+        output = run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as error:
+        message = f"no ss(8) to read the listen backlog ({error}; apt-get install iproute2)"
+        if environ.get("CI"):
+            raise AssertionError(f"{message}; CI must run the backlog test")
+        raise SkipTest(message)
     return int(output.split()[2])
+
+
+class ListenBacklogGateTests(SynchronousTestCase):
+    @staticmethod
+    def no_ss(*args, **kwargs):
+        raise FileNotFoundError("ss")
+
+    def test_missing_ss_skips_outside_ci(self):
+        self.assertRaises(SkipTest, listen_backlog, 3000, {}, self.no_ss)
+
+    def test_missing_ss_fails_under_ci(self):
+        self.assertRaises(AssertionError, listen_backlog, 3000, {"CI": "true"}, self.no_ss)
 
 
 def gateway_push_frame(body_size):
@@ -151,10 +166,7 @@ class NodeProcessTests(NodeCase):
         a reconnect storm queues instead of losing SYNs.
         """
         node = self.start_node("[net]\nconnect-server-backlog = 321\n")
-        backlog = listen_backlog(node.port)
-        if backlog is None:
-            raise SkipTest("no ss(8) to read the listen backlog")
-        self.assertEqual(backlog, 321)
+        self.assertEqual(listen_backlog(node.port), 321)
 
     @defer.inlineCallbacks
     def test_gateway_limit_is_one_mebibyte(self):
