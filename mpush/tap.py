@@ -23,7 +23,7 @@ from mpush.router.local import LocalRouter
 from mpush.metrics import PrometheusMetrics
 from mpush.node_api import NodeAPI
 from mpush.offline.delivery import OfflineDelivery
-from mpush.offline.nudge import deliver_nudged
+from mpush.offline.nudge import MemoryNudgeChannel, RedisNudgeChannel, deliver_nudged
 from mpush.server.ack_handler import AckHandler
 from mpush.server.admin import AdminFactory
 from mpush.server.bind import BindHandler, UnbindHandler
@@ -162,7 +162,8 @@ def registry_timing(config):
 class Backends:
     """
     The shared state of a node, in memory or in Redis: sessions, routes,
-    online-user events, the kick channel and the node registry.
+    online-user events, the kick and offline-nudge channels and the node
+    registry.
     """
 
     def __init__(self, config, clock):
@@ -179,8 +180,6 @@ class Backends:
             )
             from mpush.offline.memory import MemoryOfflineStore
             from mpush.store.memory import MemorySessionStore
-
-            from mpush.offline.nudge import MemoryNudgeChannel
 
             state = MemoryRoutingState(clock)
             self.nudges = MemoryNudgeChannel(state)
@@ -218,8 +217,6 @@ class Backends:
             self.remote = RedisRemoteRouter(self.redis, clock)
             self.events = RedisUserEvents(self.redis, public_ip(config.net), clock)
             self.kicks = RedisKickChannel(url, clock, publisher=self.redis)
-            from mpush.offline.nudge import RedisNudgeChannel
-
             self.nudges = RedisNudgeChannel(url, clock, publisher=self.redis)
             self.registry = RedisNodeRegistry(self.redis, clock, **registry_timing(config))
 
@@ -259,7 +256,8 @@ class Backends:
 class NodeService(service.MultiService):
     """
     One node: its listeners as children; on start it announces itself and
-    listens for kicks, on stop it withdraws and releases its stores.
+    listens for kicks and offline nudges, on stop it withdraws and releases
+    its stores.
     """
 
     def __init__(self, node, backends, info, api=None):

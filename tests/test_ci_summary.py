@@ -1,7 +1,8 @@
 """
 C{.ci/summary.py}, the closing lines of C{.ci/run}, on the output of a real
 trial run: skips, todos and unexpected successes are counted and named, and
-only failures, errors and unexpected successes fail CI.
+only failures, errors and unexpected successes fail CI.  And every todo in
+the suite is scoped to the failure it expects.
 """
 
 import os
@@ -90,3 +91,47 @@ class SummaryTests(TestCase):
             output.write("make: *** [Makefile:27: test] Error 1\n")
         summary = subprocess.run([sys.executable, SUMMARY, log], capture_output=True, text=True)
         self.assertEqual((summary.stdout, summary.returncode), ("tests: no trial summary found\n", 1))
+
+
+def unscoped_todos(package="tests"):
+    """
+    The C{todo}s in C{package}'s test cases that are not scoped to a known
+    failure: trial counts any failure at all as expected under a bare
+    reason string, hiding new bugs behind an old one.
+    """
+    import importlib
+    import inspect
+    import pkgutil
+
+    from twisted.trial.unittest import SynchronousTestCase
+
+    found = []
+    root = importlib.import_module(package)
+    for info in pkgutil.iter_modules(root.__path__, package + "."):
+        module = importlib.import_module(info.name)
+        for name, case in vars(module).items():
+            if not (inspect.isclass(case) and issubclass(case, SynchronousTestCase)) or case.__module__ != info.name:
+                continue
+            owners = [(f"{info.name}.{name}", case)] + [
+                (f"{info.name}.{name}.{attr}", method)
+                for attr, method in vars(case).items() if attr.startswith("test") and callable(method)
+            ]
+            for where, owner in owners:
+                todo = vars(owner).get("todo") if owner is case else getattr(owner, "todo", None)
+                if todo is None:
+                    continue
+                scoped = isinstance(todo, tuple) and len(todo) == 2 and (
+                    (inspect.isclass(todo[0]) and issubclass(todo[0], BaseException))
+                    or (isinstance(todo[0], tuple) and all(issubclass(t, BaseException) for t in todo[0]))
+                )
+                if not scoped:
+                    found.append(where)
+    return found
+
+
+class ScopedTodoTests(TestCase):
+    def test_every_todo_names_the_failure_it_expects(self):
+        """
+        A todo is C{(ExpectedError, "reason")}, never a bare string.
+        """
+        self.assertEqual(unscoped_todos(), [])
