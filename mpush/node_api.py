@@ -172,6 +172,7 @@ class NodeAPI:
             return shown
         if not added.stored:
             return shown
+        yield self._nudge(user_id)
         return [
             {
                 "user": user_id,
@@ -183,6 +184,33 @@ class NodeAPI:
                 "time_points": [],
             }
         ]
+
+    @defer.inlineCallbacks
+    def _nudge(self, user_id):
+        """
+        The user may have bound since the push looked the routes up, and
+        that bind's claim ran before the message was stored: look again and
+        have each online route's node deliver once more (L{mpush.offline.nudge}).
+        """
+        from mpush.offline.nudge import Nudge, deliver_nudged
+
+        try:
+            routes = yield self.backends.remote.lookup(user_id)
+        except Exception as error:
+            self.log.warn("routes of {user} not read again after storing: {why}", user=user_id, why=error)
+            return
+        center = self.node.router_center
+        for client_type, location in routes.items():
+            if not location.online:
+                continue
+            nudge = Nudge(user_id, int(client_type), location.conn_id)
+            if location.gateway == tuple(center.gateway):
+                deliver_nudged(center, nudge)
+                continue
+            try:
+                yield self.backends.nudges.publish(location.host, location.port, nudge)
+            except Exception as error:
+                self.log.warn("offline nudge for {user} not published: {why}", user=user_id, why=error)
 
     @staticmethod
     def _push_result(result):

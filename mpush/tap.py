@@ -23,6 +23,7 @@ from mpush.router.local import LocalRouter
 from mpush.metrics import PrometheusMetrics
 from mpush.node_api import NodeAPI
 from mpush.offline.delivery import OfflineDelivery
+from mpush.offline.nudge import MemoryNudgeChannel, RedisNudgeChannel, deliver_nudged
 from mpush.server.ack_handler import AckHandler
 from mpush.server.admin import AdminFactory
 from mpush.server.bind import BindHandler, UnbindHandler
@@ -161,7 +162,8 @@ def registry_timing(config):
 class Backends:
     """
     The shared state of a node, in memory or in Redis: sessions, routes,
-    online-user events, the kick channel and the node registry.
+    online-user events, the kick and offline-nudge channels and the node
+    registry.
     """
 
     def __init__(self, config, clock):
@@ -180,6 +182,7 @@ class Backends:
             from mpush.store.memory import MemorySessionStore
 
             state = MemoryRoutingState(clock)
+            self.nudges = MemoryNudgeChannel(state)
             self.offline = MemoryOfflineStore(config.offline.max_count, config.offline.max_bytes)
             self.broadcasts = MemoryBroadcastControl()
             self.sessions = MemorySessionStore(clock)
@@ -216,6 +219,7 @@ class Backends:
             self.remote = RedisRemoteRouter(self.redis, clock)
             self.events = RedisUserEvents(self.redis, public_ip(config.net), clock)
             self.kicks = RedisKickChannel(url, clock, publisher=self.redis)
+            self.nudges = RedisNudgeChannel(url, clock, publisher=self.redis)
             self.registry = RedisNodeRegistry(self.redis, clock, **registry_timing(config))
 
     def observe_failures(self, metrics):
@@ -230,6 +234,7 @@ class Backends:
             (self.registry, "registry"),
             (self.broadcasts, "broadcast"),
             (self.offline, "offline"),
+            (self.nudges, "offline"),
         )
         for component, label in components:
             observe = getattr(component, "observe_failures", None)
@@ -239,7 +244,8 @@ class Backends:
     @defer.inlineCallbacks
     def close(self):
         for part in (
-            self.registry, self.kicks, self.events, self.remote, self.broadcasts, self.offline, self.sessions
+            self.registry, self.kicks, self.nudges, self.events, self.remote, self.broadcasts, self.offline,
+            self.sessions,
         ):
             try:
                 yield part.close()
@@ -252,7 +258,8 @@ class Backends:
 class NodeService(service.MultiService):
     """
     One node: its listeners as children; on start it announces itself and
-    listens for kicks, on stop it withdraws and releases its stores.
+    listens for kicks and offline nudges, on stop it withdraws and releases
+    its stores.
     """
 
     def __init__(self, node, backends, info, api=None):
@@ -300,6 +307,10 @@ class NodeService(service.MultiService):
         self._quietly(
             backends.kicks.listen(self.info.host, self.info.port, center.remote_kick),
             "kick channel not listening",
+        )
+        self._quietly(
+            backends.nudges.listen(self.info.host, self.info.port, lambda nudge: deliver_nudged(center, nudge)),
+            "offline nudges not heard",
         )
         backends.registry.on_node_dead(self._node_dead)
         self._quietly(backends.registry.register(self.info), "node not registered")

@@ -9,6 +9,7 @@ from twisted.internet import defer, reactor, task
 
 from mpush.config import load_config
 from mpush.node_api import NodeAPI
+from mpush.offline.nudge import deliver_nudged
 from mpush.server.connection import ConnectionFactory
 from mpush.server.gateway import GatewayFactory
 from mpush.tap import Backends, build_node, make_dispatcher
@@ -40,6 +41,10 @@ class LoopbackNode:
             info, host="127.0.0.1", port=self.gateway_port, connect_host="127.0.0.1", connect_port=self.port
         )
         self.backends.kicks.listen(self.info.host, self.info.port, self.node.router_center.remote_kick)
+        center = self.node.router_center
+        self.nudges_heard = self.backends.nudges.listen(
+            self.info.host, self.info.port, lambda nudge: deliver_nudged(center, nudge)
+        )
         self.backends.registry.register(self.info)
         self.api = NodeAPI(self.node, self.backends, self.info, reactor, offline=self.backends.offline)
         test_case.addCleanup(self.stop)

@@ -676,6 +676,33 @@ class AckSpoofingTests(SynchronousTestCase):
         self.assertEqual(kind, "ok")
 
 
+    def test_ack_from_another_connection_does_not_count_on_a_push_to_every_client_type(self):
+        """
+        The general push path (several connections: client type 0 to a user
+        on a phone and a PC) binds each PUSH's ack to its connection too.
+        """
+        node = make_node()
+        phone = Device(node, "phone", port=1)
+        phone.bind("alice")
+        laptop = Device(node, "laptop", os_name="windows", port=2)
+        laptop.bind("alice")
+        intruder = Device(node, "dev-3", port=3)
+        intruder.bind("mallory")
+        gateway = Gateway(node)
+        gateway.push("alice", client_type=0, flags=Flags.BIZ_ACK | Flags.REPORT_TIMEOUTS, timeout=1000)
+        [(_, phone_id, _, _)] = phone.received()
+        [(_, laptop_id, _, _)] = laptop.received()
+        intruder.ack(phone_id)
+        intruder.ack(laptop_id)
+        self.assertEqual(gateway.replies(), [])
+        self.assertEqual(len(node.acks), 2)
+        phone.ack(phone_id)
+        laptop.ack(laptop_id)
+        [(_, kind, _)] = gateway.replies()
+        self.assertEqual(kind, "ok")
+        self.assertEqual(len(node.acks), 0)
+
+
 class GoneWhileWaitingTests(SynchronousTestCase):
     def test_bind_answered_after_the_device_left_logs_no_error(self):
         """

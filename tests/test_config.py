@@ -25,6 +25,7 @@ from mpush.config import (
     parse_config,
     parse_redis_url,
 )
+from mpush.protocol.heartbeat import negotiate_heartbeat
 
 ETC_MPUSH_TOML = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                               os.pardir, "etc", "mpush.toml")
@@ -410,6 +411,10 @@ class EveryKeyTests(SynchronousTestCase):
         config = parse('[core]\nmin-heartbeat = "5m"\nmax-heartbeat = "1m"\n')
         self.assertEqual((config.core.min_heartbeat, config.core.max_heartbeat),
                          (300000, 60000))
+        for asked in (1000, 60000, 120000, 300000, 600000):
+            self.assertEqual(
+                negotiate_heartbeat(asked, config.core.min_heartbeat, config.core.max_heartbeat),
+                300000, asked)
 
     def test_empty_keys_mean_generate(self):
         config = parse('[security]\nprivate-key = ""\npublic-key = ""\n')

@@ -3,6 +3,7 @@ End to end over loopback: a node listening on a real port, the Python client
 on the other side, the real reactor; Redis tests against a real redis-server.
 """
 
+import dataclasses
 import os
 import socket
 
@@ -10,6 +11,7 @@ from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from mpush.client.config import ClientConfig
+from mpush.config import load_config
 from mpush.client.protocol import connect_client
 from mpush.protocol.crypto import MPUSH_DEMO_PUBLIC_KEY
 from mpush.protocol.packet import HEARTBEAT_BYTE
@@ -86,6 +88,30 @@ class FastConnectTests(EndToEndCase):
         [connection] = server.node.connections.values()
         self.assertEqual(connection.context.device_id, "device-e2e")
         self.assertEqual(connection.context.heartbeat, 180000)
+
+    @defer.inlineCallbacks
+    def test_heartbeat_inside_the_server_range_on_handshake_and_fast_connect(self):
+        """
+        A client range strictly inside the server's: both the handshake and
+        the fast connect grant the client's own maximum, on the wire and in
+        the server's idle timer.
+        """
+        config = load_config(None)
+        server = LoopbackNode(self, config=config.replace(
+            core=dataclasses.replace(config.core, min_heartbeat=10000, max_heartbeat=600000)
+        ))
+        token = self.session_file()
+        first = yield self.connect(server.port, session_file=token, min_heartbeat=60000, max_heartbeat=120000)
+        self.assertEqual(first.heartbeat, 120000)
+        [connection] = server.node.connections.values()
+        self.assertEqual(connection.context.heartbeat, 120000)
+        yield first.close()
+        second = yield self.connect(server.port, session_file=token, min_heartbeat=30000, max_heartbeat=90000)
+        self.assertTrue(second.resumed)
+        self.assertEqual(second.heartbeat, 90000)
+        yield second.ping()
+        [connection] = server.node.connections.values()
+        self.assertEqual(connection.context.heartbeat, 90000)
 
     def write_session(self, path, session_id):
         expire = int(reactor.seconds() * 1000) + 3_600_000

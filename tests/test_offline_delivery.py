@@ -210,6 +210,25 @@ class DeliveryTests(DeliveryTestCase):
         self.assertEqual(self.successResultOf(done), 0)
         self.assertEqual(self.queued(), 1)
 
+    def test_ack_from_another_connection_does_not_count(self):
+        """
+        An offline PUSH is acked only by the connection it was written to:
+        another device guessing its id removes nothing.
+        """
+        self.store_messages("auto", "biz")
+        device = self.bound_device("dev-1", port=1)
+        intruder = self.bound_device("dev-2", user="mallory", port=2)
+        done = self.deliver(device)
+        session_ids = [sid for sid, _, _ in self.pushes(device)]
+        for session_id in session_ids:
+            intruder.ack(session_id)
+        self.assertEqual(self.queued(), 2)
+        self.assertNoResult(done)
+        for session_id in session_ids:
+            device.ack(session_id)
+        self.assertEqual(self.queued(), 0)
+        self.assertEqual(self.successResultOf(done), 2)
+
     def test_expired_not_delivered(self):
         self.store_messages("none", "none", ttl=5_000)
         self.clock.advance(5)

@@ -146,6 +146,21 @@ class HandshakeTests(SynchronousTestCase):
             [reply] = device.read(transport)
             self.assertEqual(device.accept_handshake_ok(reply).heartbeat, granted)
 
+    def test_inverted_server_range_grants_the_minimum(self):
+        """
+        Spec 8.4: with min-heartbeat above max-heartbeat the minimum wins,
+        whatever the client asks.
+        """
+        core = type(self.node.config.core)(min_heartbeat=300000, max_heartbeat=60000)
+        node = make_node(self.node.config.replace(core=core))
+        for asked in (1000, 60000, 120000, 300000, 400000):
+            protocol, transport = connect(node)
+            device = ScriptedDevice(max_heartbeat=asked)
+            protocol.dataReceived(device.handshake_bytes())
+            [reply] = device.read(transport)
+            self.assertEqual(device.accept_handshake_ok(reply).heartbeat, 300000, asked)
+            self.assertEqual(protocol.context.heartbeat, 300000, asked)
+
     def test_session_ids_are_distinct(self):
         ids = set()
         for i in range(50):
@@ -294,6 +309,38 @@ class FastConnectTests(SynchronousTestCase):
         self.assertIs(self.protocol.state, ConnectionState.HANDSHAKEN)
         self.assertEqual(self.protocol.context.device_id, "dev-1")
         self.assertEqual(self.protocol.context.cipher.key, self.device.cipher.key)
+
+    def test_heartbeat_renegotiated_from_the_fast_connect(self):
+        """
+        Spec 9.1: fast connect negotiates again from the FastConnect
+        message's own max heartbeat, not the server's bound nor the
+        handshake's value.
+        """
+        core = type(self.node.config.core)(min_heartbeat=10000, max_heartbeat=60000)
+        node = make_node(self.node.config.replace(core=core))
+        first, transport = connect(node)
+        first.dataReceived(self.device.handshake_bytes())
+        ok = self.device.accept_handshake_ok(self.device.read(transport)[0])
+        for asked, granted in [(30000, 30000), (45000, 45000), (240000, 60000), (1000, 10000)]:
+            protocol, transport = connect(node)
+            self.device.max_heartbeat = asked
+            protocol.dataReceived(self.device.fast_connect_bytes(ok.session_id))
+            [reply] = self.device.read(transport)
+            self.assertEqual(fast_connect_ok_of(reply).heartbeat, granted, asked)
+            self.assertEqual(protocol.context.heartbeat, granted, asked)
+
+    def test_inverted_server_range_grants_the_minimum(self):
+        core = type(self.node.config.core)(min_heartbeat=300000, max_heartbeat=60000)
+        node = make_node(self.node.config.replace(core=core))
+        first, transport = connect(node)
+        first.dataReceived(self.device.handshake_bytes())
+        ok = self.device.accept_handshake_ok(self.device.read(transport)[0])
+        for asked in (1000, 120000, 400000):
+            protocol, transport = connect(node)
+            self.device.max_heartbeat = asked
+            protocol.dataReceived(self.device.fast_connect_bytes(ok.session_id))
+            [reply] = self.device.read(transport)
+            self.assertEqual(fast_connect_ok_of(reply).heartbeat, 300000, asked)
 
     def test_unknown_session(self):
         self.protocol.dataReceived(self.device.fast_connect_bytes("0" * 32, packet_id=1))

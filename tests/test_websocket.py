@@ -629,6 +629,25 @@ class PushTests(WsNodeTestCase):
         self.assertEqual([r["status"] for r in outcome.results], ["ack_timeout"])
 
     @defer.inlineCallbacks
+    def test_an_ack_from_another_connection_is_ignored(self):
+        """
+        A PUSH to a WebSocket device (the general push path) is acked only
+        by that connection, not by another guessing its id.
+        """
+        client = yield self.bound_ws("victim")
+        intruder = yield self.bound_ws("mallory")
+        pushed = self.push("victim", b"mine", ack="auto", timeout_ms=5000)
+        frame = yield client.next()
+        intruder.send(23, None, frame["sessionId"])
+        # Handled in order: once this rebind is answered the ACK was read.
+        yield intruder.bind("mallory")
+        self.assertFalse(pushed.called)
+        self.assertEqual(len(self.server.node.acks), 1)
+        client.send(23, None, frame["sessionId"])
+        outcome = yield pushed
+        self.assertEqual([r["status"] for r in outcome.results], ["success"])
+
+    @defer.inlineCallbacks
     def test_ws_and_tcp_devices_of_one_user_both_receive(self):
         browser = yield self.bound_ws("both")
         phone = yield self.tcp_device("both", os_name="android")
