@@ -2,9 +2,9 @@
 HANDSHAKE: agree the session keys with a new device (spec 8.1).
 
 The body is always RSA-decrypted, whatever the connection's state.  The
-reply, HandshakeOk, goes out under AES(clientKey, iv); only once it has been
-written does the connection switch to AES(clientKey XOR serverKey, iv), adopt
-the device, and cache the session for fast connect.
+session is cached for fast connect first; then the reply, HandshakeOk, goes
+out under AES(clientKey, iv), and only once it has been written does the
+connection switch to AES(clientKey XOR serverKey, iv) and adopt the device.
 
 RSA is the expensive part, so a handshake first draws on the node's
 handshake token bucket (C{[limits] handshake-rate}).
@@ -94,16 +94,6 @@ class HandshakeHandler:
             cipher=client_cipher,
             compress_threshold=core.compress_threshold,
         )
-        # As in MPush: until the reply is out, the connection speaks
-        # AES(clientKey, iv); a failed write leaves it so.
-        connection.context.cipher = client_cipher
-        written = connection.write_packet(reply)
-        written.addCallback(
-            self._established, connection, message, session_key, heartbeat, session_id
-        )
-        return written
-
-    def _established(self, _, connection, message, session_key, heartbeat, session_id):
         context = SessionContext(
             heartbeat=heartbeat,
             cipher=AesCipher(session_key, message.iv),
@@ -112,23 +102,35 @@ class HandshakeHandler:
             os_version=message.os_version,
             client_version=message.client_version,
         )
+        # The session is cached before the reply goes out, so a device that
+        # has its HandshakeOk can fast-connect at once to any node sharing
+        # the store.  A store that is down costs this device its next fast
+        # connect, never this handshake.
+        saved = node.session_store.save(
+            session_id, context.to_reusable_session(session_key, message.iv), core.session_expired_time
+        )
+        saved.addErrback(self._not_cached, session_id)
+        saved.addCallback(self._reply, connection, reply, client_cipher, context)
+        return saved
+
+    def _reply(self, _, connection, reply, client_cipher, context):
+        # As in MPush: until the reply is out, the connection speaks
+        # AES(clientKey, iv); a failed write leaves it so.
+        connection.context.cipher = client_cipher
+        written = connection.write_packet(reply)
+        written.addCallback(self._established, connection, context)
+        return written
+
+    def _established(self, _, connection, context):
         connection.establish(context)
         self.node.metrics.handshake("ok")
         if debug_log.wanted():
             self.log.debug(
                 "handshake ok {peer} device={device} heartbeat={heartbeat}",
                 peer=connection.peer,
-                device=message.device_id,
-                heartbeat=heartbeat,
+                device=context.device_id,
+                heartbeat=context.heartbeat,
             )
-        # Caching is not on the connection's critical path: a store that is
-        # down costs this device its next fast connect, never this handshake.
-        saved = self.node.session_store.save(
-            session_id,
-            context.to_reusable_session(session_key, message.iv),
-            self.node.config.core.session_expired_time,
-        )
-        saved.addErrback(self._not_cached, session_id)
 
     def _not_cached(self, failure, session_id):
         self.log.debug(
