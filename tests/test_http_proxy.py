@@ -20,7 +20,8 @@ from twisted.internet import defer, reactor, ssl, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -28,6 +29,7 @@ from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
 
 from mpush.config import ConfigError, ProxyConfig, load_config
 from mpush.protocol.body import decode_body, make_packet
@@ -40,6 +42,8 @@ from mpush.server.handshake import HandshakeHandler
 from mpush.server.heartbeat import HeartbeatHandler
 from mpush.server.http_proxy import (
     ERROR_HEADER,
+    MAX_HEADER_BYTES,
+    MAX_HEADERS,
     BadHeader,
     BadUri,
     DnsMapping,
@@ -826,8 +830,8 @@ class ProxyErrorTests(ProxyCase):
     def test_oversize_response_is_502(self):
         self.proxy(max_content_length=1000)
         device = self.device()
-        _, message = yield self.fetch(device, self.url("/big?n=1000"))
-        self.assertEqual((message.status_code, len(message.body)), (200, 1000))
+        _, message = yield self.fetch(device, self.url("/big?n=800"))
+        self.assertEqual((message.status_code, len(message.body)), (200, 800))
         # Known from Content-Length, and found out while reading a chunked body.
         for path in ("/big?n=1001", "/stream?n=5000"):
             flags, message = yield self.fetch(device, self.url(path))
@@ -872,6 +876,147 @@ class ProxyErrorTests(ProxyCase):
         error = ErrorMessage.decode(reply.body)
         self.assertEqual((reply.cmd, error.code), (Command.ERROR, 100))
         self.assertTrue(device.transport.disconnecting)
+
+
+def rss_bytes():
+    """
+    This process's resident memory, from /proc.
+    """
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+class RawUpstream(Protocol):
+    """
+    A web server that answers the first request with C{response}, bytes as
+    they are; the connection then stays open.
+    """
+
+    def __init__(self, response):
+        self.response = response
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        if self.response is not None:
+            response, self.response = self.response, None
+            self.respond(response)
+
+    def respond(self, response):
+        self.transport.write(response)
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
+@implementer(IPullProducer)
+class HeaderFlood(RawUpstream):
+    """
+    A web server that answers with a status line and then header lines,
+    written as fast as they are read, up to C{total} bytes; it samples this
+    process's memory as it goes.
+    """
+
+    # Long lines (under twisted.web's 16 KiB line limit), so the byte cap,
+    # not the header count, is what stops them.
+    LINE = b"X-Flood: " + b"f" * 8000 + b"\r\n"
+
+    def __init__(self, total):
+        super().__init__(b"HTTP/1.1 200 OK\r\n")
+        self.total = total
+        self.sent = 0
+        self.peak_rss = rss_bytes()
+
+    def respond(self, response):
+        self.transport.write(response)
+        self.transport.registerProducer(self, False)
+
+    def resumeProducing(self):
+        self.peak_rss = max(self.peak_rss, rss_bytes())
+        if self.sent >= self.total:
+            self.transport.unregisterProducer()
+            return
+        chunk = self.LINE * 8
+        self.transport.write(chunk)
+        self.sent += len(chunk)
+
+    def stopProducing(self):
+        pass
+
+
+class HeadLimitTests(ProxyCase):
+    """
+    The upstream response's status line and headers are capped: twisted.web
+    alone keeps every header line a server sends.
+    """
+
+    def raw_upstream(self, protocol):
+        """
+        Listen for one connection, answered by C{protocol}.
+        """
+        factory = Factory.forProtocol(lambda: protocol)
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self.stop_raw, listening, protocol)
+        return listening.getHost().port
+
+    @defer.inlineCallbacks
+    def stop_raw(self, listening, protocol):
+        yield listening.stopListening()
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()
+            yield protocol.lost
+
+    @defer.inlineCallbacks
+    def test_header_flood_keeps_memory_flat(self):
+        self.proxy()
+        device = self.device()
+        # Warm up: the first request imports and allocates what any request needs.
+        yield self.fetch(device, self.url("/echo"))
+        flood = HeaderFlood(total=32 << 20)
+        port = self.raw_upstream(flood)
+        before = rss_bytes()
+        flags, message = yield self.fetch(device, self.url("/", port=port), headers={"readTimeout": "5000"})
+        growth = max(flood.peak_rss, rss_bytes()) - before
+        self.assertLess(growth, 8 << 20, f"memory grew by {growth >> 20} MiB under a header flood")
+        self.assertRaw(flags, message, 502, "Bad Gateway")
+        self.assertEqual(message.headers[ERROR_HEADER], f"response headers over {MAX_HEADER_BYTES} bytes")
+        # The proxy hung up long before the 32 MiB were sent.
+        yield flood.lost
+        self.assertLess(flood.sent, 16 << 20)
+        self.assertEqual(self.handler.in_flight, 0)
+
+    @defer.inlineCallbacks
+    def test_header_count_is_capped(self):
+        self.proxy()
+        device = self.device()
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+        for count, status in ((MAX_HEADERS, 200), (MAX_HEADERS + 1, 502)):
+            lines = b"".join(b"X-%d: v\r\n" % n for n in range(count - 1))
+            port = self.raw_upstream(RawUpstream(head + lines + b"\r\nok"))
+            _flags, message = yield self.fetch(device, self.url("/", port=port))
+            self.assertEqual(message.status_code, status, count)
+        self.assertEqual(message.headers[ERROR_HEADER], f"more than {MAX_HEADERS} response headers")
+
+    @defer.inlineCallbacks
+    def test_continuation_lines_count_as_header_bytes(self):
+        self.proxy()
+        device = self.device()
+        folded = b"X-Folded: start\r\n" + b"  more\r\n" * (MAX_HEADER_BYTES // 8 + 1)
+        port = self.raw_upstream(RawUpstream(b"HTTP/1.1 200 OK\r\n" + folded))
+        flags, message = yield self.fetch(device, self.url("/", port=port))
+        self.assertRaw(flags, message, 502, "Bad Gateway")
+        self.assertEqual(message.headers[ERROR_HEADER], f"response headers over {MAX_HEADER_BYTES} bytes")
+
+    @defer.inlineCallbacks
+    def test_header_bytes_count_against_max_content_length(self):
+        self.proxy(max_content_length=1000)
+        device = self.device()
+        head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 600 + b"\r\n"
+        for body, status in ((b"b" * 300, 200), (b"b" * 600, 502)):
+            response = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+            port = self.raw_upstream(RawUpstream(response))
+            _flags, message = yield self.fetch(device, self.url("/", port=port))
+            self.assertEqual(message.status_code, status, len(body))
+        self.assertIn("over 1000 bytes", message.headers[ERROR_HEADER])
 
 
 class _Raw:

@@ -26,6 +26,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -36,6 +37,7 @@ from twisted.web.client import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -60,6 +62,7 @@ __all__ = [
     "BadHeader",
     "BadUri",
     "DnsMapping",
+    "HeadersTooLarge",
     "HttpProxyHandler",
     "Overloaded",
     "ProxyFailure",
@@ -84,6 +87,11 @@ REDIRECT_CODES = frozenset({300, 301, 302, 303, 305, 307})
 MAX_READ_TIMEOUT_MS = 120_000
 #: The client header that carries the request's timeout in ms (spec 13.2).
 READ_TIMEOUT_HEADER = "readtimeout"
+#: Bytes of an upstream response's status line and headers read before the
+#: response is refused (MPush's Netty decoder stops at 8 KiB).
+MAX_HEADER_BYTES = 64 * 1024
+#: Headers (continuation lines not counted) read before it is refused.
+MAX_HEADERS = 100
 #: Response header that says why the proxy answered an error itself.
 ERROR_HEADER = "x-mpush-proxy-error"
 
@@ -154,7 +162,15 @@ class BadHeader(ProxyFailure):
 
 class ResponseTooLarge(ProxyFailure):
     """
-    The response body is longer than C{[http] max-content-length}.
+    The response, headers and body, is longer than C{[http]
+    max-content-length}.
+    """
+
+
+class HeadersTooLarge(ProxyFailure):
+    """
+    The upstream response has more header bytes or headers than the proxy
+    reads (L{MAX_HEADER_BYTES}, L{MAX_HEADERS}).
     """
 
 
@@ -489,8 +505,85 @@ def failure_reply(failure):
     if isinstance(error, ResponseNeverReceived):
         return 502, _PHRASES[502], "the connection closed before a response"
     if isinstance(error, ResponseFailed):
+        for reason in error.reasons:
+            if reason.check(ProxyFailure):
+                return reason.value.status, reason.value.phrase, reason.value.detail
         return 502, _PHRASES[502], "the response was broken off"
     return 502, _PHRASES[502], f"{type(error).__name__}: {error}"
+
+
+# -- the response head ---------------------------------------------------------------
+
+
+class _HeadCounter:
+    """
+    Stands in for one response parser's C{lineReceived}, which keeps every
+    header line it is given: counts the status line and the headers, and
+    refuses the response past the caps.  The client protocol turns the
+    exception into a dropped connection and a failed response, so a server
+    that streams headers forever costs at most C{max_bytes}.
+    """
+
+    __slots__ = ("_parser", "_line_received", "_max_bytes", "_max_headers", "size", "headers")
+
+    def __init__(self, parser, max_bytes, max_headers):
+        self._parser = parser
+        self._line_received = parser.lineReceived
+        self._max_bytes = max_bytes
+        self._max_headers = max_headers
+        self.size = 0
+        self.headers = 0
+
+    def __call__(self, line):
+        state = self._parser.state
+        if state in (STATUS, HEADER):
+            self.size += len(line) + 1
+            if self.size > self._max_bytes:
+                raise HeadersTooLarge(f"response headers over {self._max_bytes} bytes")
+            text = line[:-1] if line.endswith(b"\r") else line
+            if state == HEADER and text and text[:1] not in b" \t":
+                self.headers += 1
+                if self.headers > self._max_headers:
+                    raise HeadersTooLarge(f"more than {self._max_headers} response headers")
+        return self._line_received(line)
+
+
+class _CappedClientProtocol(HTTP11ClientProtocol):
+    """
+    twisted.web's HTTP/1.1 client with the response head capped (its parser
+    caps a line, not the number of lines).
+    """
+
+    def request(self, request):
+        result = super().request(request)
+        parser = self._parser
+        if parser is not None:
+            parser.lineReceived = _HeadCounter(parser, MAX_HEADER_BYTES, MAX_HEADERS)
+        return result
+
+
+class _CappedClientFactory(_HTTP11ClientFactory):
+    def buildProtocol(self, addr):
+        return _CappedClientProtocol(self._quiescentCallback)
+
+
+class _CappedConnectionPool(HTTPConnectionPool):
+    """
+    A connection pool whose connections cap the response head.
+    """
+
+    _factory = _CappedClientFactory
+
+
+def _head_size(response):
+    """
+    About how many bytes C{response}'s status line and headers took (what
+    twisted.web keeps of them).
+    """
+    size = len(b"HTTP/1.1 200 \r\n\r\n") + len(response.phrase)
+    for name, values in response.headers.getAllRawHeaders():
+        size += sum(len(name) + len(value) + 4 for value in values)
+    return size
 
 
 # -- the body ---------------------------------------------------------------------
@@ -524,13 +617,15 @@ class _BytesProducer:
 
 class _BodyReader(Protocol):
     """
-    Collects a response body up to C{limit} bytes; past it (or when the
+    Collects a response body up to C{limit} bytes less the C{head}
+    already read; past it (or when the
     Content-Length already says so) it drops the connection, so a huge body
     is never read, let alone buffered.
     """
 
-    def __init__(self, limit, expected):
-        self.limit = limit
+    def __init__(self, limit, expected, head=0):
+        self.head = head
+        self.limit = limit - head
         self.expected = expected
         self.parts = []
         self.size = 0
@@ -538,7 +633,7 @@ class _BodyReader(Protocol):
         self.finished = Deferred(self._cancel)
 
     def connectionMade(self):
-        if self.expected is not UNKNOWN_LENGTH and self.expected > self.limit:
+        if self.limit < 0 or (self.expected is not UNKNOWN_LENGTH and self.expected > self.limit):
             self._overflow()
 
     def dataReceived(self, data):
@@ -563,7 +658,7 @@ class _BodyReader(Protocol):
         if self.finished.called:
             return
         if self.too_large:
-            self.finished.errback(ResponseTooLarge(f"response body over {self.limit} bytes"))
+            self.finished.errback(ResponseTooLarge(f"response over {self.limit + self.head} bytes"))
         elif reason.check(ResponseDone, PotentialDataLoss):
             self.finished.callback(b"".join(self.parts))
         else:
@@ -573,9 +668,10 @@ class _BodyReader(Protocol):
 def read_body(response, limit):
     """
     A L{Deferred} firing with the whole body of C{response}, or failing
-    with L{ResponseTooLarge}; cancelling it drops the connection.
+    with L{ResponseTooLarge} when its head and body are over C{limit}
+    bytes; cancelling it drops the connection.
     """
-    reader = _BodyReader(limit, response.length)
+    reader = _BodyReader(limit, response.length, _head_size(response))
     response.deliverBody(reader)
     return reader.finished
 
@@ -651,7 +747,7 @@ class HttpProxyHandler:
         self.config = node.config.proxy
         self._reactor = reactor if reactor is not None else node.clock
         self._mapping = DnsMapping(self.config.dns_mapping, choice)
-        self._pool = HTTPConnectionPool(self._reactor, persistent=True)
+        self._pool = _CappedConnectionPool(self._reactor, persistent=True)
         self._pool.maxPersistentPerHost = self.config.max_conn_per_host
         endpoints = GuardedEndpointFactory(
             self._reactor,
