@@ -1223,6 +1223,31 @@ class DnsMappingProxyTests(ProxyCase):
         self.assertEqual(message.status_code, 200)
         self.assertEqual(picked, [(("127.0.0.1", self.port), ("127.0.0.1", closed))] * 2)
 
+    @defer.inlineCallbacks
+    def test_a_target_asked_for_directly_is_not_trusted(self):
+        self.proxy(allow=(), dns_mapping=(("api.test", (f"127.0.0.1:{self.port}",)),))
+        device = self.device()
+        _, message = yield self.fetch(device, "http://api.test/echo")
+        self.assertEqual(message.status_code, 200)
+        # The same address and port, without the mapped name: checked, and kept-alive
+        # connections of the mapped request are not reused for it.
+        flags, message = yield self.fetch(device, self.url("/echo"))
+        self.assertRaw(flags, message, 403, "Forbidden")
+        self.assertEqual(len(self.upstream.requests), 1)
+
+    @defer.inlineCallbacks
+    def test_a_redirect_to_a_target_is_not_trusted(self):
+        other = self.listen(self.upstream, interface="127.0.0.2")
+        self.proxy(allow=("127.0.0.2/32",), dns_mapping=(("api.test", (f"127.0.0.1:{self.port}",)),))
+        device = self.device()
+        flags, message = yield self.fetch(
+            device, self.url(f"/goto?to=http://127.0.0.1:{self.port}/echo", port=other, host="127.0.0.2")
+        )
+        self.assertRaw(flags, message, 403, "Forbidden")
+        # The mapped server's own redirects (same origin) stay trusted.
+        _, message = yield self.fetch(device, "http://api.test/redirect?n=2")
+        self.assertEqual(message.status_code, 200)
+
     def test_unmapped_names_still_go_through_the_policy(self):
         self.proxy(allow=(), dns_mapping=(("api.test", (f"127.0.0.1:{self.port}",)),))
         self.resolver.names["other.test"] = ["127.0.0.1"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
 from service_identity import CertificateError, VerificationError
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -349,7 +349,9 @@ class DnsMapping:
     def trusted(self):
         """
         Every C{(host, port)} a mapping can send a request to: the operator
-        named them, so the address policy does not apply to them.
+        named them, so the address policy does not apply to requests
+        translated through a mapped name (and only to those: asked for
+        directly, or reached by a redirect from elsewhere, they are checked).
         """
         pairs = set()
         for targets in self._targets.values():
@@ -683,16 +685,20 @@ class ProxyRequest:
     """
     One request in flight for one device.
 
+    @ivar trusted: the target was translated through C{dns-mapping}, so it
+        skips the address policy.
+
     @ivar finished: fires with the status the device was answered with, or
         with C{None} when the request was abandoned (its connection closed).
     """
 
     __slots__ = (
         "connection", "session_id", "method", "target", "headers", "body",
-        "timeout_ms", "peer", "finished", "work", "timer", "done",
+        "timeout_ms", "peer", "trusted", "finished", "work", "timer", "done",
     )
 
-    def __init__(self, connection, session_id, method, target, headers, body, timeout_ms, peer):
+    def __init__(self, connection, session_id, method, target, headers, body, timeout_ms, peer,
+                 trusted=False):
         self.connection = connection
         self.session_id = session_id
         self.method = method
@@ -701,6 +707,7 @@ class ProxyRequest:
         self.body = body
         self.timeout_ms = timeout_ms
         self.peer = peer
+        self.trusted = trusted
         self.finished = Deferred()
         self.work = None
         self.timer = None
@@ -747,17 +754,23 @@ class HttpProxyHandler:
         self.config = node.config.proxy
         self._reactor = reactor if reactor is not None else node.clock
         self._mapping = DnsMapping(self.config.dns_mapping, choice)
-        self._pool = _CappedConnectionPool(self._reactor, persistent=True)
-        self._pool.maxPersistentPerHost = self.config.max_conn_per_host
-        endpoints = GuardedEndpointFactory(
-            self._reactor,
-            resolver if resolver is not None else ReactorHostResolver(self._reactor),
-            AddressPolicy(self.config.allow),
-            HostnameCachingHTTPSPolicy(BrowserLikePolicyForHTTPS(trust_root)),
-            connect_timeout,
-            trusted=self._mapping.trusted,
-        )
-        self._agent = Agent.usingEndpointFactory(self._reactor, endpoints, pool=self._pool)
+        resolver = resolver if resolver is not None else ReactorHostResolver(self._reactor)
+        policy = AddressPolicy(self.config.allow)
+        tls = HostnameCachingHTTPSPolicy(BrowserLikePolicyForHTTPS(trust_root))
+        # Two agents with their own pools: mapping targets skip the address
+        # policy only for requests translated through a mapped name, and a
+        # kept-alive connection to one is never reused by another request.
+        self._pools = {}
+        self._agents = {}
+        for trusted in (False, True):
+            pool = _CappedConnectionPool(self._reactor, persistent=True)
+            pool.maxPersistentPerHost = self.config.max_conn_per_host
+            endpoints = GuardedEndpointFactory(
+                self._reactor, resolver, policy, tls, connect_timeout,
+                trusted=self._mapping.trusted if trusted else frozenset(),
+            )
+            self._pools[trusted] = pool
+            self._agents[trusted] = Agent.usingEndpointFactory(self._reactor, endpoints, pool=pool)
         self._by_connection = {}
         self._in_flight = 0
 
@@ -795,7 +808,7 @@ class HttpProxyHandler:
         """
         for request in self.active():
             self._abandon(request)
-        return self._pool.closeCachedConnections()
+        return gatherResults([pool.closeCachedConnections() for pool in self._pools.values()])
 
     # -- IMessageHandler ------------------------------------------------------
 
@@ -825,16 +838,17 @@ class HttpProxyHandler:
         if self._in_flight >= self.config.max_in_flight:
             raise Overloaded(f"{self._in_flight} requests already in flight on this node")
         target = Target.parse(message.uri)
-        target = self._mapping.translate(target) or target
+        mapped = self._mapping.translate(target)
         return ProxyRequest(
             connection,
             session_id,
             message.method_name,
-            target,
+            mapped or target,
             forwarded_headers(message.headers),
             message.body or None,
             read_timeout_ms(message.headers, self.config.default_read_timeout),
             _peer_of(connection),
+            trusted=mapped is not None,
         )
 
     # -- one request's life -----------------------------------------------------
@@ -853,11 +867,13 @@ class HttpProxyHandler:
         like the first, connects through the address policy.
         """
         target, method, body, pairs = request.target, request.method, request.body, request.headers
+        trusted = request.trusted
         redirects = 0
         while True:
             headers = request_headers(pairs, target, *request.peer)
             producer = _BytesProducer(body) if body else None
-            response = await self._agent.request(method.encode("ascii"), target.url(), headers, producer)
+            agent = self._agents[trusted]
+            response = await agent.request(method.encode("ascii"), target.url(), headers, producer)
             content = await read_body(response, self.config.max_content_length)
             location = _location(response.headers) if response.code in REDIRECT_CODES else None
             if not location or redirects == MAX_REDIRECTS:
@@ -865,6 +881,8 @@ class HttpProxyHandler:
             following = target.follow(location)
             if following.origin != target.origin:
                 pairs = without_credentials(pairs)
+                # Only a mapped name's own redirects keep to its target.
+                trusted = False
             if response.code == 303 and method != "GET":
                 # See Other: fetch the result with GET (MPush repeats the POST).
                 method, body = "GET", None
