@@ -275,6 +275,21 @@ class ValidatorTests(SynchronousTestCase):
         self.assertTrue(device.transport.disconnecting)
         self.assertIsNone(node.router_center.local.lookup("alice", 1))
 
+    def test_non_ascii_token_is_a_failed_bind(self):
+        """
+        Not a crash (compare_digest on a non-ASCII str raises TypeError).
+        """
+        config = load_config(None).replace(bind=BindConfig(validator="hmac", hmac_secret="s3"))
+        node = make_node(config)
+        token = HmacTokenValidator("s3").token_for("alice")
+        self.assertFalse(HmacTokenValidator("s3").validate("alice", "é" + token[1:], None))
+        device = Device(node, "dev-1")
+        [reply] = device.bind("alice", data="tökén")
+        error = ErrorMessage.decode(reply.body)
+        self.assertEqual((error.cmd, error.code, error.reason), (5, 0, "bind failed"))
+        self.assertTrue(device.transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
+
     def test_accepted_token(self):
         config = load_config(None).replace(bind=BindConfig(validator="hmac", hmac_secret="s3"))
         node = make_node(config)
