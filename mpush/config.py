@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import quote, unquote, urlsplit
 
+from mpush.origins import origin_key
 from mpush.units import parse_duration, parse_size
 
 __all__ = [
@@ -222,6 +223,7 @@ class NetConfig:
     admin_server_bind_ip: str = "127.0.0.1"
     admin_server_port: int = 3002
     ws_server_port: int = 0
+    ws_allowed_origins: tuple[str, ...] = ()  # () = the port's own origin only; "*" = any
     http_server_bind_ip: str = ""
     http_server_port: int = 8080
     connect_server_write_high: int = 65536  # bytes buffered for a client before pushes fail
@@ -235,6 +237,12 @@ class NetConfig:
         _need_port("[net] gateway-server-port", self.gateway_server_port, zero_disables=True)
         _need_port("[net] admin-server-port", self.admin_server_port, zero_disables=True)
         _need_port("[net] ws-server-port", self.ws_server_port, zero_disables=True)
+        for origin in self.ws_allowed_origins:
+            if origin != "*":
+                try:
+                    origin_key(origin)
+                except ValueError as error:
+                    raise ConfigError(str(error), key="[net] ws-allowed-origins") from None
         _need_port("[net] http-server-port", self.http_server_port, zero_disables=True)
         _need_int("[net] write-buffer-water-mark.connect-server-high",
                   self.connect_server_write_high, 1024, what=" bytes")
@@ -634,6 +642,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "admin-server-bind-ip": _Field("admin_server_bind_ip", _same),
         "admin-server-port": _Field("admin_server_port", _same),
         "ws-server-port": _Field("ws_server_port", _same),
+        "ws-allowed-origins": _Field("ws_allowed_origins", _str_list),
         "http-server-bind-ip": _Field("http_server_bind_ip", _same),
         "http-server-port": _Field("http_server_port", _same),
         # Checked against local-ip in _check_net: it is written into user routes.
