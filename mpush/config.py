@@ -455,6 +455,10 @@ class TlsConfig:
                               key="[tls] cert-file")
 
 
+#: MPush's default ``mp.zk.digest``: public, so no credential (see SECURITY.md).
+MPUSH_ZK_DIGEST = "mpush"
+
+
 @dataclass(frozen=True, slots=True)
 class ZkConfig:
     """
@@ -465,7 +469,7 @@ class ZkConfig:
     enabled: bool = False
     server_address: str = "127.0.0.1:2181"
     namespace: str = "mpush"
-    digest: str = field(default="mpush", repr=False)
+    digest: str = field(default=MPUSH_ZK_DIGEST, repr=False)
     session_timeout: int = 5000           # ms (MPush sessionTimeoutMs)
     connection_timeout: int = 5000        # ms (MPush connectionTimeoutMs)
 
