@@ -1172,16 +1172,23 @@ class RedirectTests(ProxyCase):
         self.proxy()
         self.resolver.names["elsewhere.test"] = ["127.0.0.1"]
         device = self.device()
-        secrets = {"Authorization": "Bearer s3cret", "Cookie": "id=1", "X-Other": "kept"}
+        secrets = {
+            "Authorization": "Bearer s3cret", "Cookie": "id=1", "X-Api-Key": "k3y",
+            "X-Auth-Token": "t0ken", "Accept": "application/json", "User-Agent": "app/1.0",
+        }
         _, message = yield self.fetch(device, self.url("/redirect?n=1"), headers=secrets)
         same = json.loads(message.body)["headers"]
-        self.assertEqual((same["authorization"], same["cookie"]), (["Bearer s3cret"], ["id=1"]))
+        self.assertEqual(
+            (same["authorization"], same["cookie"], same["x-api-key"], same["x-auth-token"]),
+            (["Bearer s3cret"], ["id=1"], ["k3y"], ["t0ken"]),
+        )
         to = f"http://elsewhere.test:{self.port}/echo"
         _, message = yield self.fetch(device, self.url("/goto?to=" + to), headers=secrets)
         moved = json.loads(message.body)["headers"]
-        self.assertNotIn("authorization", moved)
-        self.assertNotIn("cookie", moved)
-        self.assertEqual(moved["x-other"], ["kept"])
+        # Only headers that are never credentials cross to another origin.
+        for name in ("authorization", "cookie", "x-api-key", "x-auth-token"):
+            self.assertNotIn(name, moved)
+        self.assertEqual((moved["accept"], moved["user-agent"]), (["application/json"], ["app/1.0"]))
         self.assertEqual(moved["host"], [f"elsewhere.test:{self.port}"])
 
     @defer.inlineCallbacks

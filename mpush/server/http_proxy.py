@@ -114,8 +114,10 @@ _DROPPED = frozenset({
     "trailer", "upgrade", "proxy-connection", "proxy-authorization",
     "x-forwarded-for", "x-forwarded-port", READ_TIMEOUT_HEADER,
 })
-# Credentials are not carried to another origin by a redirect.
-_CREDENTIALS = frozenset({"authorization", "cookie", "cookie2", "www-authenticate"})
+# The only client headers a redirect carries to another origin: the
+# CORS-safelisted ones and User-Agent, which describe the request and are
+# never credentials.  Any other header may be one (X-Api-Key, X-Auth-Token...).
+_CROSS_ORIGIN = frozenset({"accept", "accept-language", "content-language", "content-type", "user-agent"})
 
 _PHRASES = {
     400: "Bad Request",
@@ -414,8 +416,12 @@ def forwarded_headers(headers):
     return tuple(pairs)
 
 
-def without_credentials(pairs):
-    return tuple((name, value) for name, value in pairs if name.lower().decode("ascii") not in _CREDENTIALS)
+def cross_origin_headers(pairs):
+    """
+    What of the client's headers a redirect to another origin keeps: none
+    that could be a credential for the first one.
+    """
+    return tuple((name, value) for name, value in pairs if name.lower().decode("ascii") in _CROSS_ORIGIN)
 
 
 def request_headers(pairs, target, peer_host, peer_port):
@@ -880,7 +886,7 @@ class HttpProxyHandler:
                 return response, content
             following = target.follow(location)
             if following.origin != target.origin:
-                pairs = without_credentials(pairs)
+                pairs = cross_origin_headers(pairs)
                 # Only a mapped name's own redirects keep to its target.
                 trusted = False
             if response.code == 303 and method != "GET":
