@@ -483,6 +483,45 @@ class ZkConfig:
             raise ConfigError("must not be empty when [zk] enabled = true", key="[zk] server-address")
 
 
+def split_host_port(text: str) -> tuple:
+    """
+    ``"host[:port]"`` or ``"[v6 host][:port]"`` as ``(host, port or None)``;
+    a bare IPv6 host (more than one colon) has no port.
+
+    @raise ValueError: not of that form, or a port outside 1..65535.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"not a string: {text!r}")
+    host, port = text, None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"expected [host]:port, got {text!r}")
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if port is None:
+        return host, None
+    if not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        raise ValueError(f"unusable port in {text!r}")
+    return host, int(port)
+
+
+def parse_allow_entry(text: str) -> tuple:
+    """
+    One ``[http] proxy-allow`` entry: ``"10.1.2.0/24"`` (every port),
+    ``"10.1.2.3:8080"``, ``"10.1.2.0/24:8080"``, ``"[fd00::/64]:443"``, as
+    ``(ip_network, port or None)``.
+
+    @raise ValueError: not of that form.
+    """
+    network, port = split_host_port(text)
+    try:
+        return ipaddress.ip_network(network, strict=False), port
+    except ValueError:
+        raise ValueError(f"not an address or network: {text!r}") from None
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyConfig:
     """
@@ -496,7 +535,7 @@ class ProxyConfig:
     default_read_timeout: int = 10000     # ms
     max_content_length: int = 5 << 20     # bytes
     dns_mapping: tuple = ()               # ((domain, ("ip:port", ...)), ...)
-    allow: tuple = ()                     # CIDRs always allowed, e.g. ("10.1.2.0/24",)
+    allow: tuple = ()                     # e.g. ("10.1.2.0/24", "10.1.3.4:8080", "[fd00::/64]:443")
     max_in_flight_per_connection: int = 8
     max_in_flight: int = 256
 
@@ -506,14 +545,11 @@ class ProxyConfig:
         _need_int("[http] max-content-length", self.max_content_length, 1, what=" bytes")
         _need_int("[http] proxy-max-in-flight-per-connection", self.max_in_flight_per_connection, 1)
         _need_int("[http] proxy-max-in-flight", self.max_in_flight, 1)
-        import ipaddress
-
-        for cidr in self.allow:
+        for entry in self.allow:
             try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(f"not an address or network: {cidr!r}",
-                                  key="[http] proxy-allow") from None
+                parse_allow_entry(entry)
+            except ValueError as error:
+                raise ConfigError(str(error), key="[http] proxy-allow") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -974,5 +974,11 @@ class ReliabilityAndEcosystemConfigTests(SynchronousTestCase):
                          (True, ("10.1.2.0/24", "127.0.0.1"), 3000, 1 << 20))
         error = self.assertRaises(ConfigError, parse, '[http]\nproxy-allow = ["not-an-ip"]\n')
         self.assertIn("[http] proxy-allow", str(error))
+        ported = ["10.1.2.3:8080", "10.1.0.0/16:443", "[fd00::/8]:443", "[::1]:80", "fd00::/8"]
+        config = parse("[http]\nproxy-allow = [%s]\n" % ", ".join(f'"{e}"' for e in ported))
+        self.assertEqual(config.proxy.allow, tuple(ported))
+        for bad in ("10.1.2.3:0", "10.1.2.3:65536", "10.1.2.3:http", "[fd00::1]x", "::1:80x", "[fd00::1]:"):
+            error = self.assertRaises(ConfigError, parse, f'[http]\nproxy-allow = ["{bad}"]\n')
+            self.assertIn("[http] proxy-allow", str(error))
         error = self.assertRaises(ConfigError, parse, '[http]\ndns-mapping = { "a.com" = [] }\n')
         self.assertIn("[http] dns-mapping", str(error))

@@ -22,6 +22,7 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -43,6 +44,7 @@ from mpush.server.heartbeat import HeartbeatHandler
 from mpush.server.http_proxy import (
     ERROR_HEADER,
     MAX_HEADER_BYTES,
+    UNREACHABLE,
     MAX_HEADERS,
     BadHeader,
     BadUri,
@@ -146,6 +148,19 @@ class AddressPolicyTests(SynchronousTestCase):
         self.assertEqual(policy.refusal("127.0.0.2"), LOOPBACK)
         self.assertEqual(policy.refusal("10.21.0.1"), PRIVATE)
         self.assertEqual(policy.refusal("169.254.169.254"), METADATA)
+
+    def test_allow_entries_with_a_port_open_only_that_port(self):
+        policy = AddressPolicy(("127.0.0.1:8080", "10.1.0.0/16:443", "[fd00::/8]:443", "192.168.0.0/24"))
+        self.assertIsNone(policy.refusal("127.0.0.1", 8080))
+        self.assertEqual(policy.refusal("127.0.0.1", 8081), LOOPBACK)
+        self.assertEqual(policy.refusal("127.0.0.1"), LOOPBACK)
+        self.assertIsNone(policy.refusal("10.1.9.9", 443))
+        self.assertEqual(policy.refusal("10.1.9.9", 22), PRIVATE)
+        self.assertIsNone(policy.refusal("fd00::5", 443))
+        self.assertEqual(policy.refusal("fd00::5", 80), PRIVATE)
+        self.assertIsNone(policy.refusal("192.168.0.7", 22))
+        error = self.assertRaises(AddressRefused, policy.check, "db.test", ["10.1.2.3"], 5432)
+        self.assertEqual((error.address, error.port), ("10.1.2.3", 5432))
 
     def test_any_refused_address_refuses_the_name(self):
         policy = AddressPolicy()
@@ -356,7 +371,7 @@ class FailureReplyTests(SynchronousTestCase):
         from OpenSSL.SSL import Error as TlsError
 
         cases = [
-            (AddressRefused("h.test", "10.0.0.1", PRIVATE), 403),
+            (AddressRefused("h.test", "10.0.0.1", PRIVATE), 504),
             (BadUri("x"), 502),
             (ResponseTooLarge("x"), 502),
             (Overloaded("x"), 503),
@@ -371,9 +386,16 @@ class FailureReplyTests(SynchronousTestCase):
         ]
         for error, status in cases:
             self.assertEqual(failure_reply(Failure(error))[0], status, error)
-        status, phrase, detail = failure_reply(Failure(AddressRefused("h.test", "10.0.0.1", PRIVATE)))
-        self.assertEqual((status, phrase), (403, "Forbidden"))
-        self.assertNotIn("10.0.0.1", detail)
+        # Not reachable, for whatever reason: one answer, so a device cannot
+        # tell a private name from a missing one, or a closed port from a filtered one.
+        unreachable = [
+            AddressRefused("h.test", "10.0.0.1", PRIVATE), HostNotFound("h.test"),
+            ConnectionRefusedError(), ConnectTimeout(),
+            UpstreamUnreachable("h.test", 80, ["127.0.0.1"], ConnectionRefusedError()),
+            UpstreamUnreachable("h.test", 80, ["127.0.0.1"], ConnectTimeout()),
+        ]
+        answers = {failure_reply(Failure(error)) for error in unreachable}
+        self.assertEqual(answers, {(504, "Gateway Timeout", UNREACHABLE)})
 
 
 # -- test web servers ----------------------------------------------------------------
@@ -647,6 +669,14 @@ class ProxyCase(TestCase):
         self.assertEqual(reply_id, session_id)
         return flags, message
 
+    def assertRefused(self, flags, message):
+        """
+        The one answer for an upstream that cannot be reached, whatever why.
+        """
+        self.assertRaw(flags, message, 504, "Gateway Timeout")
+        self.assertEqual(message.headers, {ERROR_HEADER: UNREACHABLE})
+        self.assertIsNone(message.body)
+
     def assertRaw(self, flags, message, status, phrase):
         self.assertEqual(flags, 0, "proxy-generated answers are raw")
         self.assertEqual((message.status_code, message.reason_phrase), (status, phrase))
@@ -730,7 +760,7 @@ class ForwardingTests(ProxyCase):
         self.assertEqual(message.status_code, 200)
         self.assertEqual(json.loads(message.body)["headers"]["host"], [f"[::1]:{port}"])
         flags, message = yield self.fetch(device, self.url("/echo"))
-        self.assertRaw(flags, message, 403, "Forbidden")
+        self.assertRefused(flags, message)
 
     @defer.inlineCallbacks
     def test_bad_header_is_502(self):
@@ -1075,36 +1105,32 @@ class LimitTests(ProxyCase):
 
 class RefusalTests(ProxyCase):
     @defer.inlineCallbacks
-    def test_loopback_without_allow_is_403(self):
+    def test_loopback_without_allow_is_refused(self):
         self.proxy(allow=())
         device = self.device()
         flags, message = yield self.fetch(device, self.url("/echo"))
-        self.assertRaw(flags, message, 403, "Forbidden")
-        self.assertIn(b"loopback", message.body)
-        self.assertIn("loopback", message.headers[ERROR_HEADER])
+        self.assertRefused(flags, message)
         self.assertEqual(self.upstream.requests, [])
         self.assertEqual(self.guard.connectors, [])
 
     @defer.inlineCallbacks
-    def test_private_link_local_cgnat_and_metadata_literals_are_403(self):
+    def test_private_link_local_cgnat_and_metadata_literals_are_refused(self):
         self.proxy()
         device = self.device()
         for host in ("10.1.2.3", "169.254.169.254", "169.254.10.1", "100.64.0.1", "192.168.1.1", "[::ffff:10.0.0.1]"):
             flags, message = yield self.fetch(device, f"http://{host}:8080/")
-            self.assertRaw(flags, message, 403, "Forbidden")
+            self.assertRefused(flags, message)
         self.assertEqual(self.guard.connectors, [])
 
     @defer.inlineCallbacks
-    def test_name_resolving_to_loopback_is_403(self):
+    def test_name_resolving_to_loopback_is_refused(self):
         self.proxy(allow=())
         self.resolver.names["innocent.test"] = ["127.0.0.1"]
         self.resolver.names["mixed.test"] = ["93.184.216.34", "127.0.0.1"]
         device = self.device()
         for name in ("innocent.test", "mixed.test"):
             flags, message = yield self.fetch(device, f"http://{name}:{self.port}/echo")
-            self.assertRaw(flags, message, 403, "Forbidden")
-            self.assertIn(name, message.headers[ERROR_HEADER])
-            self.assertNotIn("127.0.0.1", message.headers[ERROR_HEADER])
+            self.assertRefused(flags, message)
         self.assertEqual(self.guard.connectors, [])
         self.assertEqual(self.upstream.requests, [])
 
@@ -1121,13 +1147,42 @@ class RefusalTests(ProxyCase):
         self.assertEqual(self.guard.hosts, ["127.0.0.1"])
 
     @defer.inlineCallbacks
-    def test_redirect_to_a_refused_address_is_403(self):
+    def test_redirect_to_a_refused_address_is_refused(self):
         self.proxy()
         device = self.device()
         for to in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.2:1/", "http://10.0.0.1/"):
             flags, message = yield self.fetch(device, self.url("/goto?to=" + to))
-            self.assertRaw(flags, message, 403, "Forbidden")
+            self.assertRefused(flags, message)
         self.assertEqual(len(self.upstream.requests), 3)
+
+    @defer.inlineCallbacks
+    def test_refusals_do_not_map_the_inside(self):
+        """
+        A private name, a missing name, a closed port and a port outside the
+        allow-list all get the same answer; the log says which.
+        """
+        closed = yield self.closed_port()
+        self.proxy(allow=(f"127.0.0.1:{self.port}", f"127.0.0.1:{closed}"))
+        self.resolver.names["intranet.test"] = ["10.0.0.8"]
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        device = self.device()
+        answers = set()
+        for uri in ("http://intranet.test/", "http://nowhere.test/", self.url("/", port=closed),
+                    self.url("/", port=self.port + 1)):
+            flags, message = yield self.fetch(device, uri)
+            self.assertRefused(flags, message)
+            answers.add((flags, message.status_code, message.reason_phrase, repr(message.headers), message.body))
+        self.assertEqual(len(answers), 1)
+        # The allowed port itself works; the other port was never connected to.
+        _, message = yield self.fetch(device, self.url("/echo"))
+        self.assertEqual(message.status_code, 200)
+        self.assertNotIn(self.port + 1, [c.getDestination().port for c in self.guard.connectors])
+        lines = " | ".join(formatEvent(event) for event in logged)
+        for why in ("resolves to a private address: 10.0.0.8", "cannot resolve nowhere.test",
+                    "connection refused", f"loopback address (port {self.port + 1})"):
+            self.assertIn(why, lines)
 
 
 class RedirectTests(ProxyCase):
@@ -1239,7 +1294,7 @@ class DnsMappingProxyTests(ProxyCase):
         # The same address and port, without the mapped name: checked, and kept-alive
         # connections of the mapped request are not reused for it.
         flags, message = yield self.fetch(device, self.url("/echo"))
-        self.assertRaw(flags, message, 403, "Forbidden")
+        self.assertRefused(flags, message)
         self.assertEqual(len(self.upstream.requests), 1)
 
     @defer.inlineCallbacks
@@ -1250,7 +1305,7 @@ class DnsMappingProxyTests(ProxyCase):
         flags, message = yield self.fetch(
             device, self.url(f"/goto?to=http://127.0.0.1:{self.port}/echo", port=other, host="127.0.0.2")
         )
-        self.assertRaw(flags, message, 403, "Forbidden")
+        self.assertRefused(flags, message)
         # The mapped server's own redirects (same origin) stay trusted.
         _, message = yield self.fetch(device, "http://api.test/redirect?n=2")
         self.assertEqual(message.status_code, 200)
@@ -1261,7 +1316,7 @@ class DnsMappingProxyTests(ProxyCase):
         device = self.device()
         device.request(f"http://other.test:{self.port}/echo")
         [(_, flags, message)] = device.replies()
-        self.assertRaw(flags, message, 403, "Forbidden")
+        self.assertRefused(flags, message)
 
 
 class HttpsTests(ProxyCase):

@@ -7,12 +7,15 @@ handler starts the upstream request and returns at once, so the
 connection's next packets are not held up by a slow web server; the answer
 is written whenever it is ready.  An upstream response (any status) goes the
 "send" way, encrypted and compressed above the threshold; the statuses the
-proxy makes up itself (400, 403, 408, 502, 503, 504) go raw, as in MPush.
+proxy makes up itself (400, 408, 502, 503, 504) go raw, as in MPush.
 
 What mpush does beyond MPush: an empty uri gets one 400 and nothing else
 (spec 21.2 item 7); https works, with certificates checked; where the proxy
 may connect is decided by L{mpush.server.ssrf} on the resolved addresses;
-in-flight requests are bounded per connection and per node.
+every way of not reaching the upstream (refused by that policy, no such
+name, connection refused, timed out) gets the same answer, so devices
+cannot map the inside with it; in-flight requests are bounded per
+connection and per node.
 """
 
 import ipaddress
@@ -43,7 +46,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from mpush.config import ConfigError
+from mpush.config import ConfigError, split_host_port
 from mpush.protocol.body import decode_body
 from mpush.protocol.messages import HttpRequestMessage, HttpResponseMessage
 from mpush.protocol.packet import Command
@@ -53,9 +56,7 @@ from mpush.server.ssrf import (
     AddressPolicy,
     AddressRefused,
     GuardedEndpointFactory,
-    HostNotFound,
     ReactorHostResolver,
-    UpstreamUnreachable,
 )
 
 __all__ = [
@@ -92,6 +93,9 @@ READ_TIMEOUT_HEADER = "readtimeout"
 MAX_HEADER_BYTES = 64 * 1024
 #: Headers (continuation lines not counted) read before it is refused.
 MAX_HEADERS = 100
+#: What a device is told when the upstream cannot be reached, whatever the
+#: reason: the log says which.
+UNREACHABLE = "upstream not reachable"
 #: Response header that says why the proxy answered an error itself.
 ERROR_HEADER = "x-mpush-proxy-error"
 
@@ -121,7 +125,6 @@ _CROSS_ORIGIN = frozenset({"accept", "accept-language", "content-language", "con
 
 _PHRASES = {
     400: "Bad Request",
-    403: "Forbidden",
     408: "Request Timeout",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -303,20 +306,7 @@ def _mapping_target(text):
 
     @raise ValueError: not of that form.
     """
-    if not isinstance(text, str):
-        raise ValueError(f"not a string: {text!r}")
-    host, port = text, None
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"unusable target {text!r}")
-        port = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    if port is not None:
-        if not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
-            raise ValueError(f"unusable port in {text!r}")
-        port = int(port)
+    host, port = split_host_port(text)
     try:
         return _host_of(host), port
     except BadUri:
@@ -492,20 +482,23 @@ def _tls_failed(error):
     return any(reason.check(*_TLS_ERRORS) for reason in getattr(error, "reasons", None) or ())
 
 
+# Every way of not getting a connection to the upstream (HostNotFound and
+# UpstreamUnreachable are ConnectErrors).
+_UNREACHABLE = (AddressRefused, ConnectError, DNSLookupError)
+
+
 def failure_reply(failure):
     """
     The status, reason phrase and detail text the client is answered with
     for a failed upstream request (spec 13.2 step 5).
     """
     error = failure.value
-    if isinstance(error, AddressRefused):
-        return 403, _PHRASES[403], f"refused: {error.public_reason()}"
     if isinstance(error, ProxyFailure):
         return error.status, error.phrase, error.detail
-    if isinstance(error, (HostNotFound, UpstreamUnreachable)):
-        return 504, _PHRASES[504], error.detail
-    if isinstance(error, (ConnectError, DNSLookupError)):
-        return 504, _PHRASES[504], f"cannot connect: {type(error).__name__}"
+    if isinstance(error, _UNREACHABLE):
+        # Refused by the address policy, no such name, refused, timed out:
+        # one answer, else a device maps internal names and scans ports.
+        return 504, _PHRASES[504], UNREACHABLE
     if _tls_failed(error):
         return 502, _PHRASES[502], "TLS handshake or certificate verification failed"
     if isinstance(error, RequestTransmissionFailed):
@@ -921,8 +914,9 @@ class HttpProxyHandler:
         status, _phrase, detail = failure_reply(failure)
         if not failure.check(*_EXPECTED) and not _tls_failed(failure.value):
             self.log.failure("HTTP proxy: unexpected error for {request}", failure, request=request)
-        # The log has what the device is not told: the address behind a name.
-        self._fail(request, status, detail, str(failure.value) if failure.check(AddressRefused) else None)
+        # The log has what the device is not told: why, and the address behind a name.
+        reason = f"{detail} ({type(failure.value).__name__}: {failure.value})"
+        self._fail(request, status, detail, reason, warn=failure.check(AddressRefused) is not None)
         return None
 
     def _timed_out(self, request):
@@ -932,8 +926,8 @@ class HttpProxyHandler:
         self._fail(request, 408, f"no response within {request.timeout_ms} ms")
         request.work.cancel()
 
-    def _fail(self, request, status, detail, log_detail=None):
-        log = self.log.warn if status == 403 else self.log.info
+    def _fail(self, request, status, detail, log_detail=None, warn=False):
+        log = self.log.warn if warn else self.log.info
         log(
             "HTTP proxy {status} for {peer}: {method} {url}: {detail}",
             status=status,
@@ -967,8 +961,7 @@ class HttpProxyHandler:
 
     def _answer_error(self, connection, session_id, status, detail, logged=False):
         """
-        A status the proxy made up: raw, with why in a header (and, for a
-        refusal, in the body, for whoever reads it on the device).
+        A status the proxy made up: raw, with why in a header.
         """
         if not logged:
             self.log.info(
@@ -978,6 +971,5 @@ class HttpProxyHandler:
                 detail=detail,
             )
         phrase = _PHRASES[status]
-        body = f"mpush HTTP proxy: {detail}\n".encode("utf-8") if status == 403 else None
-        message = HttpResponseMessage(status, phrase, {ERROR_HEADER: detail.replace("\n", " ")}, body)
+        message = HttpResponseMessage(status, phrase, {ERROR_HEADER: detail.replace("\n", " ")}, None)
         connection.send_raw(Command.HTTP_PROXY, message, session_id).addErrback(_ignore_closed)
