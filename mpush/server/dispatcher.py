@@ -50,7 +50,7 @@ def _command_name(cmd):
         return str(cmd)
 
 
-def _in_clear(connection, packet):
+def _in_clear(connection, packet) -> bool:
     """
     Whether C{packet} carries a body in clear where a client would have
     encrypted it: knowing a session id must not be enough to act on it.
@@ -100,7 +100,8 @@ class MessageDispatcher:
             self._reject(connection, packet, UnsupportedCommand())
             return None
         if _in_clear(connection, packet):
-            self._reject(connection, packet, NotEncrypted(f"{_command_name(packet.cmd)} body in clear on an encrypted session"))
+            refusal = NotEncrypted(f"{_command_name(packet.cmd)} body in clear on an encrypted session")
+            self._reject(connection, packet, refusal)
             return None
         try:
             result = handler.handle(connection, packet)

@@ -406,7 +406,7 @@ def forwarded_headers(headers):
     return tuple(pairs)
 
 
-def cross_origin_headers(pairs):
+def cross_origin_headers(pairs: tuple) -> tuple:
     """
     What of the client's headers a redirect to another origin keeps: none
     that could be a credential for the first one.
@@ -527,7 +527,7 @@ class _HeadCounter:
 
     __slots__ = ("_parser", "_line_received", "_max_bytes", "_max_headers", "size", "headers")
 
-    def __init__(self, parser, max_bytes, max_headers):
+    def __init__(self, parser, max_bytes: int, max_headers: int) -> None:
         self._parser = parser
         self._line_received = parser.lineReceived
         self._max_bytes = max_bytes
@@ -558,7 +558,9 @@ class _CappedClientProtocol(HTTP11ClientProtocol):
     def request(self, request):
         result = super().request(request)
         parser = self._parser
-        if parser is not None:
+        # A request refused at once (the connection busy) leaves the
+        # current parser, already counted, in place.
+        if parser is not None and not isinstance(parser.lineReceived, _HeadCounter):
             parser.lineReceived = _HeadCounter(parser, MAX_HEADER_BYTES, MAX_HEADERS)
         return result
 
@@ -576,7 +578,7 @@ class _CappedConnectionPool(HTTPConnectionPool):
     _factory = _CappedClientFactory
 
 
-def _head_size(response):
+def _head_size(response) -> int:
     """
     About how many bytes C{response}'s status line and headers took (what
     twisted.web keeps of them).

@@ -762,7 +762,7 @@ def _wants_websocket(request):
     return any(token.strip().lower() == b"websocket" for token in upgrade.split(b","))
 
 
-def _header(request, name):
+def _header(request, name: bytes) -> str | None:
     value = request.getHeader(name)
     return None if value is None else value.decode("latin-1")
 
