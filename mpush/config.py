@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 from urllib.parse import quote, unquote, urlsplit
 
+from mpush.origins import origin_key
 from mpush.units import parse_duration, parse_size
 
 __all__ = [
@@ -222,6 +223,7 @@ class NetConfig:
     admin_server_bind_ip: str = "127.0.0.1"
     admin_server_port: int = 3002
     ws_server_port: int = 0
+    ws_allowed_origins: tuple[str, ...] = ()  # () = the port's own origin only; "*" = any
     http_server_bind_ip: str = ""
     http_server_port: int = 8080
     connect_server_write_high: int = 65536  # bytes buffered for a client before pushes fail
@@ -235,6 +237,12 @@ class NetConfig:
         _need_port("[net] gateway-server-port", self.gateway_server_port, zero_disables=True)
         _need_port("[net] admin-server-port", self.admin_server_port, zero_disables=True)
         _need_port("[net] ws-server-port", self.ws_server_port, zero_disables=True)
+        for origin in self.ws_allowed_origins:
+            if origin != "*":
+                try:
+                    origin_key(origin)
+                except ValueError as error:
+                    raise ConfigError(str(error), key="[net] ws-allowed-origins") from None
         _need_port("[net] http-server-port", self.http_server_port, zero_disables=True)
         _need_int("[net] write-buffer-water-mark.connect-server-high",
                   self.connect_server_write_high, 1024, what=" bytes")
@@ -447,6 +455,10 @@ class TlsConfig:
                               key="[tls] cert-file")
 
 
+#: MPush's default ``mp.zk.digest``: public, so no credential (see SECURITY.md).
+MPUSH_ZK_DIGEST = "mpush"
+
+
 @dataclass(frozen=True, slots=True)
 class ZkConfig:
     """
@@ -457,7 +469,7 @@ class ZkConfig:
     enabled: bool = False
     server_address: str = "127.0.0.1:2181"
     namespace: str = "mpush"
-    digest: str = field(default="mpush", repr=False)
+    digest: str = field(default=MPUSH_ZK_DIGEST, repr=False)
     session_timeout: int = 5000           # ms (MPush sessionTimeoutMs)
     connection_timeout: int = 5000        # ms (MPush connectionTimeoutMs)
 
@@ -469,6 +481,45 @@ class ZkConfig:
         _need_int("[zk] connectionTimeoutMs", self.connection_timeout, 1, what=" ms")
         if self.enabled and not self.server_address:
             raise ConfigError("must not be empty when [zk] enabled = true", key="[zk] server-address")
+
+
+def split_host_port(text: str) -> tuple:
+    """
+    ``"host[:port]"`` or ``"[v6 host][:port]"`` as ``(host, port or None)``;
+    a bare IPv6 host (more than one colon) has no port.
+
+    @raise ValueError: not of that form, or a port outside 1..65535.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"not a string: {text!r}")
+    host, port = text, None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"expected [host]:port, got {text!r}")
+        port = rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if port is None:
+        return host, None
+    if not (port.isascii() and port.isdigit() and 0 < int(port) <= 65535):
+        raise ValueError(f"unusable port in {text!r}")
+    return host, int(port)
+
+
+def parse_allow_entry(text: str) -> tuple:
+    """
+    One ``[http] proxy-allow`` entry: ``"10.1.2.0/24"`` (every port),
+    ``"10.1.2.3:8080"``, ``"10.1.2.0/24:8080"``, ``"[fd00::/64]:443"``, as
+    ``(ip_network, port or None)``.
+
+    @raise ValueError: not of that form.
+    """
+    network, port = split_host_port(text)
+    try:
+        return ipaddress.ip_network(network, strict=False), port
+    except ValueError:
+        raise ValueError(f"not an address or network: {text!r}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -484,7 +535,7 @@ class ProxyConfig:
     default_read_timeout: int = 10000     # ms
     max_content_length: int = 5 << 20     # bytes
     dns_mapping: tuple = ()               # ((domain, ("ip:port", ...)), ...)
-    allow: tuple = ()                     # CIDRs always allowed, e.g. ("10.1.2.0/24",)
+    allow: tuple = ()                     # e.g. ("10.1.2.0/24", "10.1.3.4:8080", "[fd00::/64]:443")
     max_in_flight_per_connection: int = 8
     max_in_flight: int = 256
 
@@ -494,14 +545,11 @@ class ProxyConfig:
         _need_int("[http] max-content-length", self.max_content_length, 1, what=" bytes")
         _need_int("[http] proxy-max-in-flight-per-connection", self.max_in_flight_per_connection, 1)
         _need_int("[http] proxy-max-in-flight", self.max_in_flight, 1)
-        import ipaddress
-
-        for cidr in self.allow:
+        for entry in self.allow:
             try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(f"not an address or network: {cidr!r}",
-                                  key="[http] proxy-allow") from None
+                parse_allow_entry(entry)
+            except ValueError as error:
+                raise ConfigError(str(error), key="[http] proxy-allow") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -634,6 +682,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "admin-server-bind-ip": _Field("admin_server_bind_ip", _same),
         "admin-server-port": _Field("admin_server_port", _same),
         "ws-server-port": _Field("ws_server_port", _same),
+        "ws-allowed-origins": _Field("ws_allowed_origins", _str_list),
         "http-server-bind-ip": _Field("http_server_bind_ip", _same),
         "http-server-port": _Field("http_server_port", _same),
         # Checked against local-ip in _check_net: it is written into user routes.

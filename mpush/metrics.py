@@ -64,6 +64,7 @@ __all__ = [
     "PrometheusMetrics",
     "REDIS_COMPONENTS",
     "REFUSED_REASONS",
+    "WS_ORIGIN",
 ]
 
 # The label values server code is expected to pass.  Others are accepted
@@ -91,9 +92,11 @@ REDIS_COMPONENTS = (
     "offline",
     "broadcast",
 )
+#: A WebSocket handshake from a page the origin policy does not allow.
+WS_ORIGIN = "ws_origin"
 REFUSED_REASONS = (
     "max_connections", "per_ip", "handshake_rate", "pre_handshake_timeout", "pending_packets",
-    "read_size", "slow_reader",
+    "read_size", "slow_reader", WS_ORIGIN,
 )
 
 # PUSH written -> ACK received: a LAN round trip is about a millisecond, a

@@ -44,7 +44,7 @@ from twisted.internet import defer
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from mpush.config import ConfigError
+from mpush.config import MPUSH_ZK_DIGEST, ConfigError
 
 __all__ = [
     "DEFAULT_CS_ATTRS",
@@ -422,12 +422,34 @@ class ZkRegistration(service.Service):
 
     def startService(self):
         super().startService()
+        self._warn_weak_digest()
         log.info(
             "registering in ZooKeeper at {address}: {paths}",
             address=self._address, paths=", ".join(self.paths),
         )
         self._watch_unreachable()
         self._start_client()
+
+    def _warn_weak_digest(self) -> None:
+        """
+        The digest is the ACL credential of what we register: with MPush's
+        public default, or none, anyone who reaches ZooKeeper can rewrite
+        or delete this node's entries (and so steer MPush's PushSender).
+        Warned at every start rather than refused: fleets run with it.
+        """
+        if self._digest is None:
+            log.warn(
+                "[zk] digest is empty: the ZooKeeper nodes of this server get an open ACL, "
+                "anyone who reaches ZooKeeper can change or delete them. Set a digest "
+                "(\"user:password\"), the same in MPush's Java services."
+            )
+        elif self._digest == MPUSH_ZK_DIGEST:
+            log.warn(
+                "[zk] digest is MPush's public default \"mpush\": it is the ACL credential of "
+                "this server's ZooKeeper nodes, so anyone who reaches ZooKeeper can change or "
+                "delete them. Set your own digest (\"user:password\"), the same in MPush's "
+                "Java services."
+            )
 
     def _start_client(self) -> None:
         """A new kazoo client, with a new session (and no zxid seen yet)."""

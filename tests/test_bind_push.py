@@ -9,12 +9,13 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from mpush.config import BindConfig, PushConfig, load_config
+from mpush.config import BindConfig, ProxyConfig, PushConfig, load_config
 from mpush.protocol.body import decode_body, make_packet, make_raw_packet
 from mpush.protocol.messages import (
     BindUserMessage,
     ErrorMessage,
     GatewayPushMessage,
+    HttpRequestMessage,
     KickUserMessage,
     OkMessage,
     PushMessage,
@@ -45,7 +46,7 @@ class Device(ScriptedDevice):
         self.protocol, self.transport = connect(node, port=port)
         self.protocol.dataReceived(self.handshake_bytes())
         [reply] = self.read(self.transport)
-        self.accept_handshake_ok(reply)
+        self.session_id = self.accept_handshake_ok(reply).session_id
 
     def send(self, cmd, message, flags=0, packet_id=None):
         packet = make_packet(cmd, message, packet_id or self.packet_id(), cipher=self.cipher, flags=flags)
@@ -273,6 +274,21 @@ class ValidatorTests(SynchronousTestCase):
         self.assertEqual((error.cmd, error.reason), (5, "bind failed"))
         self.assertTrue(device.transport.disconnecting)
         self.assertIsNone(node.router_center.local.lookup("alice", 1))
+
+    def test_non_ascii_token_is_a_failed_bind(self):
+        """
+        Not a crash (compare_digest on a non-ASCII str raises TypeError).
+        """
+        config = load_config(None).replace(bind=BindConfig(validator="hmac", hmac_secret="s3"))
+        node = make_node(config)
+        token = HmacTokenValidator("s3").token_for("alice")
+        self.assertFalse(HmacTokenValidator("s3").validate("alice", "é" + token[1:], None))
+        device = Device(node, "dev-1")
+        [reply] = device.bind("alice", data="tökén")
+        error = ErrorMessage.decode(reply.body)
+        self.assertEqual((error.cmd, error.code, error.reason), (5, 0, "bind failed"))
+        self.assertTrue(device.transport.disconnecting)
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     def test_accepted_token(self):
         config = load_config(None).replace(bind=BindConfig(validator="hmac", hmac_secret="s3"))
@@ -676,6 +692,7 @@ class AckSpoofingTests(SynchronousTestCase):
         self.assertEqual(kind, "ok")
 
 
+<<<<<<< HEAD
     def test_ack_from_another_connection_does_not_count_on_a_push_to_every_client_type(self):
         """
         The general push path (several connections: client type 0 to a user
@@ -701,6 +718,65 @@ class AckSpoofingTests(SynchronousTestCase):
         [(_, kind, _)] = gateway.replies()
         self.assertEqual(kind, "ok")
         self.assertEqual(len(node.acks), 0)
+=======
+class PlaintextOnEncryptedSessionTests(SynchronousTestCase):
+    """
+    FAST_CONNECT carries the session id and device id in clear: whoever
+    sees one can fast-connect as that device.  Without the session key, a
+    body in clear must get it nowhere (MPush takes it as is).
+    """
+
+    def setUp(self):
+        config = load_config(None)
+        self.node = make_node(config.replace(proxy=ProxyConfig(enabled=True)))
+        self.victim = Device(self.node, "dev-1", port=1)
+        [ok] = self.victim.bind("alice")
+        self.assertEqual(ok.cmd, Command.OK)
+
+    def intruder(self):
+        """
+        A connection fast-connected with the victim's sniffed session.
+        """
+        protocol, transport = connect(self.node, port=2)
+        sniffer = ScriptedDevice(device_id="dev-1")
+        protocol.dataReceived(sniffer.fast_connect_bytes(self.victim.session_id))
+        [reply] = sniffer.read(transport)
+        self.assertEqual(reply.cmd, Command.FAST_CONNECT)
+        return protocol, transport, sniffer
+
+    def test_bodies_in_clear_are_refused_and_closed(self):
+        messages = {
+            Command.BIND: BindUserMessage("alice"),
+            Command.UNBIND: BindUserMessage("alice"),
+            Command.PUSH: PushMessage(b"as the victim"),
+            Command.HTTP_PROXY: HttpRequestMessage(0, "http://127.0.0.1:1/", None, None),
+        }
+        for cmd, message in messages.items():
+            protocol, transport, sniffer = self.intruder()
+            protocol.dataReceived(encode_packet(make_raw_packet(cmd, message, 5)))
+            [reply] = sniffer.read(transport)
+            self.assertEqual(reply.cmd, Command.ERROR, cmd)
+            error = ErrorMessage.decode(reply.body)
+            self.assertEqual((reply.flags, error.cmd, error.code), (0, cmd, 100), cmd)
+            self.assertTrue(transport.disconnecting, cmd)
+        # The victim was neither kicked nor unbound.
+        self.assertEqual(self.victim.received(), [])
+        self.assertIs(self.node.router_center.local.lookup("alice", 1), self.victim.protocol)
+        self.assertIs(self.victim.protocol.state, ConnectionState.BOUND)
+
+    def test_encrypted_bodies_and_empty_ones_still_pass(self):
+        protocol, transport, sniffer = self.intruder()
+        protocol.dataReceived(encode_packet(Packet(Command.ACK, 9)))
+        protocol.dataReceived(encode_packet(Packet(Command.PUSH, 10, Flags.AUTO_ACK)))
+        [reply] = sniffer.read(transport)
+        # No body, nothing to encrypt: a client push, acked.
+        self.assertEqual((reply.cmd, reply.session_id), (Command.ACK, 10))
+        protocol, transport, sniffer = self.intruder()
+        bind = make_packet(Command.BIND, BindUserMessage("bob"), 11, cipher=self.victim.cipher)
+        protocol.dataReceived(encode_packet(bind))
+        [reply] = sniffer.read(transport)
+        self.assertEqual(ok_of(reply), OkMessage(5, 0, "bind success"))
+>>>>>>> h15
 
 
 class GoneWhileWaitingTests(SynchronousTestCase):

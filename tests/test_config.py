@@ -66,6 +66,7 @@ gateway-server-port = 4001
 admin-server-bind-ip = "::1"
 admin-server-port = 4002
 ws-server-port = 8080
+ws-allowed-origins = ["https://app.example.com", "http://10.0.0.5:8080"]
 write-buffer-water-mark.connect-server-high = "128k"
 http-server-port = 9090
 http-server-bind-ip = "10.0.0.5"
@@ -333,6 +334,7 @@ class EveryKeyTests(SynchronousTestCase):
             connect_server_port=4000, connect_server_backlog=512, gateway_server_bind_ip="10.0.0.5",
             gateway_server_port=4001, admin_server_bind_ip="::1", admin_server_port=4002,
             ws_server_port=8080, connect_server_write_high=131072,
+            ws_allowed_origins=("https://app.example.com", "http://10.0.0.5:8080"),
             http_server_port=9090, http_server_bind_ip="10.0.0.5"))
         self.assertEqual(config.redis.nodes, ("redis.internal:6380", "10.0.0.9:6379"))
         self.assertEqual(config.redis.password, "s3cret")
@@ -463,7 +465,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 41)
+        self.assertEqual(len(keys), 42)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):
@@ -621,6 +623,13 @@ class ErrorTests(ConfigErrorAssertions, SynchronousTestCase):
             ("connect-server-backlog", '"many"', "expected an integer"),
         ]:
             self.assertConfigError(f"[net]\n{key} = {value}\n", f"[net] {key}", needle)
+
+    def test_ws_allowed_origins(self):
+        config = parse('[net]\nws-allowed-origins = ["*", "HTTPS://App.Example.com:8443"]\n')
+        self.assertEqual(config.net.ws_allowed_origins, ("*", "HTTPS://App.Example.com:8443"))
+        for value in ("ftp://x", "https://", "https://a.test/path", "app.example.com", "null"):
+            self.assertConfigError(f'[net]\nws-allowed-origins = ["{value}"]\n',
+                                   "[net] ws-allowed-origins", "origin")
 
     def test_bad_ip(self):
         for key in ("local-ip", "public-ip", "connect-server-bind-ip",
@@ -970,5 +979,11 @@ class ReliabilityAndEcosystemConfigTests(SynchronousTestCase):
                          (True, ("10.1.2.0/24", "127.0.0.1"), 3000, 1 << 20))
         error = self.assertRaises(ConfigError, parse, '[http]\nproxy-allow = ["not-an-ip"]\n')
         self.assertIn("[http] proxy-allow", str(error))
+        ported = ["10.1.2.3:8080", "10.1.0.0/16:443", "[fd00::/8]:443", "[::1]:80", "fd00::/8"]
+        config = parse("[http]\nproxy-allow = [%s]\n" % ", ".join(f'"{e}"' for e in ported))
+        self.assertEqual(config.proxy.allow, tuple(ported))
+        for bad in ("10.1.2.3:0", "10.1.2.3:65536", "10.1.2.3:http", "[fd00::1]x", "::1:80x", "[fd00::1]:"):
+            error = self.assertRaises(ConfigError, parse, f'[http]\nproxy-allow = ["{bad}"]\n')
+            self.assertIn("[http] proxy-allow", str(error))
         error = self.assertRaises(ConfigError, parse, '[http]\ndns-mapping = { "a.com" = [] }\n')
         self.assertIn("[http] dns-mapping", str(error))

@@ -20,7 +20,9 @@ from twisted.internet import defer, reactor, ssl, task
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IPullProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -28,6 +30,7 @@ from twisted.web.client import RequestTransmissionFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
 
 from mpush.config import ConfigError, ProxyConfig, load_config
 from mpush.protocol.body import decode_body, make_packet
@@ -40,6 +43,9 @@ from mpush.server.handshake import HandshakeHandler
 from mpush.server.heartbeat import HeartbeatHandler
 from mpush.server.http_proxy import (
     ERROR_HEADER,
+    MAX_HEADER_BYTES,
+    UNREACHABLE,
+    MAX_HEADERS,
     BadHeader,
     BadUri,
     DnsMapping,
@@ -142,6 +148,19 @@ class AddressPolicyTests(SynchronousTestCase):
         self.assertEqual(policy.refusal("127.0.0.2"), LOOPBACK)
         self.assertEqual(policy.refusal("10.21.0.1"), PRIVATE)
         self.assertEqual(policy.refusal("169.254.169.254"), METADATA)
+
+    def test_allow_entries_with_a_port_open_only_that_port(self):
+        policy = AddressPolicy(("127.0.0.1:8080", "10.1.0.0/16:443", "[fd00::/8]:443", "192.168.0.0/24"))
+        self.assertIsNone(policy.refusal("127.0.0.1", 8080))
+        self.assertEqual(policy.refusal("127.0.0.1", 8081), LOOPBACK)
+        self.assertEqual(policy.refusal("127.0.0.1"), LOOPBACK)
+        self.assertIsNone(policy.refusal("10.1.9.9", 443))
+        self.assertEqual(policy.refusal("10.1.9.9", 22), PRIVATE)
+        self.assertIsNone(policy.refusal("fd00::5", 443))
+        self.assertEqual(policy.refusal("fd00::5", 80), PRIVATE)
+        self.assertIsNone(policy.refusal("192.168.0.7", 22))
+        error = self.assertRaises(AddressRefused, policy.check, "db.test", ["10.1.2.3"], 5432)
+        self.assertEqual((error.address, error.port), ("10.1.2.3", 5432))
 
     def test_any_refused_address_refuses_the_name(self):
         policy = AddressPolicy()
@@ -352,7 +371,7 @@ class FailureReplyTests(SynchronousTestCase):
         from OpenSSL.SSL import Error as TlsError
 
         cases = [
-            (AddressRefused("h.test", "10.0.0.1", PRIVATE), 403),
+            (AddressRefused("h.test", "10.0.0.1", PRIVATE), 504),
             (BadUri("x"), 502),
             (ResponseTooLarge("x"), 502),
             (Overloaded("x"), 503),
@@ -367,9 +386,16 @@ class FailureReplyTests(SynchronousTestCase):
         ]
         for error, status in cases:
             self.assertEqual(failure_reply(Failure(error))[0], status, error)
-        status, phrase, detail = failure_reply(Failure(AddressRefused("h.test", "10.0.0.1", PRIVATE)))
-        self.assertEqual((status, phrase), (403, "Forbidden"))
-        self.assertNotIn("10.0.0.1", detail)
+        # Not reachable, for whatever reason: one answer, so a device cannot
+        # tell a private name from a missing one, or a closed port from a filtered one.
+        unreachable = [
+            AddressRefused("h.test", "10.0.0.1", PRIVATE), HostNotFound("h.test"),
+            ConnectionRefusedError(), ConnectTimeout(),
+            UpstreamUnreachable("h.test", 80, ["127.0.0.1"], ConnectionRefusedError()),
+            UpstreamUnreachable("h.test", 80, ["127.0.0.1"], ConnectTimeout()),
+        ]
+        answers = {failure_reply(Failure(error)) for error in unreachable}
+        self.assertEqual(answers, {(504, "Gateway Timeout", UNREACHABLE)})
 
 
 # -- test web servers ----------------------------------------------------------------
@@ -643,6 +669,14 @@ class ProxyCase(TestCase):
         self.assertEqual(reply_id, session_id)
         return flags, message
 
+    def assertRefused(self, flags, message):
+        """
+        The one answer for an upstream that cannot be reached, whatever why.
+        """
+        self.assertRaw(flags, message, 504, "Gateway Timeout")
+        self.assertEqual(message.headers, {ERROR_HEADER: UNREACHABLE})
+        self.assertIsNone(message.body)
+
     def assertRaw(self, flags, message, status, phrase):
         self.assertEqual(flags, 0, "proxy-generated answers are raw")
         self.assertEqual((message.status_code, message.reason_phrase), (status, phrase))
@@ -726,7 +760,7 @@ class ForwardingTests(ProxyCase):
         self.assertEqual(message.status_code, 200)
         self.assertEqual(json.loads(message.body)["headers"]["host"], [f"[::1]:{port}"])
         flags, message = yield self.fetch(device, self.url("/echo"))
-        self.assertRaw(flags, message, 403, "Forbidden")
+        self.assertRefused(flags, message)
 
     @defer.inlineCallbacks
     def test_bad_header_is_502(self):
@@ -826,8 +860,8 @@ class ProxyErrorTests(ProxyCase):
     def test_oversize_response_is_502(self):
         self.proxy(max_content_length=1000)
         device = self.device()
-        _, message = yield self.fetch(device, self.url("/big?n=1000"))
-        self.assertEqual((message.status_code, len(message.body)), (200, 1000))
+        _, message = yield self.fetch(device, self.url("/big?n=800"))
+        self.assertEqual((message.status_code, len(message.body)), (200, 800))
         # Known from Content-Length, and found out while reading a chunked body.
         for path in ("/big?n=1001", "/stream?n=5000"):
             flags, message = yield self.fetch(device, self.url(path))
@@ -872,6 +906,147 @@ class ProxyErrorTests(ProxyCase):
         error = ErrorMessage.decode(reply.body)
         self.assertEqual((reply.cmd, error.code), (Command.ERROR, 100))
         self.assertTrue(device.transport.disconnecting)
+
+
+def rss_bytes():
+    """
+    This process's resident memory, from /proc.
+    """
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * 4096
+
+
+class RawUpstream(Protocol):
+    """
+    A web server that answers the first request with C{response}, bytes as
+    they are; the connection then stays open.
+    """
+
+    def __init__(self, response):
+        self.response = response
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        if self.response is not None:
+            response, self.response = self.response, None
+            self.respond(response)
+
+    def respond(self, response):
+        self.transport.write(response)
+
+    def connectionLost(self, reason):
+        self.lost.callback(None)
+
+
+@implementer(IPullProducer)
+class HeaderFlood(RawUpstream):
+    """
+    A web server that answers with a status line and then header lines,
+    written as fast as they are read, up to C{total} bytes; it samples this
+    process's memory as it goes.
+    """
+
+    # Long lines (under twisted.web's 16 KiB line limit), so the byte cap,
+    # not the header count, is what stops them.
+    LINE = b"X-Flood: " + b"f" * 8000 + b"\r\n"
+
+    def __init__(self, total):
+        super().__init__(b"HTTP/1.1 200 OK\r\n")
+        self.total = total
+        self.sent = 0
+        self.peak_rss = rss_bytes()
+
+    def respond(self, response):
+        self.transport.write(response)
+        self.transport.registerProducer(self, False)
+
+    def resumeProducing(self):
+        self.peak_rss = max(self.peak_rss, rss_bytes())
+        if self.sent >= self.total:
+            self.transport.unregisterProducer()
+            return
+        chunk = self.LINE * 8
+        self.transport.write(chunk)
+        self.sent += len(chunk)
+
+    def stopProducing(self):
+        pass
+
+
+class HeadLimitTests(ProxyCase):
+    """
+    The upstream response's status line and headers are capped: twisted.web
+    alone keeps every header line a server sends.
+    """
+
+    def raw_upstream(self, protocol):
+        """
+        Listen for one connection, answered by C{protocol}.
+        """
+        factory = Factory.forProtocol(lambda: protocol)
+        listening = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self.stop_raw, listening, protocol)
+        return listening.getHost().port
+
+    @defer.inlineCallbacks
+    def stop_raw(self, listening, protocol):
+        yield listening.stopListening()
+        if protocol.transport is not None:
+            protocol.transport.abortConnection()
+            yield protocol.lost
+
+    @defer.inlineCallbacks
+    def test_header_flood_keeps_memory_flat(self):
+        self.proxy()
+        device = self.device()
+        # Warm up: the first request imports and allocates what any request needs.
+        yield self.fetch(device, self.url("/echo"))
+        flood = HeaderFlood(total=32 << 20)
+        port = self.raw_upstream(flood)
+        before = rss_bytes()
+        flags, message = yield self.fetch(device, self.url("/", port=port), headers={"readTimeout": "5000"})
+        growth = max(flood.peak_rss, rss_bytes()) - before
+        self.assertLess(growth, 8 << 20, f"memory grew by {growth >> 20} MiB under a header flood")
+        self.assertRaw(flags, message, 502, "Bad Gateway")
+        self.assertEqual(message.headers[ERROR_HEADER], f"response headers over {MAX_HEADER_BYTES} bytes")
+        # The proxy hung up long before the 32 MiB were sent.
+        yield flood.lost
+        self.assertLess(flood.sent, 16 << 20)
+        self.assertEqual(self.handler.in_flight, 0)
+
+    @defer.inlineCallbacks
+    def test_header_count_is_capped(self):
+        self.proxy()
+        device = self.device()
+        head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+        for count, status in ((MAX_HEADERS, 200), (MAX_HEADERS + 1, 502)):
+            lines = b"".join(b"X-%d: v\r\n" % n for n in range(count - 1))
+            port = self.raw_upstream(RawUpstream(head + lines + b"\r\nok"))
+            _flags, message = yield self.fetch(device, self.url("/", port=port))
+            self.assertEqual(message.status_code, status, count)
+        self.assertEqual(message.headers[ERROR_HEADER], f"more than {MAX_HEADERS} response headers")
+
+    @defer.inlineCallbacks
+    def test_continuation_lines_count_as_header_bytes(self):
+        self.proxy()
+        device = self.device()
+        folded = b"X-Folded: start\r\n" + b"  more\r\n" * (MAX_HEADER_BYTES // 8 + 1)
+        port = self.raw_upstream(RawUpstream(b"HTTP/1.1 200 OK\r\n" + folded))
+        flags, message = yield self.fetch(device, self.url("/", port=port))
+        self.assertRaw(flags, message, 502, "Bad Gateway")
+        self.assertEqual(message.headers[ERROR_HEADER], f"response headers over {MAX_HEADER_BYTES} bytes")
+
+    @defer.inlineCallbacks
+    def test_header_bytes_count_against_max_content_length(self):
+        self.proxy(max_content_length=1000)
+        device = self.device()
+        head = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"p" * 600 + b"\r\n"
+        for body, status in ((b"b" * 300, 200), (b"b" * 600, 502)):
+            response = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+            port = self.raw_upstream(RawUpstream(response))
+            _flags, message = yield self.fetch(device, self.url("/", port=port))
+            self.assertEqual(message.status_code, status, len(body))
+        self.assertIn("over 1000 bytes", message.headers[ERROR_HEADER])
 
 
 class _Raw:
@@ -930,36 +1105,32 @@ class LimitTests(ProxyCase):
 
 class RefusalTests(ProxyCase):
     @defer.inlineCallbacks
-    def test_loopback_without_allow_is_403(self):
+    def test_loopback_without_allow_is_refused(self):
         self.proxy(allow=())
         device = self.device()
         flags, message = yield self.fetch(device, self.url("/echo"))
-        self.assertRaw(flags, message, 403, "Forbidden")
-        self.assertIn(b"loopback", message.body)
-        self.assertIn("loopback", message.headers[ERROR_HEADER])
+        self.assertRefused(flags, message)
         self.assertEqual(self.upstream.requests, [])
         self.assertEqual(self.guard.connectors, [])
 
     @defer.inlineCallbacks
-    def test_private_link_local_cgnat_and_metadata_literals_are_403(self):
+    def test_private_link_local_cgnat_and_metadata_literals_are_refused(self):
         self.proxy()
         device = self.device()
         for host in ("10.1.2.3", "169.254.169.254", "169.254.10.1", "100.64.0.1", "192.168.1.1", "[::ffff:10.0.0.1]"):
             flags, message = yield self.fetch(device, f"http://{host}:8080/")
-            self.assertRaw(flags, message, 403, "Forbidden")
+            self.assertRefused(flags, message)
         self.assertEqual(self.guard.connectors, [])
 
     @defer.inlineCallbacks
-    def test_name_resolving_to_loopback_is_403(self):
+    def test_name_resolving_to_loopback_is_refused(self):
         self.proxy(allow=())
         self.resolver.names["innocent.test"] = ["127.0.0.1"]
         self.resolver.names["mixed.test"] = ["93.184.216.34", "127.0.0.1"]
         device = self.device()
         for name in ("innocent.test", "mixed.test"):
             flags, message = yield self.fetch(device, f"http://{name}:{self.port}/echo")
-            self.assertRaw(flags, message, 403, "Forbidden")
-            self.assertIn(name, message.headers[ERROR_HEADER])
-            self.assertNotIn("127.0.0.1", message.headers[ERROR_HEADER])
+            self.assertRefused(flags, message)
         self.assertEqual(self.guard.connectors, [])
         self.assertEqual(self.upstream.requests, [])
 
@@ -976,13 +1147,42 @@ class RefusalTests(ProxyCase):
         self.assertEqual(self.guard.hosts, ["127.0.0.1"])
 
     @defer.inlineCallbacks
-    def test_redirect_to_a_refused_address_is_403(self):
+    def test_redirect_to_a_refused_address_is_refused(self):
         self.proxy()
         device = self.device()
         for to in ("http://169.254.169.254/latest/meta-data/", "http://127.0.0.2:1/", "http://10.0.0.1/"):
             flags, message = yield self.fetch(device, self.url("/goto?to=" + to))
-            self.assertRaw(flags, message, 403, "Forbidden")
+            self.assertRefused(flags, message)
         self.assertEqual(len(self.upstream.requests), 3)
+
+    @defer.inlineCallbacks
+    def test_refusals_do_not_map_the_inside(self):
+        """
+        A private name, a missing name, a closed port and a port outside the
+        allow-list all get the same answer; the log says which.
+        """
+        closed = yield self.closed_port()
+        self.proxy(allow=(f"127.0.0.1:{self.port}", f"127.0.0.1:{closed}"))
+        self.resolver.names["intranet.test"] = ["10.0.0.8"]
+        logged = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        device = self.device()
+        answers = set()
+        for uri in ("http://intranet.test/", "http://nowhere.test/", self.url("/", port=closed),
+                    self.url("/", port=self.port + 1)):
+            flags, message = yield self.fetch(device, uri)
+            self.assertRefused(flags, message)
+            answers.add((flags, message.status_code, message.reason_phrase, repr(message.headers), message.body))
+        self.assertEqual(len(answers), 1)
+        # The allowed port itself works; the other port was never connected to.
+        _, message = yield self.fetch(device, self.url("/echo"))
+        self.assertEqual(message.status_code, 200)
+        self.assertNotIn(self.port + 1, [c.getDestination().port for c in self.guard.connectors])
+        lines = " | ".join(formatEvent(event) for event in logged)
+        for why in ("resolves to a private address: 10.0.0.8", "cannot resolve nowhere.test",
+                    "connection refused", f"loopback address (port {self.port + 1})"):
+            self.assertIn(why, lines)
 
 
 class RedirectTests(ProxyCase):
@@ -1027,16 +1227,23 @@ class RedirectTests(ProxyCase):
         self.proxy()
         self.resolver.names["elsewhere.test"] = ["127.0.0.1"]
         device = self.device()
-        secrets = {"Authorization": "Bearer s3cret", "Cookie": "id=1", "X-Other": "kept"}
+        secrets = {
+            "Authorization": "Bearer s3cret", "Cookie": "id=1", "X-Api-Key": "k3y",
+            "X-Auth-Token": "t0ken", "Accept": "application/json", "User-Agent": "app/1.0",
+        }
         _, message = yield self.fetch(device, self.url("/redirect?n=1"), headers=secrets)
         same = json.loads(message.body)["headers"]
-        self.assertEqual((same["authorization"], same["cookie"]), (["Bearer s3cret"], ["id=1"]))
+        self.assertEqual(
+            (same["authorization"], same["cookie"], same["x-api-key"], same["x-auth-token"]),
+            (["Bearer s3cret"], ["id=1"], ["k3y"], ["t0ken"]),
+        )
         to = f"http://elsewhere.test:{self.port}/echo"
         _, message = yield self.fetch(device, self.url("/goto?to=" + to), headers=secrets)
         moved = json.loads(message.body)["headers"]
-        self.assertNotIn("authorization", moved)
-        self.assertNotIn("cookie", moved)
-        self.assertEqual(moved["x-other"], ["kept"])
+        # Only headers that are never credentials cross to another origin.
+        for name in ("authorization", "cookie", "x-api-key", "x-auth-token"):
+            self.assertNotIn(name, moved)
+        self.assertEqual((moved["accept"], moved["user-agent"]), (["application/json"], ["app/1.0"]))
         self.assertEqual(moved["host"], [f"elsewhere.test:{self.port}"])
 
     @defer.inlineCallbacks
@@ -1078,13 +1285,38 @@ class DnsMappingProxyTests(ProxyCase):
         self.assertEqual(message.status_code, 200)
         self.assertEqual(picked, [(("127.0.0.1", self.port), ("127.0.0.1", closed))] * 2)
 
+    @defer.inlineCallbacks
+    def test_a_target_asked_for_directly_is_not_trusted(self):
+        self.proxy(allow=(), dns_mapping=(("api.test", (f"127.0.0.1:{self.port}",)),))
+        device = self.device()
+        _, message = yield self.fetch(device, "http://api.test/echo")
+        self.assertEqual(message.status_code, 200)
+        # The same address and port, without the mapped name: checked, and kept-alive
+        # connections of the mapped request are not reused for it.
+        flags, message = yield self.fetch(device, self.url("/echo"))
+        self.assertRefused(flags, message)
+        self.assertEqual(len(self.upstream.requests), 1)
+
+    @defer.inlineCallbacks
+    def test_a_redirect_to_a_target_is_not_trusted(self):
+        other = self.listen(self.upstream, interface="127.0.0.2")
+        self.proxy(allow=("127.0.0.2/32",), dns_mapping=(("api.test", (f"127.0.0.1:{self.port}",)),))
+        device = self.device()
+        flags, message = yield self.fetch(
+            device, self.url(f"/goto?to=http://127.0.0.1:{self.port}/echo", port=other, host="127.0.0.2")
+        )
+        self.assertRefused(flags, message)
+        # The mapped server's own redirects (same origin) stay trusted.
+        _, message = yield self.fetch(device, "http://api.test/redirect?n=2")
+        self.assertEqual(message.status_code, 200)
+
     def test_unmapped_names_still_go_through_the_policy(self):
         self.proxy(allow=(), dns_mapping=(("api.test", (f"127.0.0.1:{self.port}",)),))
         self.resolver.names["other.test"] = ["127.0.0.1"]
         device = self.device()
         device.request(f"http://other.test:{self.port}/echo")
         [(_, flags, message)] = device.replies()
-        self.assertRaw(flags, message, 403, "Forbidden")
+        self.assertRefused(flags, message)
 
 
 class HttpsTests(ProxyCase):

@@ -25,7 +25,7 @@ from zope.interface.verify import verifyObject
 
 from mpush.client.config import ClientConfig
 from mpush.client.protocol import connect_client
-from mpush.config import CoreConfig, LimitsConfig, load_config
+from mpush.config import CoreConfig, LimitsConfig, NetConfig, load_config
 from mpush.node_api import PushRequest
 from mpush.protocol.client_type import ClientType
 from mpush.protocol.crypto import MPUSH_DEMO_PUBLIC_KEY
@@ -296,14 +296,15 @@ class WsClient:
         self._ids = iter(range(1, 1 << 30))
 
     @classmethod
-    def connect(cls, port, path="/", tls=None):
+    def connect(cls, port, path="/", tls=None, origin=None):
         """
         Connect to C{ws://127.0.0.1:port/path}, or C{wss://} with C{tls}
-        (a client context factory).
+        (a client context factory); as a browser would from a page of
+        C{origin}, if given.
         """
         client = cls()
         scheme = "wss" if tls is not None else "ws"
-        factory = WebSocketClientFactory(f"{scheme}://127.0.0.1:{port}{path}")
+        factory = WebSocketClientFactory(f"{scheme}://127.0.0.1:{port}{path}", origin=origin)
         factory.protocol = _ClientProtocol
         factory.client = client
         if tls is None:
@@ -1007,6 +1008,61 @@ class PageTests(WsNodeTestCase):
         with self.assertRaises(ConnectionError):
             yield WsClient.connect(self.server.ws_port, "/index.html")
         self.assertEqual(self.server.node.connections, {})
+
+
+class OriginTests(WsNodeTestCase):
+    """
+    Any page a visitor opens could otherwise reach an intranet-only port
+    through the visitor's browser.
+    """
+
+    @defer.inlineCallbacks
+    def upgrade(self, origin):
+        agent = Agent(reactor)
+        headers = {
+            b"Upgrade": [b"websocket"],
+            b"Connection": [b"Upgrade"],
+            b"Sec-WebSocket-Version": [b"13"],
+            b"Sec-WebSocket-Key": [b"dGhlIHNhbXBsZSBub25jZQ=="],
+            b"Origin": [origin.encode()],
+        }
+        response = yield agent.request(
+            b"GET", f"http://127.0.0.1:{self.server.ws_port}/".encode(), Headers(headers)
+        )
+        body = yield readBody(response)
+        return response.code, body
+
+    @defer.inlineCallbacks
+    def test_another_origin_is_403(self):
+        for origin in ("http://evil.test", f"http://127.0.0.1:{self.server.ws_port + 1}", "null"):
+            code, body = yield self.upgrade(origin)
+            self.assertEqual(code, 403, origin)
+            self.assertIn(b"origin not allowed", body)
+        with self.assertRaises(ConnectionError):
+            yield WsClient.connect(self.server.ws_port, origin="https://evil.test")
+        self.assertEqual(self.ws_connections(), [])
+        metrics, _ = self.server.node.metrics.render()
+        self.assertIn(b'mpush_refused_total{reason="ws_origin"} 4.0', metrics)
+
+    @defer.inlineCallbacks
+    def test_own_page_and_clients_without_origin_pass(self):
+        own = yield WsClient.connect(self.server.ws_port, origin=f"http://127.0.0.1:{self.server.ws_port}")
+        self.addCleanup(own.close)
+        native = yield self.ws()
+        self.assertEqual(len(self.ws_connections()), 2)
+        yield native.handshake("ws-native")
+
+
+class OriginAllowListTests(WsNodeTestCase):
+    config = load_config(None).replace(net=NetConfig(ws_allowed_origins=("https://app.example.com",)))
+
+    @defer.inlineCallbacks
+    def test_only_the_listed_origins(self):
+        client = yield WsClient.connect(self.server.ws_port, origin="https://APP.example.com:443")
+        self.addCleanup(client.close)
+        for origin in (f"http://127.0.0.1:{self.server.ws_port}", "http://app.example.com"):
+            with self.assertRaises(ConnectionError):
+                yield WsClient.connect(self.server.ws_port, origin=origin)
 
 
 class WriteTests(WsNodeTestCase):

@@ -44,6 +44,10 @@ def zk_config(net=None, **zk):
     return config
 
 
+#: The digest the tests register with: not MPush's public default, which is
+#: warned about at every start.
+DIGEST = "ops:s3cret"
+
 NODES = [
     ("cs", {"host": "10.0.0.5", "port": 3000, "attrs": {"weight": 1}}),
     ("gs", {"host": "10.0.0.6", "port": 3001}),
@@ -364,6 +368,7 @@ class StateMachineTests(SynchronousTestCase):
     def make(self, nodes=NODES, **zk):
         zk.setdefault("connection_timeout", 2000)
         zk.setdefault("session_timeout", 4000)
+        zk.setdefault("digest", DIGEST)
 
         def factory(**kwargs):
             client = FakeKazoo(**kwargs)
@@ -392,11 +397,21 @@ class StateMachineTests(SynchronousTestCase):
         registration, client = self.make(server_address="zk1:2181,[::1]:2182", session_timeout=7000)
         self.assertEqual(client.kwargs["hosts"], "zk1:2181,[::1]:2182")
         self.assertEqual(client.kwargs["timeout"], 7.0)
-        self.assertEqual(client.kwargs["auth_data"], [("digest", "mpush")])
+        self.assertEqual(client.kwargs["auth_data"], [("digest", DIGEST)])
         self.assertEqual(client.kwargs["default_acl"], CREATOR_ALL_ACL)
         self.assertIsInstance(client.kwargs["logger"], logging.Logger)
         self.assertTrue(client.started)
         self.assertEqual(client.calls, [])
+
+    def test_default_or_empty_digest_is_warned_at_start(self):
+        self.make(digest=ZkConfig().digest)
+        [warning] = self.logs.texts(LogLevel.warn, "[zk] digest")
+        self.assertIn('public default "mpush"', warning)
+        self.make(digest="")
+        self.assertEqual(len(self.logs.texts(LogLevel.warn, "[zk] digest is empty")), 1)
+        self.make(digest="ops:9f2c6b1e")
+        self.assertEqual(len(self.logs.texts(LogLevel.warn, "[zk] digest")), 2)
+        self.assertEqual(self.logs.texts(containing="9f2c6b1e"), [])
 
     def test_no_digest_means_open_acl(self):
         registration, client = self.make(digest="")
@@ -752,7 +767,7 @@ class RealZooKeeperTests(TestCase):
         self.server = start_zookeeper_server(self)
         self.logs = LogCapture(self)
 
-    def reader(self, digest="mpush"):
+    def reader(self, digest=DIGEST):
         """A separate kazoo client, as MPush's PushSender (same digest)."""
         auth = [("digest", digest)] if digest else None
         client = kazoo_client(self.server.address, auth_data=auth)
@@ -763,6 +778,7 @@ class RealZooKeeperTests(TestCase):
     def registration(self, nodes=None, address=None, **zk):
         zk.setdefault("session_timeout", 4000)
         zk.setdefault("connection_timeout", 3000)
+        zk.setdefault("digest", DIGEST)
         config = zk_config(server_address=address or self.server.address, **zk)
         nodes = nodes if nodes is not None else cluster_nodes(
             zk_config(net={"ws_server_port": 8089}), connect_host="127.0.0.1", gateway_host="127.0.0.2"
@@ -809,7 +825,7 @@ class RealZooKeeperTests(TestCase):
         self.assertEqual({owner for _, owner in found.values()}, {session})
         # MPush's ACL: only clients with the same digest may read.
         acls, _ = yield threads.deferToThread(client.get_acls, registration.paths[0])
-        self.assertEqual([(a.perms, a.id.scheme, a.id.id.split(":")[0]) for a in acls], [(31, "digest", "mpush")])
+        self.assertEqual([(a.perms, a.id.scheme, a.id.id.split(":")[0]) for a in acls], [(31, "digest", "ops")])
         stranger = self.reader(digest=None)
         with self.assertRaises(NoAuthError):
             yield threads.deferToThread(stranger.get, registration.paths[0])
@@ -901,7 +917,7 @@ class RealZooKeeperTests(TestCase):
         self.assertIn(f"ZooKeeper at 127.0.0.1:{port} not reachable", warning)
         self.assertFalse(registration.registered)
         yield threads.deferToThread(down.start)
-        client = kazoo_client(down.address, auth_data=[("digest", "mpush")])
+        client = kazoo_client(down.address, auth_data=[("digest", DIGEST)])
         yield threads.deferToThread(client.start, 30)
         self.addCleanup(lambda: threads.deferToThread(_close, client))
         found = yield defer.ensureDeferred(self.wait_registered(client, registration))

@@ -55,9 +55,11 @@ class HmacTokenValidator:
         return hmac.new(self._secret, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def validate(self, user_id, data, context):
-        if not data:
+        if not data or not isinstance(data, str):
             return False
-        return hmac.compare_digest(self.token_for(user_id), data)
+        # As bytes: compare_digest raises TypeError on a non-ASCII str, and
+        # any device can send one.
+        return hmac.compare_digest(self.token_for(user_id).encode("ascii"), data.encode("utf-8"))
 
 
 def load_bind_validator(config):

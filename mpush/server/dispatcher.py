@@ -4,7 +4,8 @@ Routing packets to message handlers by command code.
 Handlers implement L{IMessageHandler} and are registered once per listener;
 the dispatcher applies MPush's error policy (spec 14.3) so that no handler
 repeats it: no handler means UNSUPPORTED_CMD and a close, any failure means
-an ERROR reply chosen by L{mpush.server.errors.error_reply}.
+an ERROR reply chosen by L{mpush.server.errors.error_reply}.  It also
+refuses a body in clear on an encrypted session, once for every handler.
 """
 
 from twisted.internet.defer import Deferred
@@ -12,8 +13,13 @@ from twisted.logger import Logger
 from zope.interface import Attribute, Interface
 
 from mpush.protocol.errors import ProtocolError
-from mpush.protocol.packet import Command
-from mpush.server.errors import Rejection, UnsupportedCommand, error_reply
+from mpush.protocol.packet import Command, Flags
+from mpush.server.errors import NotEncrypted, Rejection, UnsupportedCommand, error_reply
+
+#: The commands whose bodies MPush's clients always encrypt once they have a
+#: session cipher (the Java client's C{BaseMessage.send}).  FAST_CONNECT is
+#: sent in clear by design, HANDSHAKE under RSA, ACK without a body.
+ENCRYPTED_COMMANDS = frozenset({Command.BIND, Command.UNBIND, Command.PUSH, Command.HTTP_PROXY})
 
 
 class IMessageHandler(Interface):
@@ -42,6 +48,20 @@ def _command_name(cmd):
         return Command(cmd).name
     except ValueError:
         return str(cmd)
+
+
+def _in_clear(connection, packet) -> bool:
+    """
+    Whether C{packet} carries a body in clear where a client would have
+    encrypted it: knowing a session id must not be enough to act on it.
+    MPush decrypts only what has the CRYPTO flag and takes the rest as is.
+    """
+    return (
+        packet.cmd in ENCRYPTED_COMMANDS
+        and connection.context.cipher is not None
+        and bool(packet.body)
+        and not packet.flags & Flags.CRYPTO
+    )
 
 
 class MessageDispatcher:
@@ -78,6 +98,10 @@ class MessageDispatcher:
         handler = self._handlers.get(packet.cmd)
         if handler is None:
             self._reject(connection, packet, UnsupportedCommand())
+            return None
+        if _in_clear(connection, packet):
+            refusal = NotEncrypted(f"{_command_name(packet.cmd)} body in clear on an encrypted session")
+            self._reject(connection, packet, refusal)
             return None
         try:
             result = handler.handle(connection, packet)

@@ -92,6 +92,14 @@ class DispatchError(Rejection):
     reason = ErrorCode.DISPATCH_ERROR.reason
 
 
+class NotEncrypted(DispatchError):
+    """
+    A body in clear on a session that has a cipher.  MPush clients encrypt
+    every body once they have one, so this comes from someone who has the
+    session id (sent in clear by FAST_CONNECT) but not the session key.
+    """
+
+
 def error_reply(exception):
     """
     Map what a handler raised to C{(code, reason, close)}, or C{None} when

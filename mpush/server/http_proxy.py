@@ -7,12 +7,15 @@ handler starts the upstream request and returns at once, so the
 connection's next packets are not held up by a slow web server; the answer
 is written whenever it is ready.  An upstream response (any status) goes the
 "send" way, encrypted and compressed above the threshold; the statuses the
-proxy makes up itself (400, 403, 408, 502, 503, 504) go raw, as in MPush.
+proxy makes up itself (400, 408, 502, 503, 504) go raw, as in MPush.
 
 What mpush does beyond MPush: an empty uri gets one 400 and nothing else
 (spec 21.2 item 7); https works, with certificates checked; where the proxy
 may connect is decided by L{mpush.server.ssrf} on the resolved addresses;
-in-flight requests are bounded per connection and per node.
+every way of not reaching the upstream (refused by that policy, no such
+name, connection refused, timed out) gets the same answer, so devices
+cannot map the inside with it; in-flight requests are bounded per
+connection and per node.
 """
 
 import ipaddress
@@ -22,10 +25,11 @@ from dataclasses import dataclass
 from urllib.parse import quote, urljoin, urlsplit
 
 from service_identity import CertificateError, VerificationError
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
 from twisted.web.client import (
     Agent,
     BrowserLikePolicyForHTTPS,
@@ -36,12 +40,13 @@ from twisted.web.client import (
     ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
-from mpush.config import ConfigError
+from mpush.config import ConfigError, split_host_port
 from mpush.protocol.body import decode_body
 from mpush.protocol.messages import HttpRequestMessage, HttpResponseMessage
 from mpush.protocol.packet import Command
@@ -51,15 +56,14 @@ from mpush.server.ssrf import (
     AddressPolicy,
     AddressRefused,
     GuardedEndpointFactory,
-    HostNotFound,
     ReactorHostResolver,
-    UpstreamUnreachable,
 )
 
 __all__ = [
     "BadHeader",
     "BadUri",
     "DnsMapping",
+    "HeadersTooLarge",
     "HttpProxyHandler",
     "Overloaded",
     "ProxyFailure",
@@ -84,6 +88,14 @@ REDIRECT_CODES = frozenset({300, 301, 302, 303, 305, 307})
 MAX_READ_TIMEOUT_MS = 120_000
 #: The client header that carries the request's timeout in ms (spec 13.2).
 READ_TIMEOUT_HEADER = "readtimeout"
+#: Bytes of an upstream response's status line and headers read before the
+#: response is refused (MPush's Netty decoder stops at 8 KiB).
+MAX_HEADER_BYTES = 64 * 1024
+#: Headers (continuation lines not counted) read before it is refused.
+MAX_HEADERS = 100
+#: What a device is told when the upstream cannot be reached, whatever the
+#: reason: the log says which.
+UNREACHABLE = "upstream not reachable"
 #: Response header that says why the proxy answered an error itself.
 ERROR_HEADER = "x-mpush-proxy-error"
 
@@ -106,12 +118,13 @@ _DROPPED = frozenset({
     "trailer", "upgrade", "proxy-connection", "proxy-authorization",
     "x-forwarded-for", "x-forwarded-port", READ_TIMEOUT_HEADER,
 })
-# Credentials are not carried to another origin by a redirect.
-_CREDENTIALS = frozenset({"authorization", "cookie", "cookie2", "www-authenticate"})
+# The only client headers a redirect carries to another origin: the
+# CORS-safelisted ones and User-Agent, which describe the request and are
+# never credentials.  Any other header may be one (X-Api-Key, X-Auth-Token...).
+_CROSS_ORIGIN = frozenset({"accept", "accept-language", "content-language", "content-type", "user-agent"})
 
 _PHRASES = {
     400: "Bad Request",
-    403: "Forbidden",
     408: "Request Timeout",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -154,7 +167,15 @@ class BadHeader(ProxyFailure):
 
 class ResponseTooLarge(ProxyFailure):
     """
-    The response body is longer than C{[http] max-content-length}.
+    The response, headers and body, is longer than C{[http]
+    max-content-length}.
+    """
+
+
+class HeadersTooLarge(ProxyFailure):
+    """
+    The upstream response has more header bytes or headers than the proxy
+    reads (L{MAX_HEADER_BYTES}, L{MAX_HEADERS}).
     """
 
 
@@ -285,20 +306,7 @@ def _mapping_target(text):
 
     @raise ValueError: not of that form.
     """
-    if not isinstance(text, str):
-        raise ValueError(f"not a string: {text!r}")
-    host, port = text, None
-    if text.startswith("["):
-        host, bracket, rest = text[1:].partition("]")
-        if not bracket or (rest and not rest.startswith(":")):
-            raise ValueError(f"unusable target {text!r}")
-        port = rest[1:] if rest else None
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    if port is not None:
-        if not (port.isascii() and port.isdigit()) or not 0 < int(port) <= 65535:
-            raise ValueError(f"unusable port in {text!r}")
-        port = int(port)
+    host, port = split_host_port(text)
     try:
         return _host_of(host), port
     except BadUri:
@@ -333,7 +341,9 @@ class DnsMapping:
     def trusted(self):
         """
         Every C{(host, port)} a mapping can send a request to: the operator
-        named them, so the address policy does not apply to them.
+        named them, so the address policy does not apply to requests
+        translated through a mapped name (and only to those: asked for
+        directly, or reached by a redirect from elsewhere, they are checked).
         """
         pairs = set()
         for targets in self._targets.values():
@@ -396,8 +406,12 @@ def forwarded_headers(headers):
     return tuple(pairs)
 
 
-def without_credentials(pairs):
-    return tuple((name, value) for name, value in pairs if name.lower().decode("ascii") not in _CREDENTIALS)
+def cross_origin_headers(pairs: tuple) -> tuple:
+    """
+    What of the client's headers a redirect to another origin keeps: none
+    that could be a credential for the first one.
+    """
+    return tuple((name, value) for name, value in pairs if name.lower().decode("ascii") in _CROSS_ORIGIN)
 
 
 def request_headers(pairs, target, peer_host, peer_port):
@@ -468,20 +482,23 @@ def _tls_failed(error):
     return any(reason.check(*_TLS_ERRORS) for reason in getattr(error, "reasons", None) or ())
 
 
+# Every way of not getting a connection to the upstream (HostNotFound and
+# UpstreamUnreachable are ConnectErrors).
+_UNREACHABLE = (AddressRefused, ConnectError, DNSLookupError)
+
+
 def failure_reply(failure):
     """
     The status, reason phrase and detail text the client is answered with
     for a failed upstream request (spec 13.2 step 5).
     """
     error = failure.value
-    if isinstance(error, AddressRefused):
-        return 403, _PHRASES[403], f"refused: {error.public_reason()}"
     if isinstance(error, ProxyFailure):
         return error.status, error.phrase, error.detail
-    if isinstance(error, (HostNotFound, UpstreamUnreachable)):
-        return 504, _PHRASES[504], error.detail
-    if isinstance(error, (ConnectError, DNSLookupError)):
-        return 504, _PHRASES[504], f"cannot connect: {type(error).__name__}"
+    if isinstance(error, _UNREACHABLE):
+        # Refused by the address policy, no such name, refused, timed out:
+        # one answer, else a device maps internal names and scans ports.
+        return 504, _PHRASES[504], UNREACHABLE
     if _tls_failed(error):
         return 502, _PHRASES[502], "TLS handshake or certificate verification failed"
     if isinstance(error, RequestTransmissionFailed):
@@ -489,8 +506,87 @@ def failure_reply(failure):
     if isinstance(error, ResponseNeverReceived):
         return 502, _PHRASES[502], "the connection closed before a response"
     if isinstance(error, ResponseFailed):
+        for reason in error.reasons:
+            if reason.check(ProxyFailure):
+                return reason.value.status, reason.value.phrase, reason.value.detail
         return 502, _PHRASES[502], "the response was broken off"
     return 502, _PHRASES[502], f"{type(error).__name__}: {error}"
+
+
+# -- the response head ---------------------------------------------------------------
+
+
+class _HeadCounter:
+    """
+    Stands in for one response parser's C{lineReceived}, which keeps every
+    header line it is given: counts the status line and the headers, and
+    refuses the response past the caps.  The client protocol turns the
+    exception into a dropped connection and a failed response, so a server
+    that streams headers forever costs at most C{max_bytes}.
+    """
+
+    __slots__ = ("_parser", "_line_received", "_max_bytes", "_max_headers", "size", "headers")
+
+    def __init__(self, parser, max_bytes: int, max_headers: int) -> None:
+        self._parser = parser
+        self._line_received = parser.lineReceived
+        self._max_bytes = max_bytes
+        self._max_headers = max_headers
+        self.size = 0
+        self.headers = 0
+
+    def __call__(self, line):
+        state = self._parser.state
+        if state in (STATUS, HEADER):
+            self.size += len(line) + 1
+            if self.size > self._max_bytes:
+                raise HeadersTooLarge(f"response headers over {self._max_bytes} bytes")
+            text = line[:-1] if line.endswith(b"\r") else line
+            if state == HEADER and text and text[:1] not in b" \t":
+                self.headers += 1
+                if self.headers > self._max_headers:
+                    raise HeadersTooLarge(f"more than {self._max_headers} response headers")
+        return self._line_received(line)
+
+
+class _CappedClientProtocol(HTTP11ClientProtocol):
+    """
+    twisted.web's HTTP/1.1 client with the response head capped (its parser
+    caps a line, not the number of lines).
+    """
+
+    def request(self, request):
+        result = super().request(request)
+        parser = self._parser
+        # A request refused at once (the connection busy) leaves the
+        # current parser, already counted, in place.
+        if parser is not None and not isinstance(parser.lineReceived, _HeadCounter):
+            parser.lineReceived = _HeadCounter(parser, MAX_HEADER_BYTES, MAX_HEADERS)
+        return result
+
+
+class _CappedClientFactory(_HTTP11ClientFactory):
+    def buildProtocol(self, addr):
+        return _CappedClientProtocol(self._quiescentCallback)
+
+
+class _CappedConnectionPool(HTTPConnectionPool):
+    """
+    A connection pool whose connections cap the response head.
+    """
+
+    _factory = _CappedClientFactory
+
+
+def _head_size(response) -> int:
+    """
+    About how many bytes C{response}'s status line and headers took (what
+    twisted.web keeps of them).
+    """
+    size = len(b"HTTP/1.1 200 \r\n\r\n") + len(response.phrase)
+    for name, values in response.headers.getAllRawHeaders():
+        size += sum(len(name) + len(value) + 4 for value in values)
+    return size
 
 
 # -- the body ---------------------------------------------------------------------
@@ -524,13 +620,15 @@ class _BytesProducer:
 
 class _BodyReader(Protocol):
     """
-    Collects a response body up to C{limit} bytes; past it (or when the
+    Collects a response body up to C{limit} bytes less the C{head}
+    already read; past it (or when the
     Content-Length already says so) it drops the connection, so a huge body
     is never read, let alone buffered.
     """
 
-    def __init__(self, limit, expected):
-        self.limit = limit
+    def __init__(self, limit, expected, head=0):
+        self.head = head
+        self.limit = limit - head
         self.expected = expected
         self.parts = []
         self.size = 0
@@ -538,7 +636,7 @@ class _BodyReader(Protocol):
         self.finished = Deferred(self._cancel)
 
     def connectionMade(self):
-        if self.expected is not UNKNOWN_LENGTH and self.expected > self.limit:
+        if self.limit < 0 or (self.expected is not UNKNOWN_LENGTH and self.expected > self.limit):
             self._overflow()
 
     def dataReceived(self, data):
@@ -563,7 +661,7 @@ class _BodyReader(Protocol):
         if self.finished.called:
             return
         if self.too_large:
-            self.finished.errback(ResponseTooLarge(f"response body over {self.limit} bytes"))
+            self.finished.errback(ResponseTooLarge(f"response over {self.limit + self.head} bytes"))
         elif reason.check(ResponseDone, PotentialDataLoss):
             self.finished.callback(b"".join(self.parts))
         else:
@@ -573,9 +671,10 @@ class _BodyReader(Protocol):
 def read_body(response, limit):
     """
     A L{Deferred} firing with the whole body of C{response}, or failing
-    with L{ResponseTooLarge}; cancelling it drops the connection.
+    with L{ResponseTooLarge} when its head and body are over C{limit}
+    bytes; cancelling it drops the connection.
     """
-    reader = _BodyReader(limit, response.length)
+    reader = _BodyReader(limit, response.length, _head_size(response))
     response.deliverBody(reader)
     return reader.finished
 
@@ -587,16 +686,20 @@ class ProxyRequest:
     """
     One request in flight for one device.
 
+    @ivar trusted: the target was translated through C{dns-mapping}, so it
+        skips the address policy.
+
     @ivar finished: fires with the status the device was answered with, or
         with C{None} when the request was abandoned (its connection closed).
     """
 
     __slots__ = (
         "connection", "session_id", "method", "target", "headers", "body",
-        "timeout_ms", "peer", "finished", "work", "timer", "done",
+        "timeout_ms", "peer", "trusted", "finished", "work", "timer", "done",
     )
 
-    def __init__(self, connection, session_id, method, target, headers, body, timeout_ms, peer):
+    def __init__(self, connection, session_id, method, target, headers, body, timeout_ms, peer,
+                 trusted=False):
         self.connection = connection
         self.session_id = session_id
         self.method = method
@@ -605,6 +708,7 @@ class ProxyRequest:
         self.body = body
         self.timeout_ms = timeout_ms
         self.peer = peer
+        self.trusted = trusted
         self.finished = Deferred()
         self.work = None
         self.timer = None
@@ -651,17 +755,23 @@ class HttpProxyHandler:
         self.config = node.config.proxy
         self._reactor = reactor if reactor is not None else node.clock
         self._mapping = DnsMapping(self.config.dns_mapping, choice)
-        self._pool = HTTPConnectionPool(self._reactor, persistent=True)
-        self._pool.maxPersistentPerHost = self.config.max_conn_per_host
-        endpoints = GuardedEndpointFactory(
-            self._reactor,
-            resolver if resolver is not None else ReactorHostResolver(self._reactor),
-            AddressPolicy(self.config.allow),
-            HostnameCachingHTTPSPolicy(BrowserLikePolicyForHTTPS(trust_root)),
-            connect_timeout,
-            trusted=self._mapping.trusted,
-        )
-        self._agent = Agent.usingEndpointFactory(self._reactor, endpoints, pool=self._pool)
+        resolver = resolver if resolver is not None else ReactorHostResolver(self._reactor)
+        policy = AddressPolicy(self.config.allow)
+        tls = HostnameCachingHTTPSPolicy(BrowserLikePolicyForHTTPS(trust_root))
+        # Two agents with their own pools: mapping targets skip the address
+        # policy only for requests translated through a mapped name, and a
+        # kept-alive connection to one is never reused by another request.
+        self._pools = {}
+        self._agents = {}
+        for trusted in (False, True):
+            pool = _CappedConnectionPool(self._reactor, persistent=True)
+            pool.maxPersistentPerHost = self.config.max_conn_per_host
+            endpoints = GuardedEndpointFactory(
+                self._reactor, resolver, policy, tls, connect_timeout,
+                trusted=self._mapping.trusted if trusted else frozenset(),
+            )
+            self._pools[trusted] = pool
+            self._agents[trusted] = Agent.usingEndpointFactory(self._reactor, endpoints, pool=pool)
         self._by_connection = {}
         self._in_flight = 0
 
@@ -699,7 +809,7 @@ class HttpProxyHandler:
         """
         for request in self.active():
             self._abandon(request)
-        return self._pool.closeCachedConnections()
+        return gatherResults([pool.closeCachedConnections() for pool in self._pools.values()])
 
     # -- IMessageHandler ------------------------------------------------------
 
@@ -729,16 +839,17 @@ class HttpProxyHandler:
         if self._in_flight >= self.config.max_in_flight:
             raise Overloaded(f"{self._in_flight} requests already in flight on this node")
         target = Target.parse(message.uri)
-        target = self._mapping.translate(target) or target
+        mapped = self._mapping.translate(target)
         return ProxyRequest(
             connection,
             session_id,
             message.method_name,
-            target,
+            mapped or target,
             forwarded_headers(message.headers),
             message.body or None,
             read_timeout_ms(message.headers, self.config.default_read_timeout),
             _peer_of(connection),
+            trusted=mapped is not None,
         )
 
     # -- one request's life -----------------------------------------------------
@@ -757,18 +868,22 @@ class HttpProxyHandler:
         like the first, connects through the address policy.
         """
         target, method, body, pairs = request.target, request.method, request.body, request.headers
+        trusted = request.trusted
         redirects = 0
         while True:
             headers = request_headers(pairs, target, *request.peer)
             producer = _BytesProducer(body) if body else None
-            response = await self._agent.request(method.encode("ascii"), target.url(), headers, producer)
+            agent = self._agents[trusted]
+            response = await agent.request(method.encode("ascii"), target.url(), headers, producer)
             content = await read_body(response, self.config.max_content_length)
             location = _location(response.headers) if response.code in REDIRECT_CODES else None
             if not location or redirects == MAX_REDIRECTS:
                 return response, content
             following = target.follow(location)
             if following.origin != target.origin:
-                pairs = without_credentials(pairs)
+                pairs = cross_origin_headers(pairs)
+                # Only a mapped name's own redirects keep to its target.
+                trusted = False
             if response.code == 303 and method != "GET":
                 # See Other: fetch the result with GET (MPush repeats the POST).
                 method, body = "GET", None
@@ -801,8 +916,9 @@ class HttpProxyHandler:
         status, _phrase, detail = failure_reply(failure)
         if not failure.check(*_EXPECTED) and not _tls_failed(failure.value):
             self.log.failure("HTTP proxy: unexpected error for {request}", failure, request=request)
-        # The log has what the device is not told: the address behind a name.
-        self._fail(request, status, detail, str(failure.value) if failure.check(AddressRefused) else None)
+        # The log has what the device is not told: why, and the address behind a name.
+        reason = f"{detail} ({type(failure.value).__name__}: {failure.value})"
+        self._fail(request, status, detail, reason, warn=failure.check(AddressRefused) is not None)
         return None
 
     def _timed_out(self, request):
@@ -812,8 +928,8 @@ class HttpProxyHandler:
         self._fail(request, 408, f"no response within {request.timeout_ms} ms")
         request.work.cancel()
 
-    def _fail(self, request, status, detail, log_detail=None):
-        log = self.log.warn if status == 403 else self.log.info
+    def _fail(self, request, status, detail, log_detail=None, warn=False):
+        log = self.log.warn if warn else self.log.info
         log(
             "HTTP proxy {status} for {peer}: {method} {url}: {detail}",
             status=status,
@@ -847,8 +963,7 @@ class HttpProxyHandler:
 
     def _answer_error(self, connection, session_id, status, detail, logged=False):
         """
-        A status the proxy made up: raw, with why in a header (and, for a
-        refusal, in the body, for whoever reads it on the device).
+        A status the proxy made up: raw, with why in a header.
         """
         if not logged:
             self.log.info(
@@ -858,6 +973,5 @@ class HttpProxyHandler:
                 detail=detail,
             )
         phrase = _PHRASES[status]
-        body = f"mpush HTTP proxy: {detail}\n".encode("utf-8") if status == 403 else None
-        message = HttpResponseMessage(status, phrase, {ERROR_HEADER: detail.replace("\n", " ")}, body)
+        message = HttpResponseMessage(status, phrase, {ERROR_HEADER: detail.replace("\n", " ")}, None)
         connection.send_raw(Command.HTTP_PROXY, message, session_id).addErrback(_ignore_closed)

@@ -29,6 +29,8 @@ from twisted.web.error import SchemeNotSupported
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import Interface, implementer
 
+from mpush.config import parse_allow_entry
+
 __all__ = [
     "AddressPolicy",
     "AddressRefused",
@@ -110,24 +112,20 @@ _GLOBAL_UNICAST = ipaddress.ip_network("2000::/3")
 
 class AddressRefused(Exception):
     """
-    The proxy will not connect to C{address}, which C{host} resolved to.
+    The proxy will not connect to C{address} (on C{port}), which C{host}
+    resolved to.  The text is for the log: devices are not told why.
     """
 
-    def __init__(self, host, address, category):
+    def __init__(self, host, address, category, port=None):
         self.host = host
         self.address = address
         self.category = category
-        reason = self.public_reason()
-        super().__init__(reason if host == address else f"{reason} ({address})")
-
-    def public_reason(self):
-        """
-        Why, without the address a name resolved to: the device learns
-        that the name is refused, not what is behind it.
-        """
-        if self.host == self.address:
-            return f"{self.host} is a {self.category} address"
-        return f"{self.host} resolves to a {self.category} address"
+        self.port = port
+        on = "" if port is None else f" (port {port})"
+        if host == address:
+            super().__init__(f"{host} is a {category} address{on}")
+        else:
+            super().__init__(f"{host} resolves to a {category} address: {address}{on}")
 
 
 class HostNotFound(ConnectError):
@@ -216,33 +214,40 @@ def classify(address):
 class AddressPolicy:
     """
     Public unicast addresses are allowed; the others only inside one of the
-    C{allow} networks (CIDR strings, e.g. the operator's own back-ends).
+    C{allow} entries (L{parse_allow_entry}: a network, on every port or on
+    one), e.g. the operator's own back-ends.  A port keeps a device from
+    scanning every port of an allowed host.
     """
 
     __slots__ = ("_allow",)
 
     def __init__(self, allow=()):
-        self._allow = tuple(ipaddress.ip_network(cidr, strict=False) for cidr in allow)
+        self._allow = tuple(parse_allow_entry(entry) for entry in allow)
 
-    def _allowed(self, address):
+    def _allowed(self, address, port):
         candidates = [address]
         inner = _embedded_ipv4(address)
         if inner is not None:
             candidates.append(inner)
-        return any(candidate in network for candidate in candidates for network in self._allow)
+        return any(
+            candidate in network and allowed_port in (None, port)
+            for candidate in candidates
+            for network, allowed_port in self._allow
+        )
 
-    def refusal(self, address):
+    def refusal(self, address, port=None):
         """
-        The category that refuses C{address}, or C{None} if it may be used.
+        The category that refuses C{address} (on C{port}; C{None}: on no
+        port in particular), or C{None} if it may be used.
         """
         parsed = _parse(address)
         if parsed is None:
             return INVALID
-        if self._allowed(parsed):
+        if self._allowed(parsed, port):
             return None
         return classify(parsed)
 
-    def check(self, host, addresses):
+    def check(self, host, addresses, port=None):
         """
         Raise L{AddressRefused} unless EVERY address may be used: a name with
         one private address among public ones is refused, since which one a
@@ -251,9 +256,9 @@ class AddressPolicy:
         if not addresses:
             raise HostNotFound(host)
         for address in addresses:
-            category = self.refusal(address)
+            category = self.refusal(address, port)
             if category is not None:
-                raise AddressRefused(host, address, category)
+                raise AddressRefused(host, address, category, port)
 
 
 class IHostResolver(Interface):
@@ -352,7 +357,7 @@ class GuardedEndpoint:
         if not addresses:
             raise HostNotFound(self.host)
         if not self.trusted:
-            self._policy.check(self.host, addresses)
+            self._policy.check(self.host, addresses, self.port)
         last = None
         for address in addresses[:MAX_CONNECT_ATTEMPTS]:
             endpoint = self._tcp(address)

@@ -20,7 +20,9 @@ with AUTO_ACK is answered with a JSON ACK (MPush writes a binary packet the
 WebSocket cannot carry, spec 21.2 item 16); ws connections count towards
 the node's connection limits and its pre-handshake timeout; the server pings
 idle browsers (the browser answers by itself) so dead ones release their
-routes; frames that are not MPush JSON get ERROR 100 and a close.
+routes; frames that are not MPush JSON get ERROR 100 and a close; a
+browser handshake from a page of another origin gets 403 unless
+C{[net] ws-allowed-origins} lists it (MPush lets every page in).
 """
 
 import importlib.resources
@@ -38,6 +40,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from zope.interface import implementer
 
+from mpush.metrics import WS_ORIGIN
+from mpush.origins import OriginPolicy
 from mpush.protocol.messages import (
     AckMessage,
     BindUserMessage,
@@ -758,23 +762,39 @@ def _wants_websocket(request):
     return any(token.strip().lower() == b"websocket" for token in upgrade.split(b","))
 
 
+def _header(request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1")
+
+
 class WebRoot(Resource):
     """
-    Everything on the WebSocket port: the upgrade at C{/}, the page at
-    C{/} and C{/index.html}, its script, and 404/405 for the rest.
+    Everything on the WebSocket port: the upgrade at C{/} (for pages the
+    origin policy allows), the page at C{/} and C{/index.html}, its script,
+    and 403/404/405 for the rest.
+
+    @param refused: called with C{(peer, detail)} for each upgrade refused
+        for its origin.
     """
 
     isLeaf = True
 
-    def __init__(self, websocket, pages):
+    def __init__(self, websocket, pages, origins=None, refused=None):
         super().__init__()
         self.websocket = websocket
         self.pages = pages
+        self.origins = origins if origins is not None else OriginPolicy()
+        self.refused = refused
 
     def render(self, request):
         if _wants_websocket(request):
             if request.path != b"/":
                 return self._status(request, 404, b"no WebSocket here; MPush's is at /\n")
+            origin = _header(request, b"origin")
+            if not self.origins.allows(origin, request.isSecure(), _header(request, b"host")):
+                if self.refused is not None:
+                    self.refused(str(request.getClientAddress()), f"WebSocket from origin {origin!r}")
+                return self._status(request, 403, b"origin not allowed ([net] ws-allowed-origins)\n")
             return self.websocket.render(request)
         if request.method not in (b"GET", b"HEAD"):
             request.setHeader(b"Allow", b"GET, HEAD")
@@ -803,6 +823,11 @@ def make_ws_site(node, dispatcher=None, reactor=None):
     @raise PageUnavailable: the page files are not installed.
     """
     factory = WebSocketFactory(node, dispatcher, reactor=reactor)
-    site = Site(WebRoot(WebSocketResource(factory), load_pages()))
+
+    def refused(peer, detail):
+        node.limits.refused(node.metrics, WS_ORIGIN, peer, detail)
+
+    origins = OriginPolicy(node.config.net.ws_allowed_origins)
+    site = Site(WebRoot(WebSocketResource(factory), load_pages(), origins, refused))
     site.noisy = False
     return site
