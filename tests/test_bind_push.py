@@ -692,7 +692,6 @@ class AckSpoofingTests(SynchronousTestCase):
         self.assertEqual(kind, "ok")
 
 
-<<<<<<< HEAD
     def test_ack_from_another_connection_does_not_count_on_a_push_to_every_client_type(self):
         """
         The general push path (several connections: client type 0 to a user
@@ -718,7 +717,8 @@ class AckSpoofingTests(SynchronousTestCase):
         [(_, kind, _)] = gateway.replies()
         self.assertEqual(kind, "ok")
         self.assertEqual(len(node.acks), 0)
-=======
+
+
 class PlaintextOnEncryptedSessionTests(SynchronousTestCase):
     """
     FAST_CONNECT carries the session id and device id in clear: whoever
@@ -776,7 +776,6 @@ class PlaintextOnEncryptedSessionTests(SynchronousTestCase):
         protocol.dataReceived(encode_packet(bind))
         [reply] = sniffer.read(transport)
         self.assertEqual(ok_of(reply), OkMessage(5, 0, "bind success"))
->>>>>>> h15
 
 
 class GoneWhileWaitingTests(SynchronousTestCase):

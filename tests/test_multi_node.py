@@ -246,3 +246,39 @@ class FaultTests(ClusterCase):
         self.assertEqual(after.status, PushStatus.SUCCESS)
         received = yield grace.wait_for_push(timeout=5)
         self.assertEqual(received.content, b"two")
+
+
+class ResumeAnywhereTests(ClusterCase):
+    @defer.inlineCallbacks
+    def test_fast_connect_to_another_node_right_after_the_handshake(self):
+        """
+        A device that has its HandshakeOk from node A can resume on node B
+        at once: the session reaches Redis before the reply leaves A.  Many
+        devices at a time, each going to B the moment A answered.
+        """
+        node_a, node_b = self.start_node(), self.start_node()
+        directory = self.mktemp()
+        os.makedirs(directory)
+
+        def config(node, i):
+            return ClientConfig(
+                host="127.0.0.1",
+                port=node.port,
+                public_key=MPUSH_DEMO_PUBLIC_KEY,
+                device_id=f"roamer-{i}",
+                session_file=os.path.join(directory, f"{i}.dat"),
+                handshake_timeout=10.0,
+                bind_timeout=10.0,
+            )
+
+        @defer.inlineCallbacks
+        def roam(i):
+            first = yield connect_client(config(node_a, i), reactor)
+            closed = first.close()
+            second = yield connect_client(config(node_b, i), reactor)
+            resumed = second.resumed
+            yield defer.gatherResults([closed, second.close()])
+            return (first.handshake_ok_count, resumed)
+
+        outcomes = yield defer.gatherResults([roam(i) for i in range(150)])
+        self.assertEqual(outcomes, [(1, True)] * 150)

@@ -99,6 +99,34 @@ class HandshakeTests(SynchronousTestCase):
         self.assertIsNone(self.protocol._pending)
         self.assertEqual(self.protocol.pending_bytes, 0)
 
+    def test_session_cached_before_the_reply(self):
+        """
+        HandshakeOk leaves only once the session is in the store, so the
+        device can fast-connect to any node sharing it at once; a store that
+        fails still lets the handshake finish.
+        """
+        store = self.node.session_store
+        for outcome in ("saved", "failed"):
+            saving = defer.Deferred()
+            saved = []
+
+            def slow_save(session_id, session, ttl, saving=saving, saved=saved):
+                saved.append(session_id)
+                return saving
+
+            store.save = slow_save
+            protocol, transport = connect(self.node)
+            device = ScriptedDevice()
+            protocol.dataReceived(device.handshake_bytes(session_id=7))
+            self.assertEqual((len(saved), transport.value()), (1, b""))
+            if outcome == "saved":
+                saving.callback(None)
+            else:
+                saving.errback(StoreUnavailable("redis session store unavailable"))
+            [reply] = device.read(transport)
+            self.assertEqual(device.accept_handshake_ok(reply).session_id, saved[0])
+            self.assertIs(protocol.state, ConnectionState.HANDSHAKEN)
+
     def test_handshake_ok(self):
         """
         HandshakeOk echoes the request id, is AES(clientKey, iv) encrypted

@@ -1,0 +1,61 @@
+"""
+A Redis call whose deadline timer fires late (the node, not Redis, is
+behind) waits on, up to its patience; one whose timer fires on time fails
+at its deadline as always.  A fake clock and a command that never answers.
+"""
+
+from twisted.internet import defer, task
+from twisted.trial.unittest import SynchronousTestCase
+
+from mpush.store.interfaces import StoreUnavailable
+from mpush.store.redis_calls import OVERLOAD_LAG, BoundedRedis
+
+
+class _Silent:
+    """A txredisapi handler stand-in whose commands never answer."""
+
+    def __init__(self):
+        self.sent = []
+
+    def get(self, key):
+        self.sent.append(key)
+        return defer.Deferred()
+
+
+class PatienceTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = task.Clock()
+        self.redis = _Silent()
+        self.calls = BoundedRedis(self.redis, self.clock, 2.0, "redis session store", StoreUnavailable)
+
+    def call(self, patience=None):
+        return self.calls.call("load", lambda: self.redis.get("k"), patience=patience)
+
+    def test_on_time_deadline_fails_even_with_patience(self):
+        result = self.call(patience=8.0)
+        self.clock.advance(2.0)
+        error = self.failureResultOf(result, StoreUnavailable).value
+        self.assertIn("no answer to load within 2 s", str(error))
+
+    def test_late_deadline_waits_up_to_the_patience(self):
+        result = self.call(patience=8.0)
+        self.clock.advance(2.0 + OVERLOAD_LAG + 0.5)  # the timer fired late
+        self.assertNoResult(result)
+        for _ in range(4):
+            self.clock.advance(1.0 + OVERLOAD_LAG + 0.1)  # still late each time
+        self.failureResultOf(result, StoreUnavailable)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_late_deadline_without_patience_fails(self):
+        result = self.call()
+        self.clock.advance(5.0)
+        self.failureResultOf(result, StoreUnavailable)
+
+    def test_a_late_answer_still_counts(self):
+        answer = defer.Deferred()
+        result = self.calls.call("load", lambda: answer, patience=8.0)
+        self.clock.advance(3.0)
+        self.assertNoResult(result)
+        answer.callback("value")
+        self.assertEqual(self.successResultOf(result), "value")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
