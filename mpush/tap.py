@@ -344,7 +344,7 @@ class NodeService(service.MultiService):
         backends = self.backends
         # Closes still waiting for their shared side: do it before the
         # routes of the whole node are marked offline.
-        self.node.router_center.flush_closes()
+        yield self.node.router_center.flush_closes()
         for step, why in (
             (lambda: backends.registry.unregister(), "node not unregistered"),
             (lambda: backends.remote.mark_node_offline(self.info.host, self.info.port), "routes not marked offline"),

@@ -16,6 +16,7 @@ from mpush.protocol.messages import FastConnectMessage
 from mpush.protocol.packet import Command, encode_packet
 from mpush.protocol.body import decode_body, make_raw_packet
 from mpush.protocol.routing import online_users_key, user_route_key
+from mpush.server import router_center
 from mpush.server.errors import ConnectionClosed
 from tests.test_bind_push import Device
 
@@ -77,9 +78,45 @@ class LazyCloseTests(SynchronousTestCase):
         devices = [self.bound(f"user-{i}", f"dev-{i}") for i in range(20)]
         for device in devices:
             device.protocol.connectionLost(None)
-        self.assertEqual(len([c for c in self.clock.getDelayedCalls() if c.func == self.center.flush_closes]), 1)
+        self.assertEqual(len([c for c in self.clock.getDelayedCalls() if c.func == self.center._run_due_closes]), 1)
         self.clock.advance(DELAY)
         self.assertEqual(sorted(self.marks), sorted(f"user-{i}" for i in range(20)))
+
+    def test_one_chunk_of_shared_work_in_flight(self):
+        """
+        A mass close does its Redis work a chunk at a time: the next chunk
+        goes once the last one has been answered.
+        """
+        answers = []
+
+        def held(user_id, client_type, conn_id=None):
+            self.marks.append(user_id)
+            answers.append(defer.Deferred())
+            return answers[-1]
+
+        self.center.remote.mark_offline = held
+        chunk = router_center.CLOSE_CHUNK
+        devices = [self.bound(f"user-{i}", f"dev-{i}") for i in range(chunk + 7)]
+        for device in devices:
+            device.protocol.connectionLost(None)
+        self.clock.advance(DELAY)
+        self.assertEqual(len(self.marks), chunk)
+        for answer in answers[:-1]:
+            answer.callback(True)
+        self.assertEqual(len(self.marks), chunk)
+        answers[chunk - 1].callback(True)
+        self.assertEqual(len(self.marks), chunk + 7)
+
+    def test_closes_later_than_the_first_wait_for_their_own_delay(self):
+        first = self.bound("alice", "dev-1")
+        second = self.bound("bob", "dev-2")
+        first.protocol.connectionLost(None)
+        self.clock.advance(DELAY / 2)
+        second.protocol.connectionLost(None)
+        self.clock.advance(DELAY / 2)
+        self.assertEqual(self.marks, ["alice"])
+        self.clock.advance(DELAY / 2)
+        self.assertEqual(self.marks, ["alice", "bob"])
 
     def test_flush_closes_now(self):
         device = self.bound("alice", "dev-1")

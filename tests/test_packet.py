@@ -1,6 +1,8 @@
 """Framing: encode_packet and the incremental PacketDecoder (spec 2)."""
 
+import gc
 import struct
+import weakref
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -259,6 +261,37 @@ _packets = st.builds(
     cc=st.integers(-(2**15), 2**15 - 1),
     lrc=_int8,
 )
+
+
+class _Reader:
+    """A caller that owns its decoder and catches its errors, as a connection does."""
+
+    def __init__(self):
+        self.decoder = PacketDecoder(16)
+        self.buffer = bytearray(100_000)
+
+    def read(self, data):
+        try:
+            self.decoder.feed(data)
+        except FramingError as error:
+            return str(error)
+
+
+class DecoderFailureReferenceTests(SynchronousTestCase):
+    def test_a_failed_decoder_does_not_keep_its_caller_alive(self):
+        """
+        A garbage flood closes thousands of connections whose decoders
+        failed: a failure kept with its traceback would hold each caller
+        (and its buffers) in a cycle until the cyclic GC ran.
+        """
+        gc.disable()
+        self.addCleanup(gc.enable)
+        reader = _Reader()
+        self.assertIn("exceeds", reader.read(struct.pack(">i", 1000) + bytes(9)))
+        self.assertRaises(FramingError, reader.decoder.feed, b"more")
+        alive = weakref.ref(reader)
+        del reader
+        self.assertIsNone(alive())
 
 
 class DecoderPropertyTests(SynchronousTestCase):

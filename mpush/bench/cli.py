@@ -388,7 +388,7 @@ def table_for(result: dict) -> str:
     if name in ("handshake", "fast-connect"):
         columns = [Column("count"), Column("completed"), Column("failed"), Column("elapsed_s", "seconds", 2),
                    Column("per_s", "per s"), *_LATENCY, Column("load_cpu_max_pct", "load cpu%"),
-                   Column("server_cpu_pct", "server cpu%")]
+                   Column("server_cpu_pct", "server cpu%"), Column("server_cpu_us_each", "server µs each")]
         return format_table(title, columns, [_flat(result)])
     if name == "storm":
         columns = [Column("devices"), Column("bound_again", "bound again"), Column("failed"),

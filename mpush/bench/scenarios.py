@@ -894,6 +894,12 @@ class _ServerCpu:
         wall = time.monotonic() - self.wall0
         return round(cpu / wall * 100, 1) if wall > 0 else None
 
+    def us_per(self, count: int) -> float | None:
+        """Server CPU microseconds per operation since the start, for C{count} operations."""
+        if not self.pid or not count:
+            return None
+        return round((stats.read_cpu_seconds(self.pid) - self.cpu0) / count * 1e6, 1)
+
 
 def _tally_result(replies, count: int) -> dict:
     done = sum(r["done"] for r in replies)
@@ -993,7 +999,9 @@ def run_handshake(target: Target, settings: Settings) -> dict:
              for n in run.shares(count)],
             run.deadline + run.slack,
         )
-        result = {"scenario": "handshake", **_tally_result(replies, count), "server_cpu_pct": cpu.percent()}
+        tally = _tally_result(replies, count)
+        result = {"scenario": "handshake", **tally, "server_cpu_pct": cpu.percent(),
+                  "server_cpu_us_each": cpu.us_per(tally["completed"])}
     result["ok"] = _ok(result)
     return result
 
@@ -1010,8 +1018,9 @@ def run_fast_connect(target: Target, settings: Settings) -> dict:
             {"concurrency": settings.concurrency, "start_at": start, "stop_at": run.deadline},
             run.deadline + run.slack,
         )
-        result = {"scenario": "fast-connect", **_tally_result(replies, count),
-                  "setup": setup, "server_cpu_pct": cpu.percent()}
+        tally = _tally_result(replies, count)
+        result = {"scenario": "fast-connect", **tally, "setup": setup, "server_cpu_pct": cpu.percent(),
+                  "server_cpu_us_each": cpu.us_per(tally["completed"])}
     result["ok"] = _ok(result) and _ok(setup)
     return result
 

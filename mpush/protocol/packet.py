@@ -185,7 +185,10 @@ class PacketDecoder:
             raise ValueError(f"max_packet_size must be >= 0 or None, got {max_packet_size}")
         self._buf = bytearray()
         self._max = max_packet_size
-        self._failure: FramingError | None = None
+        # What went wrong, as text: keeping the exception would keep its
+        # traceback, whose frames hold the caller (a connection) in a cycle
+        # with this decoder until the cyclic GC runs.
+        self._failure: str | None = None
 
     @property
     def max_packet_size(self) -> int | None:
@@ -233,7 +236,7 @@ class PacketDecoder:
                 pos = stop
         except FramingError as exc:
             exc.packets = tuple(packets)
-            self._failure = exc
+            self._failure = str(exc)
             self._buf = bytearray()
             raise
         finally:

@@ -9,6 +9,8 @@ only released by the connection that still owns it, and a remote kick only
 reaches the connection it names (spec 21.2).
 """
 
+import collections
+
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -18,6 +20,10 @@ from mpush.protocol.packet import Command
 from mpush.protocol.routing import ClientLocation, KickRequest
 from mpush.server.context import ConnectionState
 from mpush.server.errors import BindFailed, ConnectionClosed, InvalidParam, NotHandshaken
+
+
+#: Closes whose shared side is done at a time (L{RouterCenter.connection_closed}).
+CLOSE_CHUNK = 500
 
 
 def _answer(written):
@@ -54,8 +60,10 @@ class RouterCenter:
         self._warnings = LogThrottle(node.clock)
         #: Seconds the shared side of a close waits (0: done at once).
         self.close_delay = close_delay
-        self._closed = []
-        self._closed_flush = None
+        # (due, user_id, client_type, owned, conn_id) in the order closed.
+        self._closed = collections.deque()
+        self._closed_timer = None
+        self._closes_running = False
         #: Closes whose shared bookkeeping was skipped: the user had bound
         #: again on this node before it was due.
         self.closes_skipped = 0
@@ -142,25 +150,56 @@ class RouterCenter:
             )
         if self.close_delay <= 0:
             return self._release(connection)
-        self._closed.append(self._release_local(connection) + (connection.conn_id,))
-        if self._closed_flush is None:
-            self._closed_flush = self.node.clock.callLater(self.close_delay, self.flush_closes)
+        due = self.node.clock.seconds() + self.close_delay
+        self._closed.append((due,) + self._release_local(connection) + (connection.conn_id,))
+        if self._closed_timer is None and not self._closes_running:
+            self._closed_timer = self.node.clock.callLater(self.close_delay, self._run_due_closes)
         return defer.succeed(None)
 
     def flush_closes(self):
         """
-        Do the shared side of every close waiting, now (the delay's end, or
-        a node stopping).
+        Do the shared side of every close waiting, now (a node stopping).
+
+        @return: a Deferred that fires once all of it is done.
         """
-        call, self._closed_flush = self._closed_flush, None
+        self._cancel_closed_timer()
+        closed, self._closed = list(self._closed), collections.deque()
+        return self._release_closed(closed)
+
+    def _run_due_closes(self):
+        """
+        The shared side of the closes that are due, L{CLOSE_CHUNK} at a
+        time, the next chunk only once the last one is done: a mass close
+        never has more than one chunk of Redis work (and its memory) in
+        flight, and resuming devices never queue behind it.
+        """
+        self._closed_timer = None
+        now = self.node.clock.seconds()
+        chunk = []
+        while self._closed and self._closed[0][0] <= now and len(chunk) < CLOSE_CHUNK:
+            chunk.append(self._closed.popleft())
+        if not chunk:
+            self._closes_running = False
+            if self._closed:
+                wait = max(self._closed[0][0] - now, 0.0)
+                self._closed_timer = self.node.clock.callLater(wait, self._run_due_closes)
+            return
+        self._closes_running = True
+        self._release_closed(chunk).addCallback(lambda _: self._run_due_closes())
+
+    def _cancel_closed_timer(self):
+        call, self._closed_timer = self._closed_timer, None
         if call is not None and call.active():
             call.cancel()
-        closed, self._closed = self._closed, []
-        for user_id, client_type, owned, conn_id in closed:
+
+    def _release_closed(self, closed):
+        released = []
+        for _, user_id, client_type, owned, conn_id in closed:
             if self.local.lookup(user_id, client_type) is not None:
                 self.closes_skipped += 1
                 continue
-            self._release_shared(user_id, client_type, owned, conn_id)
+            released.append(self._release_shared(user_id, client_type, owned, conn_id))
+        return defer.gatherResults(released, consumeErrors=True).addBoth(lambda _: None)
 
     def _release(self, connection):
         return self._release_shared(*self._release_local(connection), connection.conn_id)
