@@ -34,6 +34,8 @@ from mpush.bench.wire import (
 from mpush.protocol.crypto import MPUSH_DEMO_PRIVATE_KEY, MPUSH_DEMO_PUBLIC_KEY, RsaPrivateKey
 
 from tests.process_support import REPO, NodeProcess, free_port, node_environment
+from tests.redis_server import start_redis_server
+from tests.test_workers import WorkersProcess
 
 #: Ceiling on one bench subprocess; its own --duration is far below this.
 RUN_TIMEOUT = 180
@@ -343,7 +345,7 @@ class ArgumentTests(SynchronousTestCase):
 # ------------------------------------------------------------ smoke tests
 
 
-def node_config(heartbeat=None):
+def node_config(heartbeat=None, redis_port=None, workers=None):
     text = (
         "[security]\n"
         f'private-key = "{MPUSH_DEMO_PRIVATE_KEY}"\n'
@@ -351,8 +353,12 @@ def node_config(heartbeat=None):
         "[net]\n"
         'local-ip = "127.0.0.1"\n'
     )
+    if workers:
+        text += f"[cluster]\nworkers = {workers}\n"
     if heartbeat:
         text += f'[core]\nmin-heartbeat = "{heartbeat}"\nmax-heartbeat = "{heartbeat}"\n'
+    if redis_port:
+        text += f'[redis]\nnodes = ["127.0.0.1:{redis_port}"]\n'
     return text
 
 
@@ -362,8 +368,9 @@ class SmokeTests(SynchronousTestCase):
     real node with tiny counts and two worker processes.
     """
 
-    def start_node(self, heartbeat=None):
-        node = NodeProcess(node_config(heartbeat))
+    def start_node(self, heartbeat=None, redis_port=None, workers=None):
+        config = node_config(heartbeat, redis_port, workers)
+        node = WorkersProcess(config, workers) if workers else NodeProcess(config)
         self.addCleanup(node.stop)
         return node.start()
 
@@ -418,6 +425,36 @@ class SmokeTests(SynchronousTestCase):
         self.assertEqual(result["fallback_handshakes"], 0)
         self.assertIsNotNone(result["all_bound_s"])
         self.assertLatency(result["latency_ms"], 30)
+
+    def storm_with_redis(self, workers=None):
+        """
+        The storm on Redis, its costs read from the node's processes and
+        from Redis: every device back, no fallback, a turn's Redis work in
+        a few scripts rather than several commands per device.
+        """
+        redis = start_redis_server(self)
+        node = self.start_node(redis_port=redis.port, workers=workers)
+        result = self.one(
+            node, "storm", "--count", "200", "--duration", "60",
+            "--server-pid", str(node.process.pid), "--redis-port", str(redis.port),
+        )
+        self.assertEqual((result["devices"], result["bound_again"], result["failed"]), (200, 200, 0))
+        self.assertEqual(result["fallback_handshakes"], 0)
+        self.assertGreater(result["server_cpu_us_per_device"], 0)
+        redis_work = result["redis_per_device"]
+        # One lookup per resume, batched: far fewer scripts and MGETs than devices.
+        self.assertLess(redis_work["scripts"], 1.0, redis_work)
+        self.assertLessEqual(redis_work["by_command"].get("mget", 0), 1.0, redis_work)
+        self.assertEqual(list(result["rss_kib"]), ["before", "connected", "after_close", "after_storm"])
+        return result
+
+    def test_storm_with_redis(self):
+        self.storm_with_redis()
+
+    def test_storm_with_redis_and_two_workers(self):
+        result = self.storm_with_redis(workers=2)
+        # The workers' RSS is counted with the supervisor's.
+        self.assertGreater(result["rss_kib"]["before"], 3 * 20 * 1024)
 
     def assertRunAddsUp(self, run, count):
         self.assertEqual(run["sent"], count, run)

@@ -879,18 +879,25 @@ def _load_cpu(replies) -> float | None:
     return round(max(values), 1) if values else None
 
 
+def _tree_cpu_seconds(pid: int) -> float:
+    return stats.read_tree(pid, stats.read_cpu_seconds)
+
+
 class _ServerCpu:
-    """CPU% of --server-pid between two points in time (None without a pid)."""
+    """
+    CPU% of --server-pid and its workers between two points in time (None
+    without a pid).
+    """
 
     def __init__(self, pid: int | None) -> None:
         self.pid = pid
-        self.cpu0 = stats.read_cpu_seconds(pid) if pid else None
+        self.cpu0 = _tree_cpu_seconds(pid) if pid else None
         self.wall0 = time.monotonic()
 
     def percent(self) -> float | None:
         if not self.pid:
             return None
-        cpu = stats.read_cpu_seconds(self.pid) - self.cpu0
+        cpu = _tree_cpu_seconds(self.pid) - self.cpu0
         wall = time.monotonic() - self.wall0
         return round(cpu / wall * 100, 1) if wall > 0 else None
 
@@ -898,7 +905,7 @@ class _ServerCpu:
         """Server CPU microseconds per operation since the start, for C{count} operations."""
         if not self.pid or not count:
             return None
-        return round((stats.read_cpu_seconds(self.pid) - self.cpu0) / count * 1e6, 1)
+        return round((_tree_cpu_seconds(self.pid) - self.cpu0) / count * 1e6, 1)
 
 
 def _tally_result(replies, count: int) -> dict:
@@ -1044,7 +1051,7 @@ class _ServerReadings:
         self.marks: dict[str, tuple] = {}
 
     def mark(self, phase: str, rss: bool = True) -> None:
-        cpu = stats.read_tree(self.pid, stats.read_cpu_seconds) if self.pid else None
+        cpu = _tree_cpu_seconds(self.pid) if self.pid else None
         calls = redis_info.command_calls(*self.redis) if self.redis else None
         self.marks[phase] = (cpu, calls)
         if rss and self.pid:
@@ -1292,7 +1299,7 @@ def run_idle(target: Target, settings: Settings) -> dict:
         replies = run.pool.call("idle", {"until": until}, until + run.slack)
         window = time.monotonic() - window0
         cpu_pct = cpu.percent()
-        cpu_s = round(stats.read_cpu_seconds(pid) - cpu.cpu0, 3) if pid else None
+        cpu_s = round(_tree_cpu_seconds(pid) - cpu.cpu0, 3) if pid else None
         rss_end = stats.read_rss_kib(pid) if pid else None
     connections = setup["bound"]
     per_connection = None
