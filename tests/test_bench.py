@@ -446,6 +446,7 @@ class SmokeTests(SynchronousTestCase):
         self.assertLess(redis_work["scripts"], 1.0, redis_work)
         self.assertLessEqual(redis_work["by_command"].get("mget", 0), 1.0, redis_work)
         self.assertEqual(list(result["rss_kib"]), ["before", "connected", "after_close", "after_storm"])
+        self.assertEqual(result["connect_ms"]["n"], 200)
         return result
 
     def test_storm_with_redis(self):

@@ -374,6 +374,9 @@ def _flat(row: dict) -> dict:
     latency = row.get("latency_ms") or {}
     flat["p50"] = latency.get("p50")
     flat["p99"] = latency.get("p99")
+    connect = row.get("connect_ms") or {}
+    flat["connect_p99"] = connect.get("p99")
+    flat["connect_max"] = connect.get("max")
     for key, value in (row.get("redis_per_device") or {}).items():
         flat[f"redis_per_device.{key}"] = value
     return flat
@@ -393,6 +396,7 @@ def table_for(result: dict) -> str:
     if name == "storm":
         columns = [Column("devices"), Column("bound_again", "bound again"), Column("failed"),
                    Column("all_bound_s", "all bound s", 3), Column("per_s", "per s"), *_LATENCY,
+                   Column("connect_p99", "connect p99 ms"), Column("connect_max", "connect max ms"),
                    Column("fallback_handshakes", "fallbacks"),
                    Column("server_cpu_us_per_device", "server µs/device"),
                    Column("redis_per_device.all", "redis cmds/device", 2),

@@ -500,11 +500,13 @@ class WorkerRuntime:
         tally = _Tally()
         began = _now_ns()
         tally.start_ns = began
+        connected = array.array("q")
 
         async def one(device: Device) -> None:
             connection = None
             try:
                 connection = await self._connect(device)
+                connected.append(_now_ns() - began)
                 try:
                     await connection.fast_connect(timeout)
                 except ServerRejected as exc:
@@ -527,7 +529,7 @@ class WorkerRuntime:
                 tally.truncated = True
 
         await asyncio.gather(*(bounded(d) for d in ready))
-        return tally.as_dict(cpu0, wall0)
+        return {**tally.as_dict(cpu0, wall0), "connect_latencies": connected}
 
     async def do_open_pusher(self, window: int, kind: str, push_timeout_ms: int) -> dict:
         target = self.target
@@ -1101,6 +1103,8 @@ def run_storm(target: Target, settings: Settings) -> dict:
             "all_bound_s": all_bound,
             "per_s": stats.rate_per_s(tally["completed"], all_bound),
             "latency_ms": tally["latency_ms"],
+            # From the common start to the TCP connect: the accept loop and backlog.
+            "connect_ms": stats.summarize_ms(_merge_latencies(r["connect_latencies"] for r in replies)),
             "fallback_handshakes": tally.get("fallback_handshakes", 0),
             "errors": tally["errors"],
             "load_cpu_max_pct": tally["load_cpu_max_pct"],
