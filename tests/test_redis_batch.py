@@ -12,9 +12,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mpush.offline.interfaces import OfflineMessage
 from mpush.offline.redis import RedisOfflineStore
-from mpush.protocol.routing import ClientLocation
+from mpush.protocol.routing import ClientLocation, KickRequest
 from mpush.protocol.session import ReusableSession
-from mpush.router.redis import RedisRemoteRouter, RedisUserEvents
+from mpush.router.redis import RedisKickChannel, RedisRemoteRouter, RedisUserEvents
 from mpush.store.redis import RedisSessionStore, session_key
 from mpush.store.redis_batch import TurnBatch
 from tests.test_redis_router import CALL_TIMEOUT, RedisRoutingTestCase
@@ -179,6 +179,28 @@ class RedisBatchingTests(RedisRoutingTestCase):
         self.assertEqual(self.counted(before, "eval"), 1)
         self.assertEqual(self.counted(before, "publish"), 4)
         self.assertEqual(set(self.raw("ZRANGE", "mp:oul:10.0.0.1", "0", "-1")), {b"b", b"c"})
+
+    @defer.inlineCallbacks
+    def test_a_turns_kicks_are_one_script(self):
+        channel = RedisKickChannel(
+            self.server.url, reactor, timeout=CALL_TIMEOUT, publisher=self.client, max_retry_delay=0.2
+        )
+        self.addCleanup(channel.close)
+        heard = []
+        yield channel.listen("10.0.0.2", 3001, heard.append)
+        before = self.calls()
+        kicks = [
+            KickRequest(
+                user_id=f"u{i}", device_id=f"d{i}", conn_id=f"c{i}", client_type=1,
+                target_server="10.0.0.2", target_port=3001,
+            )
+            for i in range(10)
+        ]
+        reached = yield defer.gatherResults([channel.publish(kick) for kick in kicks])
+        self.assertEqual(reached, [1] * 10)
+        self.assertEqual(self.counted(before, "eval"), 1)
+        yield self.eventually(lambda: len(heard) == 10, "every kick heard")
+        self.assertEqual([k.user_id for k in heard], [f"u{i}" for i in range(10)])
 
     @defer.inlineCallbacks
     def test_a_turns_session_lookups_are_one_mget(self):

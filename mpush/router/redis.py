@@ -149,6 +149,14 @@ end
 return (#ARGV - 2) / 2
 """
 
+# PUBLISH ARGV[2i] on channel ARGV[2i-1]: the kicks of a turn in one command.
+# Returns how many subscribers each reached.
+_PUBLISH_MANY = """
+local reached = {}
+for a = 1, #ARGV, 2 do reached[#reached + 1] = redis.call('PUBLISH', ARGV[a], ARGV[a + 1]) end
+return reached
+"""
+
 # Attempts of a compare-and-set before giving up on a route that keeps
 # changing under us (then someone else is actively binding it: leave it).
 _CAS_ATTEMPTS = 5
@@ -473,6 +481,7 @@ class RedisKickChannel(RedisComponent):
             publisher = connect_redis(url, clock, poolsize=1, max_retry_delay=max_retry_delay)
         self._publisher = publisher
         self._calls = BoundedRedis(publisher, clock, timeout, "redis kick channel", RouterUnavailable)
+        self._kicks: TurnBatch = TurnBatch(clock, self._publish_many, refusal=self._calls.refusal)
         self._url = url
         self._clock = clock
         self._timeout = timeout
@@ -493,7 +502,13 @@ class RedisKickChannel(RedisComponent):
             channel, message = kick_message(kick)
         except Exception:
             return defer.fail()
-        return self._calls.call("publish", lambda: self._calls.redis.publish(channel, message), int)
+        return self._kicks.submit((channel, message))
+
+    def _publish_many(self, kicks: list[tuple[str, str]]) -> defer.Deferred:
+        args = [part for kick in kicks for part in kick]
+        return self._calls.call(
+            "publish", lambda: self._calls.redis.eval(_PUBLISH_MANY, [], args), lambda reached: [int(n) for n in reached]
+        )
 
     def listen(self, host: str, port: int, on_kick: Callable[[KickRequest], object]) -> defer.Deferred:
         if self._closed:
