@@ -21,7 +21,15 @@ import sys
 from dataclasses import dataclass, replace
 
 from mpush.bench import redis_info, stats
-from mpush.bench.scenarios import ALL_ORDER, DEFAULT_COUNTS, SCENARIOS, Settings, Target, run_scenario
+from mpush.bench.scenarios import (
+    ALL_ORDER,
+    DEFAULT_COUNTS,
+    SCENARIOS,
+    START_DELAY_S,
+    Settings,
+    Target,
+    run_scenario,
+)
 from mpush.bench.stats import Column, format_table
 from mpush.bench.wire import (
     STAMP_SIZE,
@@ -173,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="load processes (default: CPU count, %(default)s here)")
     load.add_argument("--count", type=_positive_int, default=None,
                       help="handshakes / devices / messages per push run / floor operations (see epilog)")
+    load.add_argument("--storm-gap", type=_positive_float, default=START_DELAY_S,
+                      help="storm: seconds from the mass close to the common reconnect (default "
+                           "%(default)s: a blip; longer lets a server finish its close work first)")
     load.add_argument("--devices", type=_positive_int, default=100, help="push: bound devices (default 100)")
     load.add_argument("--duration", type=_positive_float, default=30.0,
                       help="hard cap per scenario in seconds, setup included (default 30)")
@@ -277,6 +288,7 @@ def parse_config(argv: list[str] | None, environ=os.environ) -> Config:
         push_timeout_ms=args.push_timeout_ms,
         server_pid=args.server_pid,
         redis_port=args.redis_port,
+        storm_gap=args.storm_gap,
         private_key=private_key,
         demo_key=args.demo_key,
         pusher="http" if args.http_port else "gateway",

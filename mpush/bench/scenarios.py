@@ -125,6 +125,7 @@ class Settings:
     push_timeout_ms: int = 3000
     server_pid: int | None = None
     redis_port: int | None = None
+    storm_gap: float = START_DELAY_S
     private_key: str | None = None
     demo_key: bool = False
     pusher: str = "gateway"
@@ -1034,9 +1035,9 @@ def run_fast_connect(target: Target, settings: Settings) -> dict:
     return result
 
 
-#: Seconds the storm waits after a phase for the server's deferred work
-#: (mpush does the Redis side of closes 2 s later) before reading its CPU,
-#: RSS and Redis counters, so a lazy server is not flattered.
+#: Seconds the storm waits after the reconnect for the server's deferred
+#: work (mpush does the Redis side of closes 2 s later) before reading its
+#: CPU, RSS and Redis counters, so a lazy server is not flattered.
 STORM_SETTLE_S = 3.0
 
 
@@ -1080,7 +1081,7 @@ def run_storm(target: Target, settings: Settings) -> dict:
         readings.mark("connected")
         cpu = _ServerCpu(settings.server_pid)
         closed = run.pool.call("close_devices", {}, run.deadline + run.slack)
-        time.sleep(STORM_SETTLE_S)
+        time.sleep(max(settings.storm_gap - START_DELAY_S, 0.0))
         readings.mark("after_close")
         start = run.start_at()
         replies = run.pool.call("reconnect_all", {"start_at": start, "stop_at": run.deadline},
