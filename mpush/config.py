@@ -116,6 +116,17 @@ def _need_ip(key: str, value: object) -> None:
                 f"expected an IPv4 or IPv6 address or \"\", got {value!r}", key=key) from None
 
 
+def _need_networks(key: str, values: object) -> None:
+    """A tuple of CIDRs or single addresses ("10.0.0.0/8", "192.0.2.7")."""
+    if not isinstance(values, tuple) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"expected a list of strings, got {_describe(values)}", key=key)
+    for cidr in values:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"not an address or network: {cidr!r}", key=key) from None
+
+
 def _need_key(key: str, value: object) -> None:
     if value is None:
         return
@@ -217,8 +228,9 @@ class NetConfig:
     connect_server_bind_ip: str = ""
     connect_server_port: int = 3000
     connect_server_backlog: int = 4096  # accept queue: a reconnect storm arrives at once
-    gateway_server_bind_ip: str = ""
+    gateway_server_bind_ip: str = "127.0.0.1"  # MPush: every address; see SECURITY.md 3.1
     gateway_server_port: int = 3001
+    gateway_allow: tuple[str, ...] = ()    # source networks; () = any that reaches the port
     admin_server_bind_ip: str = "127.0.0.1"
     admin_server_port: int = 3002
     ws_server_port: int = 0
@@ -233,6 +245,7 @@ class NetConfig:
         _need_port("[net] connect-server-port", self.connect_server_port, zero_disables=False)
         _need_int("[net] connect-server-backlog", self.connect_server_backlog, 1, 65535)
         _need_port("[net] gateway-server-port", self.gateway_server_port, zero_disables=True)
+        _need_networks("[net] gateway-allow", self.gateway_allow)
         _need_port("[net] admin-server-port", self.admin_server_port, zero_disables=True)
         _need_port("[net] ws-server-port", self.ws_server_port, zero_disables=True)
         _need_port("[net] http-server-port", self.http_server_port, zero_disables=True)
@@ -494,14 +507,7 @@ class ProxyConfig:
         _need_int("[http] max-content-length", self.max_content_length, 1, what=" bytes")
         _need_int("[http] proxy-max-in-flight-per-connection", self.max_in_flight_per_connection, 1)
         _need_int("[http] proxy-max-in-flight", self.max_in_flight, 1)
-        import ipaddress
-
-        for cidr in self.allow:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError:
-                raise ConfigError(f"not an address or network: {cidr!r}",
-                                  key="[http] proxy-allow") from None
+        _need_networks("[http] proxy-allow", self.allow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -631,6 +637,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "connect-server-backlog": _Field("connect_server_backlog", _same),
         "gateway-server-bind-ip": _Field("gateway_server_bind_ip", _same),
         "gateway-server-port": _Field("gateway_server_port", _same),
+        "gateway-allow": _Field("gateway_allow", _str_list),
         "admin-server-bind-ip": _Field("admin_server_bind_ip", _same),
         "admin-server-port": _Field("admin_server_port", _same),
         "ws-server-port": _Field("ws_server_port", _same),

@@ -93,7 +93,7 @@ REDIS_COMPONENTS = (
 )
 REFUSED_REASONS = (
     "max_connections", "per_ip", "handshake_rate", "pre_handshake_timeout", "pending_packets",
-    "read_size", "slow_reader",
+    "read_size", "slow_reader", "gateway_allow",
 )
 
 # PUSH written -> ACK received: a LAN round trip is about a millisecond, a
@@ -214,7 +214,8 @@ class IMetrics(Interface):
     def refused(reason):
         """
         A connection or request was refused by a limit: C{"max_connections"},
-        C{"per_ip"}, C{"handshake_rate"}, or a newer limit's name.
+        C{"per_ip"}, C{"handshake_rate"}, C{"gateway_allow"} (a source
+        outside C{[net] gateway-allow}), or a newer limit's name.
         """
 
 

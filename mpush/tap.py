@@ -8,6 +8,8 @@ gateway server, and the stores and routers they share (in memory, or in
 Redis when one is configured).
 """
 
+import ipaddress
+
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
@@ -32,7 +34,7 @@ from mpush.server.client_push import ClientPushHandler
 from mpush.server.connection import ConnectionFactory
 from mpush.server.dispatcher import MessageDispatcher
 from mpush.server.fast_connect import FastConnectHandler
-from mpush.server.gateway import GatewayFactory
+from mpush.server.gateway import GATEWAY_ALLOW, GatewayFactory, SourceAllowList
 from mpush.server.lifecycle import (
     Drainer,
     LogLevelGate,
@@ -457,7 +459,9 @@ def makeService(options):
             shared=shared)
     pushes = PushTracker(node.push_center)
     if net.gateway_server_port:
-        gateway = GatewayFactory(pushes, config.core.max_gateway_packet_size)
+        for warning in gateway_warnings(config, info.host):
+            log.warn("{warning}", warning=warning)
+        gateway = make_gateway_factory(node, pushes)
         strports.service(
             _endpoint(net.gateway_server_port, net.gateway_server_bind_ip), gateway
         ).setServiceParent(top)
@@ -503,6 +507,47 @@ def makeService(options):
         ),
     )
     return top
+
+
+def make_gateway_factory(node, pushes):
+    """
+    The gateway port's factory: sources outside C{[net] gateway-allow} are
+    closed at accept, counted and logged (at most a line a second).
+    """
+    config = node.config
+    allow = SourceAllowList(config.net.gateway_allow) if config.net.gateway_allow else None
+
+    def refused(peer, detail):
+        node.limits.refused(node.metrics, GATEWAY_ALLOW, peer, detail)
+
+    return GatewayFactory(pushes, config.core.max_gateway_packet_size, allow=allow, refused=refused)
+
+
+def _is_loopback(address):
+    return bool(address) and ipaddress.ip_address(address).is_loopback
+
+
+def gateway_warnings(config, advertised_host):
+    """
+    What an operator must hear about the gateway at start: it takes pushes
+    with no authentication, so one that other hosts reach with no
+    allow-list lets anyone push; one on loopback while the routes name
+    another address cannot be reached by the other nodes.
+    """
+    net = config.net
+    where = f"{net.gateway_server_bind_ip or '*'}:{net.gateway_server_port}"
+    warnings = []
+    if not _is_loopback(net.gateway_server_bind_ip) and not net.gateway_allow:
+        warnings.append(
+            f"gateway {where} is reachable from other hosts with no [net] gateway-allow: anyone "
+            f"who reaches it can push to any user or broadcast (see SECURITY.md 3.1)"
+        )
+    if _is_loopback(net.gateway_server_bind_ip) and not _is_loopback(advertised_host) and config.redis.nodes:
+        warnings.append(
+            f"gateway {where} listens on loopback but routes name {advertised_host}: other nodes "
+            f"cannot deliver to this node's users; set [net] gateway-server-bind-ip"
+        )
+    return warnings
 
 
 def http_interface(config):

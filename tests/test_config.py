@@ -62,6 +62,7 @@ connect-server-port = 4000
 connect-server-backlog = 512
 gateway-server-bind-ip = "10.0.0.5"
 gateway-server-port = 4001
+gateway-allow = ["10.0.0.0/8"]
 admin-server-bind-ip = "::1"
 admin-server-port = 4002
 ws-server-port = 8080
@@ -296,7 +297,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.security.aes_key_length, 16)
         self.assertEqual(config.net, NetConfig(
             local_ip="", public_ip="", connect_server_bind_ip="", connect_server_port=3000,
-            gateway_server_bind_ip="", gateway_server_port=3001,
+            gateway_server_bind_ip="127.0.0.1", gateway_server_port=3001,
             admin_server_bind_ip="127.0.0.1", admin_server_port=3002, ws_server_port=0))
         self.assertEqual(config.redis.nodes, ())
         self.assertEqual(config.redis.password, "")
@@ -330,7 +331,8 @@ class EveryKeyTests(SynchronousTestCase):
         self.assertEqual(config.net, NetConfig(
             local_ip="10.0.0.5", public_ip="203.0.113.7", connect_server_bind_ip="0.0.0.0",
             connect_server_port=4000, connect_server_backlog=512, gateway_server_bind_ip="10.0.0.5",
-            gateway_server_port=4001, admin_server_bind_ip="::1", admin_server_port=4002,
+            gateway_server_port=4001, gateway_allow=("10.0.0.0/8",),
+            admin_server_bind_ip="::1", admin_server_port=4002,
             ws_server_port=8080, connect_server_write_high=131072,
             http_server_port=9090, http_server_bind_ip="10.0.0.5"))
         self.assertEqual(config.redis.nodes, ("redis.internal:6380", "10.0.0.9:6379"))
@@ -429,6 +431,8 @@ class EveryKeyTests(SynchronousTestCase):
         """Every accepted-but-unused MPush key is accepted at MPush's values."""
         config = parse(MPUSH_REFERENCE)
         expected = Config().replace(
+            # MPush's "" is every address (mpush's default is loopback).
+            net=dataclasses.replace(NetConfig(), gateway_server_bind_ip=""),
             redis=RedisConfig(nodes=("127.0.0.1:6379",)),
             proxy=ProxyConfig(dns_mapping=(("mpush.com", ("127.0.0.1:8080", "127.0.0.1:8081")),)),
         )
@@ -458,7 +462,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 41)
+        self.assertEqual(len(keys), 42)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):

@@ -4,7 +4,6 @@ restarts and two nodes sharing one real Redis.
 """
 
 import os
-import subprocess
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest, TestCase
@@ -13,7 +12,7 @@ from mpush.client.config import ClientConfig
 from mpush.client.protocol import connect_client
 from mpush.protocol.crypto import MPUSH_DEMO_PRIVATE_KEY, MPUSH_DEMO_PUBLIC_KEY
 
-from tests.process_support import NodeProcess, run_twistd
+from tests.process_support import NodeProcess, listening_socket, run_twistd
 from tests.redis_server import start_redis_server
 
 
@@ -91,13 +90,8 @@ def listen_backlog(port):
     The backlog of the socket listening on C{port}, as the kernel reports it
     (C{ss}: Send-Q of a listening socket), or C{None} without C{ss}.
     """
-    try:
-        output = subprocess.run(
-            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return int(output.split()[2])
+    fields = listening_socket(port)
+    return None if fields is None else int(fields[2])
 
 
 class NodeProcessTests(NodeCase):
