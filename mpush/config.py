@@ -46,6 +46,8 @@ HEADER_LENGTH = 13
 MAX_PACKET_SIZE_LIMIT = 16 * 1024 * 1024
 # Heartbeats travel as a Java int in HandshakeOk / FastConnectOk (spec 6.2, 6.4).
 JAVA_INT_MAX = 2**31 - 1
+# [http] public-paths: the read-only paths an operator may open without the token.
+PUBLIC_PATH_CHOICES = ("/healthz", "/metrics", "/v1/allot", "/v1/openapi.json")
 # [cluster] workers: more processes than this on one box is a typo, not a plan.
 MAX_WORKERS = 64
 
@@ -369,10 +371,19 @@ class HttpConfig:
 
     api_token: str = field(default="", repr=False)
     max_body_size: int = 1 << 20          # bytes
+    public_paths: tuple[str, ...] = ("/healthz",)  # answered without the token
 
     def __post_init__(self) -> None:
         _need_str("[http] api-token", self.api_token)
         _need_int("[http] max-body-size", self.max_body_size, 1024, 64 << 20, " bytes")
+        if not isinstance(self.public_paths, tuple):
+            raise ConfigError(f"expected a list of paths, got {_describe(self.public_paths)}",
+                              key="[http] public-paths")
+        for path in self.public_paths:
+            if path not in PUBLIC_PATH_CHOICES:
+                raise ConfigError(
+                    f"{path!r} cannot be public; choose among {', '.join(PUBLIC_PATH_CHOICES)}",
+                    key="[http] public-paths")
 
 
 @dataclass(frozen=True, slots=True)
@@ -711,6 +722,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
     "http": {
         "api-token": _Field("api_token", _same),
         "max-body-size": _Field("max_body_size", _size),
+        "public-paths": _Field("public_paths", _str_list),
         "proxy-enabled": _Field("proxy.enabled", _bool),
         "max-conn-per-host": _Field("proxy.max_conn_per_host", _same),
         "default-read-timeout": _Field("proxy.default_read_timeout", _millis),

@@ -8,8 +8,6 @@ gateway server, and the stores and routers they share (in memory, or in
 Redis when one is configured).
 """
 
-import ipaddress
-
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
@@ -17,6 +15,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from mpush.config import ConfigError, apply_overrides, check_workers, load_config, worker_config
+from mpush.config_warnings import config_warnings
 from mpush.gc_tuning import tune_gc
 from mpush.keys import load_key_material
 from mpush.netinfo import local_ip, public_ip
@@ -458,9 +457,9 @@ def makeService(options):
             tls_options if tls.connect_server else None, backlog=net.connect_server_backlog,
             shared=shared)
     pushes = PushTracker(node.push_center)
+    for warning in config_warnings(config, info.host):
+        log.warn("{warning}", warning=warning)
     if net.gateway_server_port:
-        for warning in gateway_warnings(config, info.host):
-            log.warn("{warning}", warning=warning)
         gateway = make_gateway_factory(node, pushes)
         strports.service(
             _endpoint(net.gateway_server_port, net.gateway_server_bind_ip), gateway
@@ -523,33 +522,6 @@ def make_gateway_factory(node, pushes):
     return GatewayFactory(pushes, config.core.max_gateway_packet_size, allow=allow, refused=refused)
 
 
-def _is_loopback(address):
-    return bool(address) and ipaddress.ip_address(address).is_loopback
-
-
-def gateway_warnings(config, advertised_host):
-    """
-    What an operator must hear about the gateway at start: it takes pushes
-    with no authentication, so one that other hosts reach with no
-    allow-list lets anyone push; one on loopback while the routes name
-    another address cannot be reached by the other nodes.
-    """
-    net = config.net
-    where = f"{net.gateway_server_bind_ip or '*'}:{net.gateway_server_port}"
-    warnings = []
-    if not _is_loopback(net.gateway_server_bind_ip) and not net.gateway_allow:
-        warnings.append(
-            f"gateway {where} is reachable from other hosts with no [net] gateway-allow: anyone "
-            f"who reaches it can push to any user or broadcast (see SECURITY.md 3.1)"
-        )
-    if _is_loopback(net.gateway_server_bind_ip) and not _is_loopback(advertised_host) and config.redis.nodes:
-        warnings.append(
-            f"gateway {where} listens on loopback but routes name {advertised_host}: other nodes "
-            f"cannot deliver to this node's users; set [net] gateway-server-bind-ip"
-        )
-    return warnings
-
-
 def http_interface(config):
     """
     Where the HTTP API listens: anywhere configured when it has a token,
@@ -568,16 +540,23 @@ def make_http_site(node, api, clock, draining=lambda: False):
     """
     The HTTP API with /metrics and /healthz beside it.
     """
-    from mpush.http.api import ApiResource, ApiSite, HttpApiRoot
+    from mpush.http.api import ApiResource, ApiSite, HttpApiRoot, TokenGuard
     from mpush.metrics import HealthResource, MetricsResource
 
     config = node.config
+    token = config.http.api_token or None
+    public = config.http.public_paths
     resource = ApiResource(
-        api, token=config.http.api_token or None, clock=clock, max_body_bytes=config.http.max_body_size
+        api, token=token, clock=clock, max_body_bytes=config.http.max_body_size, public_paths=public
     )
     root = HttpApiRoot(resource)
-    root.putChild(b"metrics", MetricsResource(node.metrics))
-    root.putChild(b"healthz", HealthResource(lambda: health(api, draining), clock=clock))
+    for name, child in (
+        ("metrics", MetricsResource(node.metrics)),
+        ("healthz", HealthResource(lambda: health(api, draining), clock=clock)),
+    ):
+        if token is not None and f"/{name}" not in public:
+            child = TokenGuard(child, token)
+        root.putChild(name.encode("ascii"), child)
     site = ApiSite(root, body_limit=config.http.max_body_size)
     site.noisy = False
     return site

@@ -98,6 +98,7 @@ workers = 4
 [http]
 api-token = "t0ken"
 max-body-size = "2m"
+public-paths = ["/healthz", "/v1/allot"]
 
 [offline]
 max-count = 7
@@ -315,7 +316,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config, Config())
 
 
-class EveryKeyTests(SynchronousTestCase):
+class EveryKeyTests(ConfigErrorAssertions, SynchronousTestCase):
 
     def test_every_key_parsed(self):
         config = parse(EVERY_KEY)
@@ -438,6 +439,12 @@ class EveryKeyTests(SynchronousTestCase):
         )
         self.assertEqual(config, expected)
 
+    def test_public_paths_are_read_only_paths(self):
+        self.assertEqual(Config().http.public_paths, ("/healthz",))
+        self.assertEqual(parse('[http]\npublic-paths = []\n').http.public_paths, ())
+        self.assertConfigError('[http]\npublic-paths = ["/v1/push"]\n', "[http] public-paths",
+                               "'/v1/push' cannot be public", "/v1/allot")
+
     def test_register_ip_equal_to_local_ip_accepted(self):
         config = parse('[net]\nlocal-ip = "10.1.2.3"\ngateway-server-register-ip = "10.1.2.3"\n')
         self.assertEqual(config.net.local_ip, "10.1.2.3")
@@ -462,7 +469,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 42)
+        self.assertEqual(len(keys), 43)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):

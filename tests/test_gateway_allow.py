@@ -15,7 +15,8 @@ from mpush.config import ConfigError, NetConfig, RedisConfig, load_config, parse
 from mpush.push import AckModel, PushClient, PushStatus
 from mpush.server.gateway import GatewayProtocol, SourceAllowList
 from mpush.server.lifecycle import PushTracker
-from mpush.tap import gateway_warnings, make_gateway_factory
+from mpush.config_warnings import gateway_warnings
+from mpush.tap import make_gateway_factory
 
 from tests.process_support import listening_socket
 from tests.server_support import make_node
