@@ -224,10 +224,13 @@ class NodeAPI:
     # -- kicking -------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def kick(self, user_id, client_type=None):
+    def kick(self, user_id, client_type=None, close=True):
         """
         Kick the user's online routes (of one client type, or all), on this
-        node or through the kick channel.
+        node or through the kick channel.  An operator's kick logs the user
+        out: the connection is closed after the KICK and the route marked
+        offline before this answers; C{close=False} only sends the KICK and
+        leaves the connection open, as MPush does.
         """
         routes = yield self.backends.remote.lookup(user_id)
         center = self.node.router_center
@@ -240,7 +243,7 @@ class NodeAPI:
             if location.gateway == tuple(center.gateway):
                 connection = center.local.lookup(user_id, route_type)
                 if connection is not None and connection.conn_id == location.conn_id:
-                    center.kick_local(connection, user_id)
+                    yield center.kick_local(connection, user_id, close=close)
                     kicked += 1
                 continue
             kick = KickRequest(
@@ -250,8 +253,13 @@ class NodeAPI:
                 client_type=int(route_type),
                 target_server=location.host,
                 target_port=location.port,
+                close=close,
             )
             yield self.backends.kicks.publish(kick)
+            if close:
+                # The owner releases it too when it closes; this answers
+                # for it now, and only while the route is still that one.
+                yield self.backends.remote.mark_offline(user_id, route_type, conn_id=location.conn_id)
             kicked += 1
         return kicked
 

@@ -86,8 +86,8 @@ class FakeNodeAPI:
         self._record("routes", user_id)
         return self._answer(self.routes_by_user.get(user_id, {}))
 
-    def kick(self, user_id: str, client_type: int | None = None):
-        self._record("kick", user_id, client_type)
+    def kick(self, user_id: str, client_type: int | None = None, close: bool = True):
+        self._record("kick", user_id, client_type, close)
         return self._answer(self.kick_answer)
 
     def stats(self) -> dict:
@@ -639,8 +639,13 @@ class UserTests(ApiTestCase):
         self.assertEqual(response.status, 200)
         response = yield self.request("POST", "/v1/users/u1/kick", JSON_HEADERS, b"")
         self.assertEqual(response.status, 200)
-        self.assertEqual(self.node.calls, [("kick", "u1", None), ("kick", "u1", 1), ("kick", "u1", None),
-                                           ("kick", "u1", None)])
+        response = yield self.post_json("/v1/users/u1/kick", {"client_type": 2, "close": False})
+        self.assertEqual(response.status, 200)
+        response = yield self.post_json("/v1/users/u1/kick", {"close": "no"})
+        self.assert_error(response, 400, "invalid_request", "close must be a boolean")
+        self.assertEqual(self.node.calls, [("kick", "u1", None, True), ("kick", "u1", 1, True),
+                                           ("kick", "u1", None, True), ("kick", "u1", None, True),
+                                           ("kick", "u1", 2, False)])
 
     @defer.inlineCallbacks
     def test_kick_errors(self):
@@ -983,6 +988,11 @@ class SchemaTests(unittest.SynchronousTestCase):
         self.assertIsNone(schema.parse_kick(None))
         self.assertIsNone(schema.parse_kick({}))
         self.assertEqual(schema.parse_kick({"client_type": -1}), -1)
+        self.assertEqual(schema.parse_kick({"close": False}), None)
+        self.assertTrue(schema.kick_closes(None))
+        self.assertTrue(schema.kick_closes({}))
+        self.assertFalse(schema.kick_closes({"close": False}))
+        self.assertRaises(errors.InvalidRequest, schema.kick_closes, {"close": 0})
 
     def test_path_text(self):
         self.assertEqual(schema.path_text("\u00e9".encode(), "user_id"), "\u00e9")

@@ -313,7 +313,10 @@ class LoopbackTests(unittest.TestCase):
         self.assertEqual((code, json.loads(out)), (cli.EXIT_OK, {"kicked": 2}))
         code, out, err = yield self.mpush("-o", "table", "users", "kick", "u1", "--client-type", "-1")
         self.assertEqual((code, out), (cli.EXIT_OK, "kicked 2\n"))
-        self.assertEqual(self.node.calls, [("kick", "u1", None), ("kick", "u1", -1)])
+        code, out, err = yield self.mpush("users", "kick", "u1", "--keep-open")
+        self.assertEqual(code, cli.EXIT_OK, err)
+        self.assertEqual(self.node.calls, [("kick", "u1", None, True), ("kick", "u1", -1, True),
+                                           ("kick", "u1", None, False)])
 
     @defer.inlineCallbacks
     def test_path_prefix_and_not_found(self):

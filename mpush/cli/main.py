@@ -148,12 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(show, suppress=True)
     show.add_argument("user", metavar="U")
     show.set_defaults(action=_users_show)
-    kick = user_commands.add_parser("kick", help="disconnect a user",
-                                    description="Kick a user's online routes (one client type, or all).")
+    kick = user_commands.add_parser("kick", help="log a user out",
+                                    description="Kick a user's online routes (one client type, or all): "
+                                                "KICK, then close the connections and mark the routes "
+                                                "offline.")
     _global_options(kick, suppress=True)
     kick.add_argument("user", metavar="U")
     kick.add_argument("--client-type", type=int, metavar="N",
                       help="only this client type (1 MOBILE, 2 PC, 3 WEB, -1 UNKNOWN)")
+    kick.add_argument("--keep-open", action="store_true",
+                      help="send the KICK only and leave the connection open, as MPush does")
     kick.set_defaults(action=_users_kick)
 
     keygen = commands.add_parser(
@@ -454,11 +458,14 @@ def _users_show(reactor, args, base: str, token, out):
 @defer.inlineCallbacks
 def _users_kick(reactor, args, base: str, token, out):
     url = f"{base}/v1/users/{quote(_path_text(args.user, 'U'), safe='')}/kick"
-    body = None
+    body = {}
     if args.client_type is not None:
         if not -(2**31) <= args.client_type < 2**31:
             raise CliError("--client-type must be a 32-bit integer")
-        body = {"client_type": args.client_type}
+        body["client_type"] = args.client_type
+    if args.keep_open:
+        body["close"] = False
+    body = body or None
     result = yield call_api(reactor, "POST", url, token, body, args.timeout or DEFAULT_TIMEOUT_S,
                             tls_policy=getattr(args, "tls_policy", None))
     if args.output == "json":

@@ -385,8 +385,10 @@ class ApiResource(Resource):
         return deferred.addCallback(view), self._call_bound_s
 
     def _kick(self, request, user_id: str):
-        client_type = schema.parse_kick(self._json_body(request, required=False))
-        deferred = defer.maybeDeferred(self._node.kick, user_id, client_type)
+        body = self._json_body(request, required=False)
+        client_type = schema.parse_kick(body)
+        close = schema.kick_closes(body)
+        deferred = defer.maybeDeferred(self._node.kick, user_id, client_type, close)
         return deferred.addCallback(lambda kicked: Reply.json({"kicked": int(kicked)})), self._call_bound_s
 
     def _stats(self, request):
