@@ -44,6 +44,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import Interface, implementer
 
+from mpush.log_throttle import LogThrottle
+
 __all__ = [
     "ACK_LATENCY_BUCKETS",
     "BIND_OUTCOMES",
@@ -660,6 +662,7 @@ class HealthResource(Resource):
         self._check = check
         self._clock = clock
         self._timeout = float(timeout)
+        self._warnings = LogThrottle(clock)
 
     def render_GET(self, request):
         probe = _HealthProbe(request)
@@ -682,7 +685,7 @@ class HealthResource(Resource):
         else:
             message = str(reason.value)
             why = f"{reason.type.__name__}: {message}" if message else reason.type.__name__
-        self.log.warn("health check failed: {why}", why=why)
+        self._warnings.warn(self.log, "health", "health check failed: {why}", why=why)
         return 503, {"status": "unavailable", "reason": why}
 
     def _answer_failed(self, reason: Failure) -> None:

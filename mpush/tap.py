@@ -20,6 +20,7 @@ from mpush.gc_tuning import tune_gc
 from mpush.keys import load_key_material
 from mpush.netinfo import local_ip, public_ip
 from mpush.protocol.routing import NodeInfo
+from mpush.redis_status import is_retry_chatter
 from mpush.router.local import LocalRouter
 from mpush.metrics import PrometheusMetrics
 from mpush.node_api import NodeAPI
@@ -494,7 +495,7 @@ def makeService(options):
     top.drainer = Drainer(
         node, listeners, config.cluster.drain_timeout / 1000.0, pushes=pushes, registry=backends.registry
     )
-    top.log_gate = LogLevelGate()
+    top.log_gate = LogLevelGate(drop=(is_retry_chatter,))
     install_sigterm(reactor)
     install_sighup(
         reactor,

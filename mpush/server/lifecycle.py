@@ -545,11 +545,13 @@ class LogLevelGate:
 
     Installed on a publisher (twistd's global one by default), it moves the
     observers already there behind one filter, so what twistd writes to its
-    log file is filtered.  Events without a level pass.
+    log file is filtered.  Events without a level pass, unless one of the
+    C{drop} predicates (chatter said better elsewhere) matches.
     """
 
-    def __init__(self, level=LogLevel.debug):
+    def __init__(self, level=LogLevel.debug, drop=()):
         self.level = level
+        self.drop = tuple(drop)
         self._publisher = None
         self._moved = ()
         self._filter = None
@@ -564,6 +566,8 @@ class LogLevelGate:
         """
         level = event.get("log_level")
         if level in _LEVELS and _LEVELS.index(level) < _LEVELS.index(self.level):
+            return PredicateResult.no
+        if any(drop(event) for drop in self.drop):
             return PredicateResult.no
         return PredicateResult.maybe
 

@@ -85,6 +85,7 @@ class BoundedRedis:
         self.name = name
         self.error = error
         self.available = True
+        self._warned = False
         self.closed = False
         self._last_failure = ""
         self._calls: set[_Call] = set()
@@ -109,8 +110,14 @@ class BoundedRedis:
         """
         if self.closed:
             return defer.fail(self.error(f"{self.name} is closed"))
-        if not self.available and self.client is not None and not self.client.connected:
-            return defer.fail(self.error(f"{self.name} unavailable: {self._last_failure}"))
+        client = self.client
+        if client is not None and not client.connected:
+            if client.reachability.unreachable:
+                # Said once by the client; every call names what failed.
+                self._failed(client.reachability.describe())
+                return defer.fail(self.error(f"{self.name}: {what} failed: {client.reachability.describe()}"))
+            if not self.available:
+                return defer.fail(self.error(f"{self.name}: {what} failed: {self._last_failure}"))
         call = _Call(what)
         call.timer = self.clock.callLater(self.timeout, self._deadline, call)
         self._calls.add(call)
@@ -143,9 +150,14 @@ class BoundedRedis:
                 why = reply.getErrorMessage()
                 self._finish(call, Failure(self.error(f"{self.name}: redis refused {call.what}: {why}")))
                 return None
-            why = f"{reply.type.__name__}: {reply.getErrorMessage()}"
-            self._failed(why)
-            self._finish(call, Failure(self.error(f"{self.name} unavailable: {why}")))
+            quiet = False
+            if reply.check(txredisapi.ConnectionError) and self.client is not None:
+                # The pool reconnects; if it cannot, the client says so once.
+                why, quiet = f"connection to redis {self.client.reachability.address} lost", True
+            else:
+                why = f"{reply.type.__name__}: {reply.getErrorMessage()}"
+            self._failed(why, quiet)
+            self._finish(call, Failure(self.error(f"{self.name}: {call.what} failed: {why}")))
             return None
         self._recovered()
         try:
@@ -160,9 +172,13 @@ class BoundedRedis:
         if call.result.called:
             self._calls.discard(call)
             return
-        why = f"no answer to {call.what} within {self.timeout:g} s"
+        client = self.client
+        if client is not None and client.reachability.unreachable:
+            why = client.reachability.describe()
+        else:
+            why = f"no answer to {call.what} within {self.timeout:g} s"
         self._failed(why)
-        self._finish(call, Failure(self.error(f"{self.name} unavailable: {why}")))
+        self._finish(call, Failure(self.error(f"{self.name}: {call.what} failed: {why}")))
 
     def _finish(self, call: _Call, value) -> None:
         self._calls.discard(call)
@@ -174,7 +190,7 @@ class BoundedRedis:
         else:
             call.result.callback(value)
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, quiet: bool = False) -> None:
         self._last_failure = why
         for observer in self.failure_observers:
             try:
@@ -183,12 +199,16 @@ class BoundedRedis:
                 self.log.failure("failure observer of {name}", name=self.name)
         if self.available:
             self.available = False
-            self.log.warn("{name} unavailable: {why}", name=self.name, why=why)
+            if not quiet and (self.client is None or not self.client.reachability.unreachable):
+                self._warned = True
+                self.log.warn("{name} unavailable: {why}", name=self.name, why=why)
 
     def _recovered(self) -> None:
         if not self.available:
             self.available = True
-            self.log.info("{name} recovered", name=self.name)
+            if self._warned:
+                self._warned = False
+                self.log.info("{name} recovered", name=self.name)
 
 
 class RedisComponent:
