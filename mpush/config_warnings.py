@@ -13,7 +13,7 @@ import ipaddress
 
 from mpush.config import Config
 
-__all__ = ["MIN_TOKEN_LENGTH", "config_warnings", "gateway_warnings", "http_warnings"]
+__all__ = ["MIN_TOKEN_LENGTH", "config_warnings", "gateway_warnings", "http_warnings", "tls_warnings"]
 
 #: Shorter API tokens are warned about: 16 random characters are out of
 #: reach of guessing over HTTP, "s3cret" is not.
@@ -59,6 +59,26 @@ def http_warnings(config: Config) -> list[str]:
     return []
 
 
+def tls_warnings(config: Config) -> list[str]:
+    """A certificate no port uses: the operator meant TLS and gets none."""
+    tls = config.tls
+    ports = (
+        ("connect-server", tls.connect_server, config.net.connect_server_port),
+        ("ws-server", tls.ws_server, config.net.ws_server_port),
+        ("http-server", tls.http_server, config.net.http_server_port),
+    )
+    if (tls.cert_file or tls.key_file) and not any(on and port for _, on, port in ports):
+        return [
+            "[tls] cert-file/key-file are set but no port uses them: every port is plain text; "
+            "set [tls] connect-server, ws-server or http-server = true"
+        ]
+    return [
+        f"[tls] {name} = true but its port is disabled ([net] {name}-port = 0)"
+        for name, on, port in ports
+        if on and not port
+    ]
+
+
 def config_warnings(config: Config, advertised_host: str) -> list[str]:
     """Every start-up warning of C{config}, in the order of the file."""
-    return gateway_warnings(config, advertised_host) + http_warnings(config)
+    return gateway_warnings(config, advertised_host) + http_warnings(config) + tls_warnings(config)

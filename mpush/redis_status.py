@@ -14,14 +14,13 @@ chatter is dropped from the log (L{is_retry_chatter}).
 
 from __future__ import annotations
 
-import errno
-import os
-
 from twisted.internet import error as net_error
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
+
+from mpush.os_errors import describe_errno
 
 __all__ = ["RedisReachability", "describe_connect_error", "is_retry_chatter"]
 
@@ -33,17 +32,17 @@ def describe_connect_error(failure: Failure) -> str:
     redis.internal"}.
     """
     value = failure.value
-    os_error = getattr(value, "osError", None)
-    if isinstance(os_error, int) and os_error in errno.errorcode:
-        return f"{os.strerror(os_error).lower()} ({errno.errorcode[os_error]})"
+    described = describe_errno(getattr(value, "osError", None))
+    if described is not None:
+        return described
     if isinstance(value, net_error.ConnectionRefusedError):
         return "connection refused (ECONNREFUSED)"
     if isinstance(value, (net_error.TimeoutError, net_error.TCPTimedOutError)):
         return "connect timed out"
     if isinstance(value, net_error.DNSLookupError):
         return f"cannot resolve the host name: {failure.getErrorMessage()}"
-    if isinstance(value, OSError) and value.errno in errno.errorcode:
-        return f"{os.strerror(value.errno).lower()} ({errno.errorcode[value.errno]})"
+    if isinstance(value, OSError) and describe_errno(value.errno):
+        return describe_errno(value.errno)
     return f"{type(value).__name__}: {failure.getErrorMessage()}"
 
 

@@ -8,9 +8,12 @@ gateway server, and the stores and routers they share (in memory, or in
 Redis when one is configured).
 """
 
+import contextlib
+
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -18,6 +21,7 @@ from mpush.config import ConfigError, apply_overrides, check_workers, load_confi
 from mpush.config_warnings import config_warnings
 from mpush.gc_tuning import tune_gc
 from mpush.keys import load_key_material
+from mpush.listen_errors import describe_listen_error, listen_keys
 from mpush.netinfo import local_ip, public_ip
 from mpush.protocol.routing import NodeInfo
 from mpush.redis_status import is_retry_chatter
@@ -271,7 +275,15 @@ class NodeService(service.MultiService):
         #: 0-based worker number under a supervisor, None for a lone node.
         self.worker = None
 
+    def privilegedStartService(self):
+        with _one_line_listen_errors(self.node.config):
+            super().privilegedStartService()
+
     def startService(self):
+        with _one_line_listen_errors(self.node.config):
+            self._start()
+
+    def _start(self):
         tune_gc()
         if self.log_gate is not None:
             level = read_log_level(self.node.config.source)
@@ -345,6 +357,15 @@ class NodeService(service.MultiService):
     def _quietly(self, result, why):
         if isinstance(result, defer.Deferred):
             result.addErrback(lambda failure: log.warn(why + ": {why}", why=failure.getErrorMessage()))
+
+
+@contextlib.contextmanager
+def _one_line_listen_errors(config):
+    """A port that cannot be listened on stops twistd with one line, not a traceback."""
+    try:
+        yield
+    except CannotListenError as error:
+        raise SystemExit(f"mpush: {describe_listen_error(error, listen_keys(config.net))}") from None
 
 
 def make_dispatcher(node):

@@ -7,7 +7,7 @@ import dataclasses
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from mpush.config import HttpConfig, load_config
+from mpush.config import HttpConfig, TlsConfig, load_config
 from mpush.config_warnings import MIN_TOKEN_LENGTH, config_warnings
 
 
@@ -28,4 +28,23 @@ class TokenLengthTests(SynchronousTestCase):
     def test_no_http_port_no_warning(self):
         config = with_http(api_token="short")
         config = config.replace(net=dataclasses.replace(config.net, http_server_port=0))
+        self.assertEqual(config_warnings(config, "127.0.0.1"), [])
+
+
+def with_tls(**changes):
+    return load_config(None).replace(tls=TlsConfig(**changes))
+
+
+class TlsTests(SynchronousTestCase):
+    def test_certificate_no_port_uses(self):
+        [warning] = config_warnings(with_tls(cert_file="/etc/c.pem", key_file="/etc/k.pem"), "127.0.0.1")
+        self.assertIn("no port uses them", warning)
+
+    def test_tls_on_a_disabled_port(self):
+        config = with_tls(cert_file="c", key_file="k", connect_server=True, ws_server=True)
+        self.assertEqual(config_warnings(config, "127.0.0.1"),
+                         ["[tls] ws-server = true but its port is disabled ([net] ws-server-port = 0)"])
+
+    def test_tls_in_use_is_quiet(self):
+        config = with_tls(cert_file="c", key_file="k", connect_server=True)
         self.assertEqual(config_warnings(config, "127.0.0.1"), [])

@@ -314,9 +314,13 @@ class LoopbackTests(unittest.TestCase):
         code, out, err = yield self.mpush("-o", "table", "users", "kick", "u1", "--client-type", "-1")
         self.assertEqual((code, out), (cli.EXIT_OK, "kicked 2\n"))
         code, out, err = yield self.mpush("users", "kick", "u1", "--keep-open")
-        self.assertEqual(code, cli.EXIT_OK, err)
+        self.assertEqual((code, err), (cli.EXIT_OK, ""))
+        code, out, err = yield self.mpush("users", "kick", "u1", "--client-type", "7")
+        self.assertEqual(code, cli.EXIT_OK)
+        self.assertEqual(err, "mpush: warning: --client-type 7 is no client type mpush knows "
+                              "(1 MOBILE, 2 PC, 3 WEB, -1 UNKNOWN): nothing may match\n")
         self.assertEqual(self.node.calls, [("kick", "u1", None, True), ("kick", "u1", -1, True),
-                                           ("kick", "u1", None, False)])
+                                           ("kick", "u1", None, False), ("kick", "u1", 7, True)])
 
     @defer.inlineCallbacks
     def test_path_prefix_and_not_found(self):

@@ -12,7 +12,7 @@ from mpush.client.config import ClientConfig
 from mpush.client.protocol import connect_client
 from mpush.protocol.crypto import MPUSH_DEMO_PRIVATE_KEY, MPUSH_DEMO_PUBLIC_KEY
 
-from tests.process_support import NodeProcess, listening_socket, run_twistd
+from tests.process_support import NodeProcess, free_port, listening_socket, run_twistd
 from tests.redis_server import start_redis_server
 
 
@@ -51,6 +51,25 @@ class PluginTests(TestCase):
         self.assertEqual(len(message.splitlines()), 1, message)
         self.assertIn("[core] max-packet-size", message)
         self.assertIn(path, message)
+
+    def test_port_in_use_fails_with_one_line(self):
+        """The address, the port's key and the OS error; no traceback."""
+        import socket
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            directory = os.path.abspath(self.mktemp())
+            result = run_twistd(["--nodaemon", "--pidfile=", "mpush", "--gateway-port", str(port),
+                                 "--connect-port", str(free_port()), "--admin-port", "0", "--http-port", "0",
+                                 "--state-dir", directory])
+        self.assertNotEqual(result.returncode, 0)
+        output = result.stdout + result.stderr
+        self.assertNotIn("Traceback", output)
+        [line] = [line for line in output.splitlines() if "cannot listen" in line]
+        self.assertIn(f"mpush: cannot listen on 127.0.0.1:{port} ([net] gateway-server-port or "
+                      f"--gateway-port): address already in use (EADDRINUSE)", line)
 
     def test_bad_redis_url_fails_cleanly(self):
         result = run_twistd(["--nodaemon", "--pidfile=", "mpush", "--redis", "mysql://x"])

@@ -26,6 +26,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from mpush.http import schema
+from mpush.protocol.client_type import ClientType
 from mpush.protocol.crypto import RsaPrivateKey
 from mpush.tls import TrustFileError, load_trust_root, tls_failure
 
@@ -533,6 +534,12 @@ def run(reactor, args, out=None, err=None):
             if urlsplit(base).scheme != "https" and args.action is not _keygen:
                 raise CliError("--ca-file goes with an https:// --url")
             args.tls_policy = https_policy(ca_file)
+        client_type = getattr(args, "client_type", None)
+        if client_type is not None and -(2**31) <= client_type < 2**31 and client_type not in set(ClientType):
+            # Accepted (a node may know more types), but almost always a typo.
+            known = ", ".join(f"{int(t)} {t.name}" for t in ClientType)
+            print(f"{PROG}: warning: --client-type {client_type} is no client type mpush knows "
+                  f"({known}): nothing may match", file=err)
         code = yield args.action(reactor, args, base, token, out)
     except CliError as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=err)
