@@ -34,6 +34,7 @@ __all__ = [
     "SecurityConfig",
     "apply_overrides",
     "check_workers",
+    "config_path",
     "worker_config",
     "load_config",
     "parse_config",
@@ -779,6 +780,37 @@ _CLASSES = {"core": CoreConfig, "security": SecurityConfig, "net": NetConfig,
             "redis": RedisConfig, "push": PushConfig, "bind": BindConfig,
             "cluster": ClusterConfig, "http": HttpConfig, "offline": OfflineConfig,
             "limits": LimitsConfig, "tls": TlsConfig, "zk": ZkConfig}
+
+
+def config_path(key: str) -> tuple[str, ...] | None:
+    """
+    Where the TOML key C{key} lives in the Config (as field names), for
+    C{"core.max-packet-size"} or MPush's C{"mp.core.max-packet-size"}
+    (root C{mp} keys are in C{[mpush]}): C{("core", "max_packet_size")}.
+    C{None} for a key mpush does not read (unknown, or an MPush key it
+    accepts and ignores); C{()} for C{"mp"}, the whole configuration.
+    """
+    parts = key.split(".")
+    if parts[0] == "mp":
+        parts = parts[1:]
+        if not parts:
+            return ()
+        if parts[0] not in _SCHEMA:
+            parts = ["mpush", *parts]
+    if not parts or parts[0] not in _SCHEMA:
+        return None
+    spec: object = _SCHEMA[parts[0]]
+    for part in parts[1:]:
+        if not isinstance(spec, dict) or part not in spec:
+            return None
+        spec = spec[part]
+    if not isinstance(spec, _Field):
+        return None
+    if "." in spec.name:
+        return tuple(spec.name.split("."))        # proxy.enabled: [http] keys of ProxyConfig
+    if parts[0] == "mpush":
+        return (spec.name,)                       # state-dir: a field of Config itself
+    return (parts[0], spec.name)
 
 
 def _unknown(key: str, known: list[str], what: str) -> str:

@@ -14,6 +14,7 @@ import uuid
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mpush.config import config_path
 from mpush.protocol.client_type import ClientType
 from mpush.protocol.condition import ConditionError, compile_condition
 from mpush.protocol.routing import KickRequest
@@ -305,8 +306,21 @@ class NodeAPI:
         return _toml_view(self.node.config)
 
     def config_value(self, dotted):
+        """
+        One value of L{config_view}, by its path there
+        (C{core.max-packet-size}), its TOML key
+        (C{net.write-buffer-water-mark.connect-server-high}) or MPush's
+        (C{mp.core.max-packet-size}, as MPush's console takes it).
+        """
         value = self.config_view()
-        for part in dotted.split("."):
+        path = config_path(dotted)
+        if path is not None:
+            parts = [part.replace("_", "-") for part in path]
+        else:
+            parts = dotted.split(".")
+            if parts[0] == "mp":  # MPush's name of a whole table: mp.core
+                parts = parts[1:]
+        for part in parts:
             if not isinstance(value, dict) or part not in value:
                 raise KeyError(dotted)
             value = value[part]

@@ -445,6 +445,19 @@ class EveryKeyTests(ConfigErrorAssertions, SynchronousTestCase):
         self.assertConfigError('[http]\npublic-paths = ["/v1/push"]\n', "[http] public-paths",
                                "'/v1/push' cannot be public", "/v1/allot")
 
+    def test_config_path(self):
+        from mpush.config import config_path
+
+        self.assertEqual(config_path("core.max-packet-size"), ("core", "max_packet_size"))
+        self.assertEqual(config_path("mp.core.max-packet-size"), ("core", "max_packet_size"))
+        self.assertEqual(config_path("mp.net.write-buffer-water-mark.connect-server-high"),
+                         ("net", "connect_server_write_high"))
+        self.assertEqual(config_path("mp.http.proxy-enabled"), ("proxy", "enabled"))
+        self.assertEqual(config_path("mp.state-dir"), ("state_dir",))
+        self.assertEqual(config_path("mp"), ())
+        for key in ("mp.log-level", "mp.thread.pool.conn-work", "core", "nope.x", "mp.core.nope"):
+            self.assertIsNone(config_path(key), key)
+
     def test_register_ip_equal_to_local_ip_accepted(self):
         config = parse('[net]\nlocal-ip = "10.1.2.3"\ngateway-server-register-ip = "10.1.2.3"\n')
         self.assertEqual(config.net.local_ip, "10.1.2.3")

@@ -131,3 +131,17 @@ class NodeAPITests(TestCase):
         self.assertEqual(self.api.config_value("core.max-packet-size"), 10240)
         self.assertRaises(KeyError, self.api.config_value, "core.nope")
         self.assertRaises(KeyError, self.api.config_value, "core.max-packet-size.deeper")
+
+    def test_config_value_by_mpush_key(self):
+        """The console's conf takes MPush's mp.-prefixed keys and TOML keys."""
+        value = self.api.config_value
+        self.assertEqual(value("mp.core.max-packet-size"), 10240)
+        self.assertEqual(value("mp.net.write-buffer-water-mark.connect-server-high"), 65536)
+        self.assertEqual(value("net.write-buffer-water-mark.connect-server-high"), 65536)
+        self.assertIs(value("mp.http.proxy-enabled"), False)
+        self.assertEqual(value("mp.http.api-token"), "***")
+        self.assertEqual(value("mp.state-dir"), self.api.config_view()["state-dir"])
+        self.assertEqual(value("mp.core"), self.api.config_view()["core"])
+        self.assertEqual(value("mp"), self.api.config_view())
+        for ignored in ("mp.thread.pool.conn-work", "mp.core.nope", "mp.home"):
+            self.assertRaises(KeyError, value, ignored)
