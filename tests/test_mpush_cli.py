@@ -202,7 +202,7 @@ class LoopbackTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_push_json(self):
-        code, out, err = yield self.mpush("push", "--user", "u1", "--user", "u2", "--user", "u1",
+        code, out, err = yield self.mpush("push", "--user", "u1", "u2", "--user", "u1",
                                           "--content", "hi \u00e9", "--ack", "auto", "--timeout-ms", "2500",
                                           "--offline-ttl", "60")
         self.assertEqual((code, err), (cli.EXIT_OK, ""))
@@ -264,17 +264,17 @@ class LoopbackTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_token(self):
         code, out, err = yield self.mpush("users", "show", "u1", token=None)
-        self.assertEqual(code, cli.EXIT_FAILED)
+        self.assertEqual(code, cli.EXIT_USAGE)  # a refused token is the caller's mistake
         self.assertIn("HTTP 401 unauthorized", err)
         code, out, err = yield self.mpush("users", "show", "u1", token="wrong")
-        self.assertEqual(code, cli.EXIT_FAILED)
+        self.assertEqual(code, cli.EXIT_USAGE)
         self.assertIn("mpush: error: HTTP 401 unauthorized: wrong token", err)
         os.environ[cli.TOKEN_ENV] = TOKEN
         code, out, err = yield self.mpush("users", "show", "u1", token=None)
         self.assertEqual(code, cli.EXIT_OK)
         # --token wins over the environment.
         code, out, err = yield self.mpush("users", "show", "u1", token="wrong")
-        self.assertEqual(code, cli.EXIT_FAILED)
+        self.assertEqual(code, cli.EXIT_USAGE)
         self.assertEqual(self.node.calls, [("routes", "u1")])
 
     @defer.inlineCallbacks

@@ -65,7 +65,7 @@ class CliError(Exception):
 
 
 class ApiFailure(Exception):
-    """The API answered with an error (exit 1)."""
+    """The API answered with an error (exit 1; 2 for a refused token)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"HTTP {status} {code}: {message}")
@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Operate an mpush node through its HTTP API.",
         epilog="Exit status: 0 ok, 1 the node answered with a failure, "
-               "2 usage error or node unreachable.",
+               "2 usage error, token refused (HTTP 401) or node unreachable.",
     )
     _global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status 0 only when every result is success (or stored_offline).")
     _global_options(push, suppress=True)
     target = push.add_mutually_exclusive_group(required=True)
-    target.add_argument("--user", metavar="U", action="append", help="user id (repeatable)")
+    target.add_argument("--user", metavar="U", nargs="+", action="extend",
+                        help="user id(s) (repeatable), as in mpush-push")
     target.add_argument("--broadcast", action="store_true", help="push to every bound user")
     push.add_argument("--tags", metavar="A,B", help="broadcast only to users with one of these tags")
     push.add_argument("--condition", metavar="EXPR", help="broadcast only where this expression holds")
@@ -546,7 +547,8 @@ def run(reactor, args, out=None, err=None):
         return EXIT_USAGE
     except ApiFailure as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=err)
-        return EXIT_FAILED
+        # A refused token is the caller's mistake, like a usage error.
+        return EXIT_USAGE if exc.status == 401 else EXIT_FAILED
     finally:
         out.flush()
     return code
