@@ -761,13 +761,18 @@ class MPushClientProtocol(Protocol):
         pending.deferred.callback(ok)
 
     def _on_http_response(self, packet: Packet) -> None:
-        response = HttpResponseMessage.decode(self._decode(packet))
         pending = self._pending.get(packet.session_id)
         if pending is None or pending.kind is not _Kind.HTTP_PROXY:
-            self._log.info("<<< http response {status} (unsolicited)", status=response.status_code)
+            # Java: nobody waits for it, ignored.
+            self._log.info("<<< http response session={sid} (unsolicited)", sid=packet.session_id)
             return
         del self._pending[packet.session_id]
         _cancel(pending.timer)
+        try:
+            response = HttpResponseMessage.decode(self._decode(packet))
+        except Exception as error:
+            pending.deferred.errback(BadServerReply(f"unreadable HTTP_PROXY response: {error}"))
+            return
         pending.deferred.callback(response)
 
     def _on_push(self, packet: Packet) -> None:
