@@ -9,6 +9,7 @@ Redis when one is configured).
 """
 
 import contextlib
+import os
 
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
@@ -141,8 +142,6 @@ class Options(usage.Options):
         The options given, as arguments that give the same configuration
         (a worker process is started with them).
         """
-        import os
-
         args = []
         for name in ("config", "connect-port", "gateway-port", "admin-port", "http-port", "redis", "state-dir", "workers"):
             value = self[name]
@@ -491,9 +490,17 @@ def makeService(options):
         strports.service(
             _endpoint(net.admin_server_port, net.admin_server_bind_ip), admin
         ).setServiceParent(top)
+    draining = lambda: bool(top.drainer and top.drainer.draining)  # noqa: E731
+    reports = None
+    if worker is not None and config.cluster.workers > 1:
+        # The shared HTTP port answers for every worker of the box.
+        from mpush.worker_view import ReportPublisher, WorkerReports
+
+        reports = WorkerReports(os.path.join(config.state_dir, "workers"), worker, config.cluster.workers, reactor)
+        ReportPublisher(reports, node.metrics, api, lambda: health(api, draining), reactor).setServiceParent(top)
     if net.http_server_port:
         _listen(top, reactor, net.http_server_port, http_interface(config),
-                make_http_site(node, api, reactor, draining=lambda: bool(top.drainer and top.drainer.draining)),
+                make_http_site(node, api, reactor, draining=draining, reports=reports),
                 tls_options if tls.http_server else None, shared=shared)
     if net.ws_server_port:
         from mpush.server.websocket import make_ws_site
@@ -558,9 +565,10 @@ def http_interface(config):
     return "127.0.0.1"
 
 
-def make_http_site(node, api, clock, draining=lambda: False):
+def make_http_site(node, api, clock, draining=lambda: False, reports=None):
     """
-    The HTTP API with /metrics and /healthz beside it.
+    The HTTP API with /metrics and /healthz beside it; with C{reports} (a
+    worker of several), /metrics, /healthz and /v1/stats answer for them all.
     """
     from mpush.http.api import ApiResource, ApiSite, HttpApiRoot, TokenGuard
     from mpush.metrics import HealthResource, MetricsResource
@@ -568,13 +576,21 @@ def make_http_site(node, api, clock, draining=lambda: False):
     config = node.config
     token = config.http.api_token or None
     public = config.http.public_paths
+    metrics = node.metrics
+    check = lambda: health(api, draining)  # noqa: E731
+    if reports is not None:
+        from mpush.worker_view import NodeMetricsView, NodeStatsView, node_health
+
+        metrics, api = NodeMetricsView(node.metrics, reports), NodeStatsView(api, reports)
+        own_check = check
+        check = lambda: node_health(own_check, reports)  # noqa: E731
     resource = ApiResource(
         api, token=token, clock=clock, max_body_bytes=config.http.max_body_size, public_paths=public
     )
     root = HttpApiRoot(resource)
     for name, child in (
-        ("metrics", MetricsResource(node.metrics)),
-        ("healthz", HealthResource(lambda: health(api, draining), clock=clock)),
+        ("metrics", MetricsResource(metrics)),
+        ("healthz", HealthResource(check, clock=clock)),
     ):
         if token is not None and f"/{name}" not in public:
             child = TokenGuard(child, token)
