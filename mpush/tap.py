@@ -480,6 +480,7 @@ def makeService(options):
     pushes = PushTracker(node.push_center)
     for warning in config_warnings(config, info.host):
         log.warn("{warning}", warning=warning)
+    gateway = None
     if net.gateway_server_port:
         gateway = make_gateway_factory(node, pushes)
         strports.service(
@@ -521,7 +522,8 @@ def makeService(options):
 
     listeners = [child for child in top if isinstance(child, (StreamServerEndpointService, ReusePortService))]
     top.drainer = Drainer(
-        node, listeners, config.cluster.drain_timeout / 1000.0, pushes=pushes, registry=backends.registry
+        node, listeners, config.cluster.drain_timeout / 1000.0, pushes=pushes, registry=backends.registry,
+        gateways=gateway,
     )
     top.log_gate = LogLevelGate(drop=(is_retry_chatter,))
     install_sigterm(reactor)

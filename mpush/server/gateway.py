@@ -59,22 +59,28 @@ class GatewayProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, dispatcher, max_packet_size):
+    def __init__(self, dispatcher, max_packet_size, connections=None):
         self.dispatcher = dispatcher
         self.decoder = PacketDecoder(max_packet_size)
         self.peer = None
         self.is_open = False
         self._answers = None
+        #: Bytes read so far: a drain waits until it stops growing.
+        self.bytes_read = 0
+        self._connections = connections
 
     def connectionMade(self):
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.is_open = True
+        if self._connections is not None:
+            self._connections.add(self)
         no_delay(self.transport)
 
     def dataReceived(self, data):
         if not self.is_open:
             return
+        self.bytes_read += len(data)
         try:
             packets = self.decoder.feed(data)
         except FramingError as error:
@@ -104,6 +110,18 @@ class GatewayProtocol(Protocol):
 
     def connectionLost(self, reason):
         self.is_open = False
+        if self._connections is not None:
+            self._connections.discard(self)
+
+    def close(self):
+        """
+        Read nothing more; close once every answer written is sent (a
+        drain, once nothing read is left unanswered).
+        """
+        if self.is_open:
+            self._flush_answers()
+            self.is_open = False
+            self.transport.loseConnection()
 
     def write_packet(self, packet):
         if self.is_open:
@@ -196,6 +214,8 @@ class GatewayFactory(ServerFactory):
         self.max_packet_size = max_packet_size
         self.allow = allow
         self.refused = refused
+        #: The open connections (a drain closes them once they are quiet).
+        self.connections = set()
 
     def buildProtocol(self, addr):
         if self.allow is not None and not self.allow.allows(addr):
@@ -203,4 +223,4 @@ class GatewayFactory(ServerFactory):
             if self.refused is not None:
                 self.refused(source_of(addr), "not in [net] gateway-allow")
             return None
-        return GatewayProtocol(self.dispatcher, self.max_packet_size)
+        return GatewayProtocol(self.dispatcher, self.max_packet_size, self.connections)
