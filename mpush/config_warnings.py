@@ -40,10 +40,12 @@ def gateway_warnings(config: Config, advertised_host: str) -> list[str]:
             f"gateway {where} is reachable from other hosts with no [net] gateway-allow: anyone "
             f"who reaches it can push to any user or broadcast (see SECURITY.md 3.1)"
         )
-    if _is_loopback(net.gateway_server_bind_ip) and not _is_loopback(advertised_host) and config.redis.nodes:
+    shared = config.redis.nodes or config.zk.enabled
+    if _is_loopback(net.gateway_server_bind_ip) and not _is_loopback(advertised_host) and shared:
         warnings.append(
-            f"gateway {where} listens on loopback but routes name {advertised_host}: other nodes "
-            f"cannot deliver to this node's users; set [net] gateway-server-bind-ip"
+            f"gateway {where} listens on loopback but routes and registrations name "
+            f"{advertised_host}: other nodes and PushSender cannot reach it; set "
+            f"[net] gateway-server-bind-ip"
         )
     return warnings
 

@@ -111,7 +111,12 @@ class WarningTests(SynchronousTestCase):
     def test_loopback_gateway_in_a_cluster(self):
         config = with_net(local_ip="10.0.0.5").replace(redis=RedisConfig(nodes=("10.0.0.9:6379",)))
         [warning] = gateway_warnings(config, "10.0.0.5")
-        self.assertIn("other nodes cannot deliver", warning)
+        self.assertIn("other nodes and PushSender cannot reach it", warning)
+        from mpush.config import ZkConfig
+
+        zk_only = with_net(local_ip="10.0.0.5").replace(zk=ZkConfig(enabled=True))
+        [warning] = gateway_warnings(zk_only, "10.0.0.5")
+        self.assertIn("PushSender", warning)
 
 
 def listen_address(port):
