@@ -34,8 +34,9 @@ class ReachabilityTests(SynchronousTestCase):
         self.watched = self.reach.watch(self.endpoint)
 
     def refuse(self):
-        self.watched.connect(None)
+        attempt = self.watched.connect(None)
         self.endpoint.attempts[-1].errback(error.ConnectionRefusedError(osError=errno.ECONNREFUSED))
+        self.failureResultOf(attempt, error.ConnectionRefusedError)  # passed on to the caller
 
     def test_one_line_down_one_line_back(self):
         for _ in range(5):
