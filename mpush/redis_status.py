@@ -14,6 +14,7 @@ chatter is dropped from the log (L{is_retry_chatter}).
 
 from __future__ import annotations
 
+from twisted.internet import defer
 from twisted.internet import error as net_error
 from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
@@ -82,6 +83,8 @@ class RedisReachability:
         return f"redis {self.address} unreachable: {self.error}"
 
     def attempt_failed(self, failure: Failure) -> Failure:
+        if failure.check(defer.CancelledError):
+            return failure  # the pool is closing: not a word about Redis
         why = describe_connect_error(failure)
         if self.error is None:
             self._since = self.clock.seconds()

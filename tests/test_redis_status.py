@@ -55,6 +55,13 @@ class ReachabilityTests(SynchronousTestCase):
         self.endpoint.attempts[-1].callback("protocol")
         self.assertEqual(len(self.events), 2)
 
+    def test_cancelled_attempt_is_no_outage(self):
+        attempt = self.watched.connect(None)
+        attempt.cancel()
+        self.failureResultOf(attempt, defer.CancelledError)
+        self.assertFalse(self.reach.unreachable)
+        self.assertEqual(self.events, [])
+
     def test_attempt_outcome_passed_on(self):
         attempt = self.watched.connect(None)
         self.endpoint.attempts[-1].callback("protocol")
