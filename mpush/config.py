@@ -35,6 +35,7 @@ __all__ = [
     "SecurityConfig",
     "apply_overrides",
     "check_workers",
+    "config_path",
     "worker_config",
     "load_config",
     "parse_config",
@@ -47,6 +48,8 @@ HEADER_LENGTH = 13
 MAX_PACKET_SIZE_LIMIT = 16 * 1024 * 1024
 # Heartbeats travel as a Java int in HandshakeOk / FastConnectOk (spec 6.2, 6.4).
 JAVA_INT_MAX = 2**31 - 1
+# [http] public-paths: the read-only paths an operator may open without the token.
+PUBLIC_PATH_CHOICES = ("/healthz", "/metrics", "/v1/allot", "/v1/openapi.json")
 # [cluster] workers: more processes than this on one box is a typo, not a plan.
 MAX_WORKERS = 64
 
@@ -115,6 +118,17 @@ def _need_ip(key: str, value: object) -> None:
         except ValueError:
             raise ConfigError(
                 f"expected an IPv4 or IPv6 address or \"\", got {value!r}", key=key) from None
+
+
+def _need_networks(key: str, values: object) -> None:
+    """A tuple of CIDRs or single addresses ("10.0.0.0/8", "192.0.2.7")."""
+    if not isinstance(values, tuple) or not all(isinstance(v, str) for v in values):
+        raise ConfigError(f"expected a list of strings, got {_describe(values)}", key=key)
+    for cidr in values:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise ConfigError(f"not an address or network: {cidr!r}", key=key) from None
 
 
 def _need_key(key: str, value: object) -> None:
@@ -218,8 +232,9 @@ class NetConfig:
     connect_server_bind_ip: str = ""
     connect_server_port: int = 3000
     connect_server_backlog: int = 4096  # accept queue: a reconnect storm arrives at once
-    gateway_server_bind_ip: str = ""
+    gateway_server_bind_ip: str = "127.0.0.1"  # MPush: every address; see SECURITY.md 3.1
     gateway_server_port: int = 3001
+    gateway_allow: tuple[str, ...] = ()    # source networks; () = any that reaches the port
     admin_server_bind_ip: str = "127.0.0.1"
     admin_server_port: int = 3002
     ws_server_port: int = 0
@@ -235,6 +250,7 @@ class NetConfig:
         _need_port("[net] connect-server-port", self.connect_server_port, zero_disables=False)
         _need_int("[net] connect-server-backlog", self.connect_server_backlog, 1, 65535)
         _need_port("[net] gateway-server-port", self.gateway_server_port, zero_disables=True)
+        _need_networks("[net] gateway-allow", self.gateway_allow)
         _need_port("[net] admin-server-port", self.admin_server_port, zero_disables=True)
         _need_port("[net] ws-server-port", self.ws_server_port, zero_disables=True)
         for origin in self.ws_allowed_origins:
@@ -364,10 +380,19 @@ class HttpConfig:
 
     api_token: str = field(default="", repr=False)
     max_body_size: int = 1 << 20          # bytes
+    public_paths: tuple[str, ...] = ("/healthz",)  # answered without the token
 
     def __post_init__(self) -> None:
         _need_str("[http] api-token", self.api_token)
         _need_int("[http] max-body-size", self.max_body_size, 1024, 64 << 20, " bytes")
+        if not isinstance(self.public_paths, tuple):
+            raise ConfigError(f"expected a list of paths, got {_describe(self.public_paths)}",
+                              key="[http] public-paths")
+        for path in self.public_paths:
+            if path not in PUBLIC_PATH_CHOICES:
+                raise ConfigError(
+                    f"{path!r} cannot be public; choose among {', '.join(PUBLIC_PATH_CHOICES)}",
+                    key="[http] public-paths")
 
 
 @dataclass(frozen=True, slots=True)
@@ -419,7 +444,11 @@ class LimitsConfig:
 
     max_connections: int = 0              # per node
     max_connections_per_ip: int = 0
-    handshake_rate: int = 0               # full (RSA) handshakes per second per node
+    # RSA blocks per second per node: 2000 x 153 us (RSA-1024 as benchmarked
+    # on a busy node) is under a third of a core, above the 1,713 handshakes/s
+    # one node completes, and keeps the fuzzer's rsa-burn flood from
+    # starving pushes (tests.test_fuzz_server).  0 = no limit.
+    handshake_rate: int = 2000
     handshake_burst: int = 0              # bucket size; 0 = handshake-rate
     pre_handshake_timeout: int = 30000    # ms from accept to a completed handshake
     max_pending_packets: int = 1024       # packets queued behind a busy handler
@@ -679,6 +708,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "connect-server-backlog": _Field("connect_server_backlog", _same),
         "gateway-server-bind-ip": _Field("gateway_server_bind_ip", _same),
         "gateway-server-port": _Field("gateway_server_port", _same),
+        "gateway-allow": _Field("gateway_allow", _str_list),
         "admin-server-bind-ip": _Field("admin_server_bind_ip", _same),
         "admin-server-port": _Field("admin_server_port", _same),
         "ws-server-port": _Field("ws_server_port", _same),
@@ -753,6 +783,7 @@ _SCHEMA: dict[str, dict[str, object]] = {
     "http": {
         "api-token": _Field("api_token", _same),
         "max-body-size": _Field("max_body_size", _size),
+        "public-paths": _Field("public_paths", _str_list),
         "proxy-enabled": _Field("proxy.enabled", _bool),
         "max-conn-per-host": _Field("proxy.max_conn_per_host", _same),
         "default-read-timeout": _Field("proxy.default_read_timeout", _millis),
@@ -805,6 +836,37 @@ _CLASSES = {"core": CoreConfig, "security": SecurityConfig, "net": NetConfig,
             "redis": RedisConfig, "push": PushConfig, "bind": BindConfig,
             "cluster": ClusterConfig, "http": HttpConfig, "offline": OfflineConfig,
             "limits": LimitsConfig, "tls": TlsConfig, "zk": ZkConfig}
+
+
+def config_path(key: str) -> tuple[str, ...] | None:
+    """
+    Where the TOML key C{key} lives in the Config (as field names), for
+    C{"core.max-packet-size"} or MPush's C{"mp.core.max-packet-size"}
+    (root C{mp} keys are in C{[mpush]}): C{("core", "max_packet_size")}.
+    C{None} for a key mpush does not read (unknown, or an MPush key it
+    accepts and ignores); C{()} for C{"mp"}, the whole configuration.
+    """
+    parts = key.split(".")
+    if parts[0] == "mp":
+        parts = parts[1:]
+        if not parts:
+            return ()
+        if parts[0] not in _SCHEMA:
+            parts = ["mpush", *parts]
+    if not parts or parts[0] not in _SCHEMA:
+        return None
+    spec: object = _SCHEMA[parts[0]]
+    for part in parts[1:]:
+        if not isinstance(spec, dict) or part not in spec:
+            return None
+        spec = spec[part]
+    if not isinstance(spec, _Field):
+        return None
+    if "." in spec.name:
+        return tuple(spec.name.split("."))        # proxy.enabled: [http] keys of ProxyConfig
+    if parts[0] == "mpush":
+        return (spec.name,)                       # state-dir: a field of Config itself
+    return (parts[0], spec.name)
 
 
 def _unknown(key: str, known: list[str], what: str) -> str:

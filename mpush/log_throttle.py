@@ -38,3 +38,17 @@ class LogThrottle:
             return None
         self._last[key] = now
         return self._held.pop(key, 0)
+
+    def warn(self, log, key, format, **fields):
+        """
+        C{log.warn(format, **fields)} unless a line of C{key} was written
+        less than C{interval} ago; the next line written says how many were
+        held back.
+        """
+        held = self.admit(key)
+        if held is None:
+            return
+        if held:
+            log.warn(format + " ({held} more like it since the last such line)", held=held, **fields)
+        else:
+            log.warn(format, **fields)

@@ -44,6 +44,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET
 from zope.interface import Interface, implementer
 
+from mpush.log_throttle import LogThrottle
+
 __all__ = [
     "ACK_LATENCY_BUCKETS",
     "BIND_OUTCOMES",
@@ -96,7 +98,7 @@ REDIS_COMPONENTS = (
 WS_ORIGIN = "ws_origin"
 REFUSED_REASONS = (
     "max_connections", "per_ip", "handshake_rate", "pre_handshake_timeout", "pending_packets",
-    "read_size", "slow_reader", WS_ORIGIN,
+    "read_size", "slow_reader", WS_ORIGIN, "gateway_allow",
 )
 
 # PUSH written -> ACK received: a LAN round trip is about a millisecond, a
@@ -217,7 +219,8 @@ class IMetrics(Interface):
     def refused(reason):
         """
         A connection or request was refused by a limit: C{"max_connections"},
-        C{"per_ip"}, C{"handshake_rate"}, or a newer limit's name.
+        C{"per_ip"}, C{"handshake_rate"}, C{"gateway_allow"} (a source
+        outside C{[net] gateway-allow}), or a newer limit's name.
         """
 
 
@@ -662,6 +665,7 @@ class HealthResource(Resource):
         self._check = check
         self._clock = clock
         self._timeout = float(timeout)
+        self._warnings = LogThrottle(clock)
 
     def render_GET(self, request):
         probe = _HealthProbe(request)
@@ -684,7 +688,7 @@ class HealthResource(Resource):
         else:
             message = str(reason.value)
             why = f"{reason.type.__name__}: {message}" if message else reason.type.__name__
-        self.log.warn("health check failed: {why}", why=why)
+        self._warnings.warn(self.log, "health", "health check failed: {why}", why=why)
         return 503, {"status": "unavailable", "reason": why}
 
     def _answer_failed(self, reason: Failure) -> None:

@@ -14,6 +14,7 @@ import uuid
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mpush.config import config_path
 from mpush.protocol.client_type import ClientType
 from mpush.protocol.condition import ConditionError, compile_condition
 from mpush.protocol.routing import KickRequest
@@ -252,10 +253,13 @@ class NodeAPI:
     # -- kicking -------------------------------------------------------------
 
     @defer.inlineCallbacks
-    def kick(self, user_id, client_type=None):
+    def kick(self, user_id, client_type=None, close=True):
         """
         Kick the user's online routes (of one client type, or all), on this
-        node or through the kick channel.
+        node or through the kick channel.  An operator's kick logs the user
+        out: the connection is closed after the KICK and the route marked
+        offline before this answers; C{close=False} only sends the KICK and
+        leaves the connection open, as MPush does.
         """
         routes = yield self.backends.remote.lookup(user_id)
         center = self.node.router_center
@@ -268,7 +272,7 @@ class NodeAPI:
             if location.gateway == tuple(center.gateway):
                 connection = center.local.lookup(user_id, route_type)
                 if connection is not None and connection.conn_id == location.conn_id:
-                    center.kick_local(connection, user_id)
+                    yield center.kick_local(connection, user_id, close=close)
                     kicked += 1
                 continue
             kick = KickRequest(
@@ -278,8 +282,13 @@ class NodeAPI:
                 client_type=int(route_type),
                 target_server=location.host,
                 target_port=location.port,
+                close=close,
             )
             yield self.backends.kicks.publish(kick)
+            if close:
+                # The owner releases it too when it closes; this answers
+                # for it now, and only while the route is still that one.
+                yield self.backends.remote.mark_offline(user_id, route_type, conn_id=location.conn_id)
             kicked += 1
         return kicked
 
@@ -325,8 +334,21 @@ class NodeAPI:
         return _toml_view(self.node.config)
 
     def config_value(self, dotted):
+        """
+        One value of L{config_view}, by its path there
+        (C{core.max-packet-size}), its TOML key
+        (C{net.write-buffer-water-mark.connect-server-high}) or MPush's
+        (C{mp.core.max-packet-size}, as MPush's console takes it).
+        """
         value = self.config_view()
-        for part in dotted.split("."):
+        path = config_path(dotted)
+        if path is not None:
+            parts = [part.replace("_", "-") for part in path]
+        else:
+            parts = dotted.split(".")
+            if parts[0] == "mp":  # MPush's name of a whole table: mp.core
+                parts = parts[1:]
+        for part in parts:
             if not isinstance(value, dict) or part not in value:
                 raise KeyError(dotted)
             value = value[part]

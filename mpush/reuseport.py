@@ -18,6 +18,7 @@ import socket
 
 from twisted.application import service
 from twisted.internet import defer
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
 __all__ = ["ReusePortService", "reuseport_supported"]
@@ -61,8 +62,11 @@ class ReusePortService(service.Service):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind((self.interface, self.port_number))
-            sock.listen(self.backlog)
+            try:
+                sock.bind((self.interface, self.port_number))
+                sock.listen(self.backlog)
+            except OSError as error:
+                raise CannotListenError(self.interface, self.port_number, error) from None
             sock.setblocking(False)
             factory = self.factory
             if self.tls_options is not None:

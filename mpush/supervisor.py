@@ -47,8 +47,9 @@ RESTART_DELAY = 0.5
 MAX_RESTART_DELAY = 30.0
 #: A worker that ran this long resets the restart delay, in seconds.
 STABLE_AFTER = 60.0
-#: Seconds past the drain timeout before a worker that has not exited is killed.
-STOP_GRACE = 15.0
+#: Seconds past the drain timeout before a worker that has not exited is killed
+#: (a drain's own bounds past its deadline add up to 19 s at worst).
+STOP_GRACE = 20.0
 #: Seconds the online-user list may take to clear.
 CLEAR_TIMEOUT = 3.0
 

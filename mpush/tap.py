@@ -8,17 +8,24 @@ gateway server, and the stores and routers they share (in memory, or in
 Redis when one is configured).
 """
 
+import contextlib
+import os
+
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
 from mpush.config import ConfigError, apply_overrides, check_workers, load_config, worker_config
+from mpush.config_warnings import config_warnings
 from mpush.gc_tuning import tune_gc
 from mpush.keys import load_key_material
+from mpush.listen_errors import describe_listen_error, listen_keys
 from mpush.netinfo import local_ip, public_ip
 from mpush.protocol.routing import NodeInfo
+from mpush.redis_status import is_retry_chatter
 from mpush.router.local import LocalRouter
 from mpush.metrics import PrometheusMetrics
 from mpush.node_api import NodeAPI
@@ -33,7 +40,7 @@ from mpush.server.client_push import ClientPushHandler
 from mpush.server.connection import ConnectionFactory
 from mpush.server.dispatcher import MessageDispatcher
 from mpush.server.fast_connect import FastConnectHandler
-from mpush.server.gateway import GatewayFactory
+from mpush.server.gateway import GATEWAY_ALLOW, GatewayFactory, SourceAllowList
 from mpush.server.lifecycle import (
     Drainer,
     LogLevelGate,
@@ -136,8 +143,6 @@ class Options(usage.Options):
         The options given, as arguments that give the same configuration
         (a worker process is started with them).
         """
-        import os
-
         args = []
         for name in ("config", "connect-port", "gateway-port", "admin-port", "http-port", "redis", "state-dir", "workers"):
             value = self[name]
@@ -278,7 +283,15 @@ class NodeService(service.MultiService):
         #: 0-based worker number under a supervisor, None for a lone node.
         self.worker = None
 
+    def privilegedStartService(self):
+        with _one_line_listen_errors(self.node.config):
+            super().privilegedStartService()
+
     def startService(self):
+        with _one_line_listen_errors(self.node.config):
+            self._start()
+
+    def _start(self):
         tune_gc()
         if self.log_gate is not None:
             level = read_log_level(self.node.config.source)
@@ -365,6 +378,15 @@ class NodeService(service.MultiService):
 #: a reconnect storm that bind again here meanwhile cost it nothing
 #: (L{RouterCenter.connection_closed}).
 ROUTE_CLOSE_DELAY = 2.0
+
+
+@contextlib.contextmanager
+def _one_line_listen_errors(config):
+    """A port that cannot be listened on stops twistd with one line, not a traceback."""
+    try:
+        yield
+    except CannotListenError as error:
+        raise SystemExit(f"mpush: {describe_listen_error(error, listen_keys(config.net))}") from None
 
 
 def make_dispatcher(node):
@@ -479,8 +501,11 @@ def makeService(options):
             tls_options if tls.connect_server else None, backlog=net.connect_server_backlog,
             shared=shared)
     pushes = PushTracker(node.push_center)
+    for warning in config_warnings(config, info.host):
+        log.warn("{warning}", warning=warning)
+    gateway = None
     if net.gateway_server_port:
-        gateway = GatewayFactory(pushes, config.core.max_gateway_packet_size)
+        gateway = make_gateway_factory(node, pushes)
         strports.service(
             _endpoint(net.gateway_server_port, net.gateway_server_bind_ip), gateway
         ).setServiceParent(top)
@@ -489,9 +514,17 @@ def makeService(options):
         strports.service(
             _endpoint(net.admin_server_port, net.admin_server_bind_ip), admin
         ).setServiceParent(top)
+    draining = lambda: bool(top.drainer and top.drainer.draining)  # noqa: E731
+    reports = None
+    if worker is not None and config.cluster.workers > 1:
+        # The shared HTTP port answers for every worker of the box.
+        from mpush.worker_view import ReportPublisher, WorkerReports
+
+        reports = WorkerReports(os.path.join(config.state_dir, "workers"), worker, config.cluster.workers, reactor)
+        ReportPublisher(reports, node.metrics, api, lambda: health(api, draining), reactor).setServiceParent(top)
     if net.http_server_port:
         _listen(top, reactor, net.http_server_port, http_interface(config),
-                make_http_site(node, api, reactor, draining=lambda: bool(top.drainer and top.drainer.draining)),
+                make_http_site(node, api, reactor, draining=draining, reports=reports),
                 tls_options if tls.http_server else None, shared=shared)
     if net.ws_server_port:
         from mpush.server.websocket import make_ws_site
@@ -512,9 +545,10 @@ def makeService(options):
 
     listeners = [child for child in top if isinstance(child, (StreamServerEndpointService, ReusePortService))]
     top.drainer = Drainer(
-        node, listeners, config.cluster.drain_timeout / 1000.0, pushes=pushes, registry=backends.registry
+        node, listeners, config.cluster.drain_timeout / 1000.0, pushes=pushes, registry=backends.registry,
+        gateways=gateway,
     )
-    top.log_gate = LogLevelGate()
+    top.log_gate = LogLevelGate(drop=(is_retry_chatter,))
     install_sigterm(reactor)
     install_sighup(
         reactor,
@@ -526,6 +560,20 @@ def makeService(options):
         ),
     )
     return top
+
+
+def make_gateway_factory(node, pushes):
+    """
+    The gateway port's factory: sources outside C{[net] gateway-allow} are
+    closed at accept, counted and logged (at most a line a second).
+    """
+    config = node.config
+    allow = SourceAllowList(config.net.gateway_allow) if config.net.gateway_allow else None
+
+    def refused(peer, detail):
+        node.limits.refused(node.metrics, GATEWAY_ALLOW, peer, detail)
+
+    return GatewayFactory(pushes, config.core.max_gateway_packet_size, allow=allow, refused=refused)
 
 
 def http_interface(config):
@@ -542,20 +590,36 @@ def http_interface(config):
     return "127.0.0.1"
 
 
-def make_http_site(node, api, clock, draining=lambda: False):
+def make_http_site(node, api, clock, draining=lambda: False, reports=None):
     """
-    The HTTP API with /metrics and /healthz beside it.
+    The HTTP API with /metrics and /healthz beside it; with C{reports} (a
+    worker of several), /metrics, /healthz and /v1/stats answer for them all.
     """
-    from mpush.http.api import ApiResource, ApiSite, HttpApiRoot
+    from mpush.http.api import ApiResource, ApiSite, HttpApiRoot, TokenGuard
     from mpush.metrics import HealthResource, MetricsResource
 
     config = node.config
+    token = config.http.api_token or None
+    public = config.http.public_paths
+    metrics = node.metrics
+    check = lambda: health(api, draining)  # noqa: E731
+    if reports is not None:
+        from mpush.worker_view import NodeMetricsView, NodeStatsView, node_health
+
+        metrics, api = NodeMetricsView(node.metrics, reports), NodeStatsView(api, reports)
+        own_check = check
+        check = lambda: node_health(own_check, reports)  # noqa: E731
     resource = ApiResource(
-        api, token=config.http.api_token or None, clock=clock, max_body_bytes=config.http.max_body_size
+        api, token=token, clock=clock, max_body_bytes=config.http.max_body_size, public_paths=public
     )
     root = HttpApiRoot(resource)
-    root.putChild(b"metrics", MetricsResource(node.metrics))
-    root.putChild(b"healthz", HealthResource(lambda: health(api, draining), clock=clock))
+    for name, child in (
+        ("metrics", MetricsResource(metrics)),
+        ("healthz", HealthResource(check, clock=clock)),
+    ):
+        if token is not None and f"/{name}" not in public:
+            child = TokenGuard(child, token)
+        root.putChild(name.encode("ascii"), child)
     site = ApiSite(root, body_limit=config.http.max_body_size)
     site.noisy = False
     return site

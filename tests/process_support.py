@@ -120,6 +120,20 @@ class NodeProcess:
             return ""
 
 
+def listening_socket(port):
+    """
+    C{ss}'s fields for the TCP socket listening on C{port} (Send-Q is the
+    backlog, [3] the local address), or C{None} without C{ss}.
+    """
+    try:
+        output = subprocess.run(
+            ["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return output.split()
+
+
 def run_twistd(args, timeout=30.0, cwd=None):
     """
     Run C{twistd} to completion (for options and config errors).

@@ -111,8 +111,8 @@ class FakeNodeAPI:
 
         return self._answer("push", outcome)
 
-    def kick(self, user_id, client_type=None):
-        self.kicks.append((user_id, client_type))
+    def kick(self, user_id, client_type=None, close=True):
+        self.kicks.append((user_id, client_type) if close else (user_id, client_type, "open"))
         return self._answer("kick", lambda: 2 if client_type is None else 1)
 
     def stats(self):
@@ -403,12 +403,14 @@ class CommandTests(ConsoleTestsMixin, SynchronousTestCase):
     def test_kick(self):
         self.assertEqual(self.ask("kick u1"), "kicked 2 route(s) of user [u1].")
         self.assertEqual(self.ask("kick u1 2"), "kicked 1 route(s) of user [u1].")
-        self.assertEqual(self.api.kicks, [("u1", None), ("u1", 2)])
+        self.assertEqual(self.ask("kick u1 open"), "kicked 2 route(s) of user [u1].")
+        self.assertEqual(self.ask("kick u1 2 open"), "kicked 1 route(s) of user [u1].")
+        self.assertEqual(self.api.kicks, [("u1", None), ("u1", 2), ("u1", None, "open"), ("u1", 2, "open")])
 
     def test_kick_usage(self):
-        self.assertEqual(self.ask("kick"), "please input userId: kick <userId> [clientType]")
+        self.assertEqual(self.ask("kick"), "please input userId: kick <userId> [clientType] [open]")
         self.assertEqual(self.ask("kick u1 pc"), "clientType must be an integer, not [pc]")
-        self.assertEqual(self.ask("kick u1 1 2"), "too many arguments: kick <userId> [clientType]")
+        self.assertEqual(self.ask("kick u1 1 2"), "too many arguments: kick <userId> [clientType] [open]")
         self.assertEqual(self.api.kicks, [])
 
     def test_conf(self):

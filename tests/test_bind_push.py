@@ -247,6 +247,20 @@ class BindTests(SynchronousTestCase):
         self.center.remote_kick(KickRequest("alice", "dev-1", device.protocol.conn_id, 1, host, port))
         [(cmd, _, _, body)] = device.received()
         self.assertEqual((cmd, KickUserMessage.decode(body).user_id), (Command.KICK, "alice"))
+        self.assertFalse(device.transport.disconnecting)  # MPush's kick leaves it open
+
+    def test_remote_operator_kick_closes_and_releases(self):
+        device = Device(self.node, "dev-1")
+        device.bind("alice")
+        host, port = self.center.gateway
+        from mpush.protocol.routing import KickRequest
+
+        self.center.remote_kick(KickRequest("alice", "dev-1", device.protocol.conn_id, 1, host, port, close=True))
+        [(cmd, _, _, body)] = device.received()
+        self.assertEqual(cmd, Command.KICK)
+        self.assertTrue(device.transport.disconnecting)
+        self.assertIsNone(self.center.local.lookup("alice", 1))
+        self.assertFalse(decode_location(self.route_json("alice")).online)
 
     def test_bind_over_route_of_other_node_publishes_kick(self):
         other = ClientLocation("10.1.1.1", 3001, "dev-0", "android", "1.0", "c0ffee00")

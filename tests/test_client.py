@@ -964,6 +964,38 @@ class PushTests(ClientTestCase):
         self.assertIs(proto.state, ClientState.ESTABLISHED)
 
 
+class HttpProxyRequestTests(ClientTestCase):
+    """http_request: one HTTP_PROXY request answered by session id (spec 13)."""
+
+    def test_answered(self):
+        from mpush.protocol.messages import HttpRequestMessage, HttpResponseMessage
+
+        proto, transport, server = self.establish()
+        d = proto.http_request(0, "http://example.com/x", {"A": "1"}, None, timeout=5)
+        [packet] = server.received()
+        self.assertEqual(packet.cmd, Command.HTTP_PROXY)
+        request = HttpRequestMessage.decode(decode_body(packet, cipher=server.cipher))
+        self.assertEqual((request.method_name, request.uri, request.headers), ("GET", "http://example.com/x", {"A": "1"}))
+        proto.dataReceived(server.send(Command.HTTP_PROXY, HttpResponseMessage(200, "OK", {}, b"body"),
+                                       session_id=packet.session_id))
+        response = self.successResultOf(d)
+        self.assertEqual((response.status_code, response.body), (200, b"body"))
+
+    def test_refused_or_unanswered_leaves_the_connection_open(self):
+        from mpush.client.protocol import RequestTimeout, ServerError
+
+        proto, transport, server = self.establish()
+        refused = proto.http_request(0, "http://example.com/", timeout=5)
+        [packet] = server.received()
+        proto.dataReceived(server.send(Command.ERROR, ErrorMessage(Command.HTTP_PROXY, 1, "disabled"),
+                                       session_id=packet.session_id))
+        self.failureResultOf(refused, ServerError)
+        unanswered = proto.http_request(0, "http://example.com/", timeout=5)
+        self.clock.advance(5)
+        self.failureResultOf(unanswered, RequestTimeout)
+        self.assertIs(proto.state, ClientState.ESTABLISHED)
+
+
 class HealthCheckTests(ClientTestCase):
 
     def test_pings_then_closes_on_silence(self):

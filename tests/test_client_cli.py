@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from mpush.client import cli
-from mpush.protocol.crypto import MPUSH_DEMO_PUBLIC_KEY
+from mpush.protocol.crypto import MPUSH_DEMO_PRIVATE_KEY, MPUSH_DEMO_PUBLIC_KEY
 from mpush.protocol.errors import ErrorCode
 from mpush.protocol.messages import ErrorMessage, OkMessage, PushMessage
 from mpush.protocol.packet import HEARTBEAT_BYTE, Command
@@ -322,3 +322,67 @@ class ProcessTests(unittest.TestCase):
         self.assertEqual(proc.returncode, 1, proc.stderr)
         self.assertIn(f"mpush-client: error: cannot connect to 127.0.0.1:{port}", proc.stderr)
         self.assertEqual(proc.stdout, "")
+
+
+class NodeProcessTests(unittest.TestCase):
+    """mpush-client as a process against a real node."""
+
+    timeout = 120
+
+    def node(self, extra=""):
+        from tests.process_support import NodeProcess
+
+        node = NodeProcess(
+            "[security]\n"
+            f'private-key = "{MPUSH_DEMO_PRIVATE_KEY}"\n'
+            f'public-key = "{MPUSH_DEMO_PUBLIC_KEY}"\n' + extra
+        )
+        self.addCleanup(node.stop)
+        return node.start()
+
+    def client_command(self, node, *argv):
+        return [sys.executable, "-m", "mpush.client", "--demo-key", "--port", str(node.port), *argv]
+
+    def test_http_get_through_the_proxy(self):
+        """The README's proxy section can be tried: --http-get prints the answer."""
+        from twisted.internet import reactor, threads
+        from twisted.web.resource import Resource
+        from twisted.web.server import Site
+        from twisted.web.static import Data
+
+        root = Resource()
+        root.putChild(b"hello", Data(b"hello from upstream", "text/plain"))
+        upstream = reactor.listenTCP(0, Site(root), interface="127.0.0.1")
+        self.addCleanup(upstream.stopListening)
+        node = self.node('[http]\nproxy-enabled = true\nproxy-allow = ["127.0.0.1"]\n')
+        url = f"http://127.0.0.1:{upstream.getHost().port}/hello"
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+
+        def call():
+            return subprocess.run(self.client_command(node, "--http-get", url), capture_output=True,
+                                  text=True, timeout=60, cwd=REPO_ROOT, env=env)
+
+        def check(proc):
+            self.assertEqual(proc.returncode, 0, proc.stderr)
+            lines = proc.stdout.splitlines()
+            self.assertIn("http status=200 reason=OK bytes=19", lines)
+            self.assertIn("hello from upstream", lines)
+
+        return threads.deferToThread(call).addCallback(check)
+
+    def test_ctrl_c_is_not_the_server_closing(self):
+        import signal
+
+        node = self.node()
+        env = dict(os.environ, PYTHONPATH=REPO_ROOT)
+        proc = subprocess.Popen(self.client_command(node), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=REPO_ROOT, env=env)
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        first = proc.stdout.readline()  # blocks until the handshake is done
+        self.assertTrue(first.startswith("handshake ok"), first)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        self.assertEqual(proc.returncode, cli.INTERRUPTED, err)
+        self.assertNotIn("closed by the server", err)
+        self.assertEqual(err, "")
+        self.assertEqual(out.splitlines(), ["closed"])

@@ -63,6 +63,7 @@ connect-server-port = 4000
 connect-server-backlog = 512
 gateway-server-bind-ip = "10.0.0.5"
 gateway-server-port = 4001
+gateway-allow = ["10.0.0.0/8"]
 admin-server-bind-ip = "::1"
 admin-server-port = 4002
 ws-server-port = 8080
@@ -99,6 +100,7 @@ workers = 4
 [http]
 api-token = "t0ken"
 max-body-size = "2m"
+public-paths = ["/healthz", "/v1/allot"]
 
 [offline]
 max-count = 7
@@ -298,7 +300,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config.security.aes_key_length, 16)
         self.assertEqual(config.net, NetConfig(
             local_ip="", public_ip="", connect_server_bind_ip="", connect_server_port=3000,
-            gateway_server_bind_ip="", gateway_server_port=3001,
+            gateway_server_bind_ip="127.0.0.1", gateway_server_port=3001,
             admin_server_bind_ip="127.0.0.1", admin_server_port=3002, ws_server_port=0))
         self.assertEqual(config.redis.nodes, ())
         self.assertEqual(config.redis.password, "")
@@ -316,7 +318,7 @@ class DefaultsTests(SynchronousTestCase):
         self.assertEqual(config, Config())
 
 
-class EveryKeyTests(SynchronousTestCase):
+class EveryKeyTests(ConfigErrorAssertions, SynchronousTestCase):
 
     def test_every_key_parsed(self):
         config = parse(EVERY_KEY)
@@ -332,7 +334,8 @@ class EveryKeyTests(SynchronousTestCase):
         self.assertEqual(config.net, NetConfig(
             local_ip="10.0.0.5", public_ip="203.0.113.7", connect_server_bind_ip="0.0.0.0",
             connect_server_port=4000, connect_server_backlog=512, gateway_server_bind_ip="10.0.0.5",
-            gateway_server_port=4001, admin_server_bind_ip="::1", admin_server_port=4002,
+            gateway_server_port=4001, gateway_allow=("10.0.0.0/8",),
+            admin_server_bind_ip="::1", admin_server_port=4002,
             ws_server_port=8080, connect_server_write_high=131072,
             ws_allowed_origins=("https://app.example.com", "http://10.0.0.5:8080"),
             http_server_port=9090, http_server_bind_ip="10.0.0.5"))
@@ -436,10 +439,31 @@ class EveryKeyTests(SynchronousTestCase):
         """Every accepted-but-unused MPush key is accepted at MPush's values."""
         config = parse(MPUSH_REFERENCE)
         expected = Config().replace(
+            # MPush's "" is every address (mpush's default is loopback).
+            net=dataclasses.replace(NetConfig(), gateway_server_bind_ip=""),
             redis=RedisConfig(nodes=("127.0.0.1:6379",)),
             proxy=ProxyConfig(dns_mapping=(("mpush.com", ("127.0.0.1:8080", "127.0.0.1:8081")),)),
         )
         self.assertEqual(config, expected)
+
+    def test_public_paths_are_read_only_paths(self):
+        self.assertEqual(Config().http.public_paths, ("/healthz",))
+        self.assertEqual(parse('[http]\npublic-paths = []\n').http.public_paths, ())
+        self.assertConfigError('[http]\npublic-paths = ["/v1/push"]\n', "[http] public-paths",
+                               "'/v1/push' cannot be public", "/v1/allot")
+
+    def test_config_path(self):
+        from mpush.config import config_path
+
+        self.assertEqual(config_path("core.max-packet-size"), ("core", "max_packet_size"))
+        self.assertEqual(config_path("mp.core.max-packet-size"), ("core", "max_packet_size"))
+        self.assertEqual(config_path("mp.net.write-buffer-water-mark.connect-server-high"),
+                         ("net", "connect_server_write_high"))
+        self.assertEqual(config_path("mp.http.proxy-enabled"), ("proxy", "enabled"))
+        self.assertEqual(config_path("mp.state-dir"), ("state_dir",))
+        self.assertEqual(config_path("mp"), ())
+        for key in ("mp.log-level", "mp.thread.pool.conn-work", "core", "nope.x", "mp.core.nope"):
+            self.assertIsNone(config_path(key), key)
 
     def test_register_ip_equal_to_local_ip_accepted(self):
         config = parse('[net]\nlocal-ip = "10.1.2.3"\ngateway-server-register-ip = "10.1.2.3"\n')
@@ -465,7 +489,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 42)
+        self.assertEqual(len(keys), 44)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):

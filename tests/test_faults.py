@@ -456,3 +456,64 @@ class RedisProxyTests(TestCase):
     def test_refuses_bad_settings(self):
         self.assertRaises(ValueError, RedisProxy, 6379, target_host="10.0.0.1")
         self.assertRaises(ValueError, self.proxy.delay, -1)
+
+
+def repeated_within_a_second(log):
+    """
+    Lines of mpush's own loggers whose text (timestamp and counts aside)
+    appears twice within one second.
+    """
+    import re
+
+    seen, repeats = {}, []
+    for line in log.splitlines():
+        stamp, _, rest = line.partition(" ")
+        if not rest.startswith("[mpush."):
+            continue
+        text = re.sub(r"\d+", "N", rest)
+        second = stamp[:19]
+        if seen.get(text) == second:
+            repeats.append(line)
+        seen[text] = second
+    return repeats
+
+
+class RedisDownSaidPlainlyTests(FaultCase):
+    @defer.inlineCallbacks
+    def test_one_line_down_one_line_back_and_failures_name_the_operation(self):
+        """
+        Redis killed under a node: one line says it is unreachable, with
+        the address and the OS error; pushes and /healthz say so too,
+        naming what failed; no retry chatter, no "no answer" guesses; one
+        line when it is back.
+        """
+        redis = start_redis_server(self)
+        node = self.start_node(node_config(redis.port))
+        device = yield self.device(node, "carol")
+        redis.kill()
+        pusher = self.gateway_pusher(node)
+        yield sleep(1.5)  # the pool notices and retries
+        for attempt in range(6):  # two of everything a second
+            [result] = yield pusher.push("nobody-here", b"x")
+            self.assertIs(result.status, PushStatus.FAILURE)
+            code, body = yield http_json(node.http_port, "/v1/push", {"users": ["nobody-here"], "content": "x"})
+            [result] = body["results"]
+            self.assertEqual(result["status"], "failure")
+            self.assertIn(f"redis 127.0.0.1:{redis.port} unreachable: connection refused", result["reason"])
+            code, body = yield http_json(node.http_port, "/healthz")
+            self.assertEqual(code, 503)
+            self.assertIn("unreachable: connection refused", body["reason"])
+            if attempt % 2:
+                yield sleep(1.0)
+        yield device.close()
+        log = node.log()
+        down = [line for line in log.splitlines() if "RedisReachability" in line]
+        self.assertEqual(len(down), 1, log)
+        self.assertIn(f"redis 127.0.0.1:{redis.port} unreachable: connection refused (ECONNREFUSED)", down[0])
+        self.assertNotIn("Scheduling retry", log)
+        self.assertNotIn("no answer to", log)
+        self.assertEqual(repeated_within_a_second(log), [], log)
+        redis.start()
+        yield wait_until(lambda: "reachable again" in node.log(), timeout=30, what="the line saying Redis is back")
+        back = [line for line in node.log().splitlines() if "RedisReachability" in line][1:]
+        self.assertEqual(len(back), 1, node.log())

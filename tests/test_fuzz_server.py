@@ -286,6 +286,25 @@ def fuzz_node_config():
     )
 
 
+def storm_config(node, **changes):
+    """The short storm CI runs against C{node}, with C{changes}."""
+    fields = dict(
+        host="127.0.0.1",
+        port=node.port,
+        gateway_port=node.gateway_port,
+        admin_port=node.admin_port,
+        pid=node.process.pid,
+        duration=4.0,
+        connections=100,
+        concurrency=40,
+        honest=3,
+        push_rate=25.0,
+        hold=1.5,
+    )
+    fields.update(changes)
+    return FuzzConfig(**fields)
+
+
 class ServerFuzzTests(TestCase):
     """The short storm CI runs; docs/FUZZING.md has the long one."""
 
@@ -305,22 +324,7 @@ class ServerFuzzTests(TestCase):
     @defer.inlineCallbacks
     def test_short_storm(self):
         node = self.start_node()
-        config = FuzzConfig(
-            host="127.0.0.1",
-            port=node.port,
-            gateway_port=node.gateway_port,
-            admin_port=node.admin_port,
-            pid=node.process.pid,
-            duration=4.0,
-            connections=100,
-            concurrency=40,
-            seed=20240601,
-            honest=3,
-            push_rate=25.0,
-            hold=1.5,
-            half_open_hold=12.0,
-            flood_bytes=16384,
-        )
+        config = storm_config(node, seed=20240601, half_open_hold=12.0, flood_bytes=16384)
         report = yield run_fuzz(reactor, config)
         summary = report.summary()
         self.assertEqual(report.problems, (), summary)
@@ -349,3 +353,29 @@ class ServerFuzzTests(TestCase):
         self.assertEqual((report.connections_before, report.connections_after), (3, 3), summary)
         self.assertTrue(report.node_alive, summary)
         self.assertIsNotNone(report.rss_after_kb, summary)
+
+
+class RsaFloodTests(TestCase):
+    """[limits] handshake-rate's default keeps an RSA flood from starving pushes."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_rsa_burn_on_a_default_node_leaves_pushes_flowing(self):
+        node = NodeProcess(fuzz_node_config())  # no [limits]: the defaults
+        self.addCleanup(node.stop)
+        node.start()
+        config = storm_config(
+            node,
+            seed=1,
+            attacks=(Attack.RSA_BURN,),
+            # Without a limit, most pushes time out against this bound
+            # and pings go unanswered (docs/FUZZING.md).
+            reply_timeout=2.0,
+        )
+        report = yield run_fuzz(reactor, config)
+        summary = report.summary()
+        self.assertEqual(report.problems, (), summary)
+        burn = report.attacks[Attack.RSA_BURN.value]
+        self.assertEqual(burn["closed_by_node"], burn["launched"], summary)
+        self.assertEqual(report.honest.pushes_acked, report.honest.pushes_sent, summary)

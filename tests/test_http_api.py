@@ -86,8 +86,8 @@ class FakeNodeAPI:
         self._record("routes", user_id)
         return self._answer(self.routes_by_user.get(user_id, {}))
 
-    def kick(self, user_id: str, client_type: int | None = None):
-        self._record("kick", user_id, client_type)
+    def kick(self, user_id: str, client_type: int | None = None, close: bool = True):
+        self._record("kick", user_id, client_type, close)
         return self._answer(self.kick_answer)
 
     def stats(self) -> dict:
@@ -280,10 +280,9 @@ class AuthTests(ApiTestCase):
             self.assertEqual(response.json(), STATS)
 
     @defer.inlineCallbacks
-    def test_every_private_route_needs_the_token(self):
+    def test_every_route_needs_the_token(self):
+        """Even the allot list and this document, unless made public."""
         for route in ROUTES:
-            if route.public:
-                continue
             path = route.path.replace("{user_id}", "u1").replace("{task_id}", "t1")
             response = yield self.request(route.method, path, {"Content-Type": "application/json"},
                                           b"{}" if route.method == "POST" else None)
@@ -291,11 +290,29 @@ class AuthTests(ApiTestCase):
         self.assertEqual(self.node.calls, [])
 
     @defer.inlineCallbacks
-    def test_public_routes(self):
-        response = yield self.request("GET", "/v1/openapi.json")
+    def test_public_paths(self):
+        """[http] public-paths opens the routes listed, and only those."""
+        server = self.start_server(public_paths=("/v1/allot",))
+        response = yield self.request("GET", "/v1/allot", server=server)
         self.assertEqual(response.status, 200)
-        response = yield self.request("GET", "/v1/allot")
-        self.assertEqual(response.status, 200)
+        response = yield self.request("GET", "/v1/openapi.json", server=server)
+        self.assert_error(response, 401, "unauthorized")
+        response = yield self.request("GET", "/v1/stats", server=server)
+        self.assert_error(response, 401, "unauthorized")
+
+    @defer.inlineCallbacks
+    def test_token_guard(self):
+        """/metrics and /healthz sit behind the same token when not public."""
+        from twisted.web.static import Data
+
+        server = self.start_server()
+        server.root.putChild(b"metrics", api.TokenGuard(Data(b"m 1\n", "text/plain"), TOKEN))
+        response = yield self.request("GET", "/metrics", server=server)
+        self.assert_error(response, 401, "unauthorized", "Bearer")
+        response = yield self.request("GET", "/metrics", {"Authorization": "Bearer nope"}, server=server)
+        self.assert_error(response, 401, "unauthorized", "wrong token")
+        response = yield self.request("GET", "/metrics", AUTH, server=server)
+        self.assertEqual((response.status, response.body), (200, b"m 1\n"))
 
     def test_bad_token_configuration(self):
         for token in [" padded", "two words", "tail "]:
@@ -622,8 +639,13 @@ class UserTests(ApiTestCase):
         self.assertEqual(response.status, 200)
         response = yield self.request("POST", "/v1/users/u1/kick", JSON_HEADERS, b"")
         self.assertEqual(response.status, 200)
-        self.assertEqual(self.node.calls, [("kick", "u1", None), ("kick", "u1", 1), ("kick", "u1", None),
-                                           ("kick", "u1", None)])
+        response = yield self.post_json("/v1/users/u1/kick", {"client_type": 2, "close": False})
+        self.assertEqual(response.status, 200)
+        response = yield self.post_json("/v1/users/u1/kick", {"close": "no"})
+        self.assert_error(response, 400, "invalid_request", "close must be a boolean")
+        self.assertEqual(self.node.calls, [("kick", "u1", None, True), ("kick", "u1", 1, True),
+                                           ("kick", "u1", None, True), ("kick", "u1", None, True),
+                                           ("kick", "u1", 2, False)])
 
     @defer.inlineCallbacks
     def test_kick_errors(self):
@@ -659,19 +681,19 @@ class ReadTests(ApiTestCase):
 
     @defer.inlineCallbacks
     def test_allot(self):
-        response = yield self.request("GET", "/v1/allot")
+        response = yield self.request("GET", "/v1/allot", AUTH)
         self.assertEqual(response.status, 200)
         self.assertEqual(response.header("Content-Type"), b"text/plain; charset=utf-8")
         self.assertEqual(response.body, b"10.0.0.1:3000,10.0.0.2:3000")
         self.node.allot_answer = []
-        response = yield self.request("GET", "/v1/allot")
+        response = yield self.request("GET", "/v1/allot", AUTH)
         self.assertEqual(response.status, 503)
         self.assertEqual(response.header("Content-Type"), b"text/plain; charset=utf-8")
         self.assertNotIn(b",", response.body)
 
     @defer.inlineCallbacks
     def test_openapi(self):
-        response = yield self.request("GET", "/v1/openapi.json")
+        response = yield self.request("GET", "/v1/openapi.json", AUTH)
         self.assertEqual(response.status, 200)
         self.assertEqual(response.header("Content-Type"), b"application/json; charset=utf-8")
         self.assertEqual(response.body, api.load_openapi())
@@ -885,10 +907,11 @@ class OpenApiTests(unittest.SynchronousTestCase):
                       for path, item in self.document["paths"].items() for method in item}
         self.assertEqual(documented, {(route.method, route.path) for route in ROUTES})
 
-    def test_public_routes(self):
+    def test_every_route_documented_as_needing_the_token(self):
+        self.assertEqual(self.document["security"], [{"bearer": []}])
         for route in ROUTES:
             operation = self.document["paths"][route.path][route.method.lower()]
-            self.assertEqual(operation.get("security") == [], route.public, route.path)
+            self.assertNotIn("security", operation, route.path)
 
     def test_path_parameters(self):
         for route in ROUTES:
@@ -965,6 +988,11 @@ class SchemaTests(unittest.SynchronousTestCase):
         self.assertIsNone(schema.parse_kick(None))
         self.assertIsNone(schema.parse_kick({}))
         self.assertEqual(schema.parse_kick({"client_type": -1}), -1)
+        self.assertEqual(schema.parse_kick({"close": False}), None)
+        self.assertTrue(schema.kick_closes(None))
+        self.assertTrue(schema.kick_closes({}))
+        self.assertFalse(schema.kick_closes({"close": False}))
+        self.assertRaises(errors.InvalidRequest, schema.kick_closes, {"close": 0})
 
     def test_path_text(self):
         self.assertEqual(schema.path_text("\u00e9".encode(), "user_id"), "\u00e9")

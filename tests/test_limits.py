@@ -258,11 +258,18 @@ class NodeLimitsTests(SynchronousTestCase):
     def limiter(self, **fields):
         return NodeLimits(LimitsConfig(**fields), self.clock)
 
+    def test_handshake_rate_on_by_default(self):
+        """2000 RSA blocks a second, bursting to as many (see LimitsConfig)."""
+        limiter = self.limiter()
+        self.assertEqual(sum(limiter.allow_rsa(80) for _ in range(100)), 25)
+        self.clock.advance(0.5)
+        self.assertEqual(sum(limiter.allow_rsa() for _ in range(2000)), 1000)
+
     def address(self, host, port=1):
         return IPv4Address("TCP", host, port)
 
     def test_zero_means_unlimited(self):
-        limiter = self.limiter()
+        limiter = self.limiter(handshake_rate=0)
         slots = [limiter.admit(self.address("10.0.0.1", n)) for n in range(5000)]
         self.assertEqual(limiter.connections, 5000)
         self.assertEqual(limiter.connections_from("10.0.0.1"), 5000)
@@ -345,7 +352,7 @@ class NodeLimitsTests(SynchronousTestCase):
         limiter.reconfigure(LimitsConfig(max_connections=1, handshake_rate=2, handshake_burst=1))
         self.assertRaises(LimitExceeded, limiter.admit, self.address("10.0.0.3"))
         self.assertEqual(limiter.connections, 2)
-        limiter.reconfigure(LimitsConfig())
+        limiter.reconfigure(LimitsConfig(handshake_rate=0))
         self.assertTrue(all(limiter.allow_rsa() for _ in range(100)))
 
     def test_every_refusal_counted_one_line_per_second_per_reason(self):

@@ -202,7 +202,7 @@ class LoopbackTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_push_json(self):
-        code, out, err = yield self.mpush("push", "--user", "u1", "--user", "u2", "--user", "u1",
+        code, out, err = yield self.mpush("push", "--user", "u1", "u2", "--user", "u1",
                                           "--content", "hi \u00e9", "--ack", "auto", "--timeout-ms", "2500",
                                           "--offline-ttl", "60")
         self.assertEqual((code, err), (cli.EXIT_OK, ""))
@@ -264,17 +264,17 @@ class LoopbackTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_token(self):
         code, out, err = yield self.mpush("users", "show", "u1", token=None)
-        self.assertEqual(code, cli.EXIT_FAILED)
+        self.assertEqual(code, cli.EXIT_USAGE)  # a refused token is the caller's mistake
         self.assertIn("HTTP 401 unauthorized", err)
         code, out, err = yield self.mpush("users", "show", "u1", token="wrong")
-        self.assertEqual(code, cli.EXIT_FAILED)
+        self.assertEqual(code, cli.EXIT_USAGE)
         self.assertIn("mpush: error: HTTP 401 unauthorized: wrong token", err)
         os.environ[cli.TOKEN_ENV] = TOKEN
         code, out, err = yield self.mpush("users", "show", "u1", token=None)
         self.assertEqual(code, cli.EXIT_OK)
         # --token wins over the environment.
         code, out, err = yield self.mpush("users", "show", "u1", token="wrong")
-        self.assertEqual(code, cli.EXIT_FAILED)
+        self.assertEqual(code, cli.EXIT_USAGE)
         self.assertEqual(self.node.calls, [("routes", "u1")])
 
     @defer.inlineCallbacks
@@ -313,7 +313,14 @@ class LoopbackTests(unittest.TestCase):
         self.assertEqual((code, json.loads(out)), (cli.EXIT_OK, {"kicked": 2}))
         code, out, err = yield self.mpush("-o", "table", "users", "kick", "u1", "--client-type", "-1")
         self.assertEqual((code, out), (cli.EXIT_OK, "kicked 2\n"))
-        self.assertEqual(self.node.calls, [("kick", "u1", None), ("kick", "u1", -1)])
+        code, out, err = yield self.mpush("users", "kick", "u1", "--keep-open")
+        self.assertEqual((code, err), (cli.EXIT_OK, ""))
+        code, out, err = yield self.mpush("users", "kick", "u1", "--client-type", "7")
+        self.assertEqual(code, cli.EXIT_OK)
+        self.assertEqual(err, "mpush: warning: --client-type 7 is no client type mpush knows "
+                              "(1 MOBILE, 2 PC, 3 WEB, -1 UNKNOWN): nothing may match\n")
+        self.assertEqual(self.node.calls, [("kick", "u1", None, True), ("kick", "u1", -1, True),
+                                           ("kick", "u1", None, False), ("kick", "u1", 7, True)])
 
     @defer.inlineCallbacks
     def test_path_prefix_and_not_found(self):

@@ -82,12 +82,36 @@ class NodeAPITests(TestCase):
         self.assertTrue(routes[1].online)
         kicked = defer.Deferred()
         first.on_kick = lambda device_id, user_id: kicked.callback(user_id)
+        closed = defer.Deferred()
+        first.on_close = lambda reason: closed.callback(None)
         count = yield self.api.kick("carol")
         self.assertEqual(count, 1)
+        # Logged out: the route is offline when kick answers, and the
+        # connection closes after the KICK.
+        routes = yield self.api.routes("carol")
+        self.assertFalse(routes[1].online)
         who = yield kicked
         self.assertEqual(who, "carol")
+        yield closed
         none = yield self.api.kick("carol", client_type=2)
         self.assertEqual(none, 0)
+        outcome = yield self.api.push(PushRequest(users=("carol",), content=b"gone?", timeout_ms=3000))
+        self.assertEqual([r["status"] for r in outcome.results], ["offline"])
+
+    @defer.inlineCallbacks
+    def test_kick_without_close_is_mpush_kick(self):
+        """close=False: KICK only; the connection stays open and bound."""
+        erin = yield self.device("erin")
+        kicked = defer.Deferred()
+        erin.on_kick = lambda device_id, user_id: kicked.callback(user_id)
+        count = yield self.api.kick("erin", close=False)
+        self.assertEqual(count, 1)
+        yield kicked
+        routes = yield self.api.routes("erin")
+        self.assertTrue(routes[1].online)
+        outcome = yield self.api.push(PushRequest(users=("erin",), content=b"still here", ack="auto",
+                                                  timeout_ms=3000))
+        self.assertEqual([r["status"] for r in outcome.results], ["success"])
 
     @defer.inlineCallbacks
     def test_counts_and_allot(self):
@@ -107,3 +131,17 @@ class NodeAPITests(TestCase):
         self.assertEqual(self.api.config_value("core.max-packet-size"), 10240)
         self.assertRaises(KeyError, self.api.config_value, "core.nope")
         self.assertRaises(KeyError, self.api.config_value, "core.max-packet-size.deeper")
+
+    def test_config_value_by_mpush_key(self):
+        """The console's conf takes MPush's mp.-prefixed keys and TOML keys."""
+        value = self.api.config_value
+        self.assertEqual(value("mp.core.max-packet-size"), 10240)
+        self.assertEqual(value("mp.net.write-buffer-water-mark.connect-server-high"), 65536)
+        self.assertEqual(value("net.write-buffer-water-mark.connect-server-high"), 65536)
+        self.assertIs(value("mp.http.proxy-enabled"), False)
+        self.assertEqual(value("mp.http.api-token"), "***")
+        self.assertEqual(value("mp.state-dir"), self.api.config_view()["state-dir"])
+        self.assertEqual(value("mp.core"), self.api.config_view()["core"])
+        self.assertEqual(value("mp"), self.api.config_view())
+        for ignored in ("mp.thread.pool.conn-work", "mp.core.nope", "mp.home"):
+            self.assertRaises(KeyError, value, ignored)

@@ -65,8 +65,12 @@ class ParseTests(unittest.SynchronousTestCase):
             (["--user", "u1", "--content-b64", "%%%"], "--content-b64 is not base64"),
             (["--user", "u1", "--content-file", missing], f"cannot read content file {missing}"),
             (["--user", "u1", "--content-file", self.tmp], f"cannot read content file {self.tmp}"),
-            (["--user", "u1", "--content", "x", "--timeout", "0"], "--timeout must be a positive"),
-            (["--user", "u1", "--content", "x", "--timeout", "1.5"], "invalid int value"),
+            (["--user", "u1", "--content", "x", "--timeout", "0"], "--timeout must be a number of seconds"),
+            (["--user", "u1", "--content", "x", "--timeout", "3000"],
+             "--timeout is in seconds, as in mpush: for 3000 ms write --timeout-ms 3000"),
+            (["--user", "u1", "--content", "x", "--timeout-ms", "0"], "--timeout-ms must be a positive"),
+            (["--user", "u1", "--content", "x", "--timeout-ms", "1.5"], "invalid int value"),
+            (["--user", "u1", "--content", "x", "--timeout", "1", "--timeout-ms", "5"], "not allowed with"),
             (["--user", "u1", "--content", "x", "--ack", "maybe"], "invalid choice"),
             (["--redis", "http://h/0", "--user", "u1", "--content", "x"], "redis url must start with redis://"),
             (["--redis", "redis://:pw@h:1/x", "--user", "u1", "--content", "x"], "redis db must be a number"),
@@ -76,6 +80,10 @@ class ParseTests(unittest.SynchronousTestCase):
     def test_defaults(self):
         options = self.options("--user", "u1", "--content", "hi")
         self.assertEqual(options, cli.PushOptions(content=b"hi", gateway=("127.0.0.1", 3001), users=("u1",)))
+
+    def test_timeout_in_seconds_as_in_mpush(self):
+        self.assertEqual(self.options("--user", "u", "--content", "x", "--timeout", "2.5").timeout, 2.5)
+        self.assertEqual(self.options("--user", "u", "--content", "x", "--timeout-ms", "2500").timeout, 2.5)
 
     def test_users_repeat_and_dedupe(self):
         options = self.options("--user", "u1", "u2", "--user", "u3", "u1", "--content", "x")
@@ -92,7 +100,7 @@ class ParseTests(unittest.SynchronousTestCase):
 
     def test_broadcast_options(self):
         options = self.options("--broadcast", "--tags", "a, b,,a", "--condition", "tags.length>0",
-                               "--task-id", "t1", "--content", "x", "--ack", "biz", "--timeout", "1500",
+                               "--task-id", "t1", "--content", "x", "--ack", "biz", "--timeout", "1.5",
                                "--gateway", "[::1]:3005", "--json")
         self.assertEqual((options.broadcast, options.tags, options.condition, options.task_id),
                          (True, ("a", "b"), "tags.length>0", "t1"))
@@ -164,7 +172,7 @@ class RunTests(unittest.TestCase):
     @defer.inlineCallbacks
     def test_json(self):
         self.gateway.script = answer_error(ErrorCode.ACK_TIMEOUT)
-        code = yield self.run_cli(*self.argv("--user", "u1", "--content", "hi", "--json", "--timeout", "2000"))
+        code = yield self.run_cli(*self.argv("--user", "u1", "--content", "hi", "--json", "--timeout-ms", "2000"))
         self.assertEqual(code, 1)
         [line] = self.lines()
         record = json.loads(line)

@@ -113,7 +113,8 @@ class RedisRoutingTestCase(TestCase):
         return sum(
             1
             for event in self.log_events
-            if event.get("log_namespace", "").startswith(("mpush.router", "mpush.store.redis_calls"))
+            if event.get("log_namespace", "").startswith(
+                ("mpush.router", "mpush.store.redis_calls", "mpush.redis_status"))
             and text in event.get("log_format", "")
         )
 
@@ -252,13 +253,20 @@ class RedisRoutingContractTests(RedisRoutingTestCase, RoutingContractMixin):
         yield self.assertFailure(router.mark_offline("u1", 1, conn_id="c1"), RouterUnavailable)
         yield self.assertFailure(router.mark_node_offline(*NODE_A), RouterUnavailable)
         yield self.assertFailure(events.user_online("u1"), RouterUnavailable)
-        self.assertEqual(self.logged("{name} unavailable"), 2)
+        yield self.eventually(lambda: self.client.reachability.unreachable, "a reconnect refused")
+        # One line for the shared connection, with the OS error; the
+        # components say nothing more, and each failure names its call.
+        self.assertEqual(self.logged("redis {address} unreachable"), 1)
+        self.assertEqual(self.logged("{name} unavailable"), 0)
+        failure = yield self.assertFailure(router.lookup("u1"), RouterUnavailable)
+        self.assertIn(f"lookup failed: redis 127.0.0.1:{self.server.port} unreachable: connection refused",
+                      str(failure))
         self.server.start()
         routes = yield self.eventually_succeeds(lambda: router.lookup("u1"))
         # The server came back empty (no persistence).
         self.assertEqual(routes, {})
         yield router.register("u1", 1, location())
-        self.assertEqual(self.logged("{name} recovered"), 1)
+        self.assertEqual(self.logged("reachable again"), 1)
         yield self.eventually_succeeds(lambda: events.user_online("u1"))
         self.assertEqual(self.raw("ZCARD", "mp:oul:1.2.3.4"), 1)
 

@@ -162,9 +162,18 @@ class RedisStoreTestCase(TestCase):
         return sum(
             1
             for event in self.log_events
-            if event.get("log_namespace", "").startswith("mpush.store.redis")
+            if event.get("log_namespace", "").startswith(("mpush.store.redis", "mpush.redis_status"))
             and text in formatEvent(event)
         )
+
+    @defer.inlineCallbacks
+    def until_unreachable(self, store, attempts=200):
+        """Until the store's connection has seen a reconnect refused; bounded."""
+        for _ in range(attempts):
+            if store._calls.client.reachability.unreachable:
+                return
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        self.fail("the connection never found Redis unreachable")
 
     @defer.inlineCallbacks
     def eventually_loads(self, store, session_id, attempts=100, pause=0.1):
@@ -338,21 +347,25 @@ class RedisOutageTests(RedisStoreTestCase):
         for _ in range(3):
             yield self.assertFailure(store.load("before"), StoreUnavailable)
         yield self.assertFailure(store.save("during", SESSION, 60), StoreUnavailable)
-        self.assertEqual(self.logged("redis session store unavailable"), 1)
-        self.assertEqual(self.logged("recovered"), 0)
+        # Said once, by the connection, with the OS error.
+        yield self.until_unreachable(store)
+        self.assertEqual(self.logged("unreachable: connection refused (ECONNREFUSED)"), 1)
+        self.assertEqual(self.logged("redis session store unavailable"), 0)
+        self.assertEqual(self.logged("reachable again"), 0)
 
         self.server.restart()
         # A new, empty server on the same port; the same store reconnects.
         self.assertIsNone((yield self.eventually_loads(store, "before")))
         yield store.save("after", SESSION, 60)
         self.assertEqual((yield store.load("after")), SESSION)
-        self.assertEqual(self.logged("recovered"), 1)
+        self.assertEqual(self.logged("reachable again"), 1)
 
         # A second outage is logged again, once.
         self.server.kill()
         for _ in range(2):
             yield self.assertFailure(store.load("after"), StoreUnavailable)
-        self.assertEqual(self.logged("redis session store unavailable"), 2)
+        yield self.until_unreachable(store)
+        self.assertEqual(self.logged("unreachable"), 2)
 
     @defer.inlineCallbacks
     def test_outage_fails_fast_once_known(self):
@@ -365,12 +378,15 @@ class RedisOutageTests(RedisStoreTestCase):
                 break
             yield task.deferLater(reactor, 0.02, lambda: None)
         self.assertFalse(client.connected)
-        # Not yet known to the store: this one waits for its deadline...
-        yield self.assertFailure(store.load("s"), StoreUnavailable)
-        # ...then, known outage and no connection: answered at once.
-        self.failureResultOf(store.load("s"), StoreUnavailable)
+        for _ in range(100):
+            if client.reachability.unreachable:
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        # A reconnect was refused: answered at once, naming the call.
+        error = self.failureResultOf(store.load("s"), StoreUnavailable).value
+        self.assertIn(f"load failed: redis 127.0.0.1:{self.server.port} unreachable: connection refused", str(error))
         self.failureResultOf(store.save("s", SESSION, 60), StoreUnavailable)
-        self.assertEqual(self.logged("redis session store unavailable"), 1)
+        self.assertEqual(self.logged("unreachable"), 1)
 
     @defer.inlineCallbacks
     def test_down_from_the_start(self):
@@ -378,10 +394,11 @@ class RedisOutageTests(RedisStoreTestCase):
         store = self.make_store()
         error = yield self.assertFailure(store.load("s"), StoreUnavailable)
         self.assertIn("load", str(error))
-        self.assertEqual(self.logged("redis session store unavailable"), 1)
+        yield self.until_unreachable(store)
+        self.assertEqual(self.logged("unreachable"), 1)
         self.server.start()
         self.assertIsNone((yield self.eventually_loads(store, "s")))
-        self.assertEqual(self.logged("recovered"), 1)
+        self.assertEqual(self.logged("reachable again"), 1)
 
     @defer.inlineCallbacks
     def test_hung_redis_times_out_and_late_replies_are_dropped(self):

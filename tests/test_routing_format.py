@@ -6,6 +6,7 @@ JSON, kick JSON, push-result JSON, node registrations, keys and channels
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -236,6 +237,16 @@ class KickTests(SynchronousTestCase):
         self.assertEqual(encode_kick(KICK), SPEC_KICK)
         self.assertEqual(decode_kick(SPEC_KICK), KICK)
         self.assertEqual(decode_kick(SPEC_KICK.encode()), KICK)
+
+    def test_operator_kick_asks_to_close(self):
+        """close is written only when true: MPush's kick keeps its exact form."""
+        closing = dataclasses.replace(KICK, close=True)
+        text = encode_kick(closing)
+        self.assertEqual(text, SPEC_KICK.replace('"clientType":1,', '"clientType":1,"close":true,'))
+        self.assertEqual(decode_kick(text), closing)
+        self.assertFalse(decode_kick(SPEC_KICK).close)
+        self.assertRaises(InvalidKick, decode_kick, SPEC_KICK[:-1] + ',"close":1}')
+        self.assertRaises(InvalidKick, encode_kick, dataclasses.replace(KICK, close=1))
 
     def test_other_key_order(self):
         text = (

@@ -18,7 +18,7 @@ from mpush.protocol.crypto import MPUSH_DEMO_PRIVATE_KEY, MPUSH_DEMO_PUBLIC_KEY
 from mpush.protocol.messages import GatewayPushMessage
 from mpush.protocol.packet import Command, PacketDecoder, encode_packet
 
-from tests.process_support import NodeProcess, run_twistd
+from tests.process_support import NodeProcess, free_port, listening_socket, run_twistd
 from tests.redis_server import start_redis_server
 
 
@@ -57,6 +57,25 @@ class PluginTests(TestCase):
         self.assertEqual(len(message.splitlines()), 1, message)
         self.assertIn("[core] max-packet-size", message)
         self.assertIn(path, message)
+
+    def test_port_in_use_fails_with_one_line(self):
+        """The address, the port's key and the OS error; no traceback."""
+        import socket
+
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            directory = os.path.abspath(self.mktemp())
+            result = run_twistd(["--nodaemon", "--pidfile=", "mpush", "--gateway-port", str(port),
+                                 "--connect-port", str(free_port()), "--admin-port", "0", "--http-port", "0",
+                                 "--state-dir", directory])
+        self.assertNotEqual(result.returncode, 0)
+        output = result.stdout + result.stderr
+        self.assertNotIn("Traceback", output)
+        [line] = [line for line in output.splitlines() if "cannot listen" in line]
+        self.assertIn(f"mpush: cannot listen on 127.0.0.1:{port} ([net] gateway-server-port or "
+                      f"--gateway-port): address already in use (EADDRINUSE)", line)
 
     def test_bad_redis_url_fails_cleanly(self):
         result = run_twistd(["--nodaemon", "--pidfile=", "mpush", "--redis", "mysql://x"])
@@ -291,12 +310,18 @@ class OperatorSurfaceTests(NodeCase):
         self.assertEqual([r["status"] for r in json.loads(body)["results"]], ["success"])
         received = yield client.wait_for_push(timeout=5)
         self.assertEqual(received.content, b"hello")
-        status, body = yield self.http(node, "GET", "/metrics")
+        # The token covers everything but /healthz ([http] public-paths).
+        for path in ("/metrics", "/v1/allot", "/v1/openapi.json", "/v1/stats"):
+            status, body = yield self.http(node, "GET", path)
+            self.assertEqual(status, 401, path)
+            self.assertEqual(json.loads(body)["error"]["code"], "unauthorized")
+        status, body = yield self.http(node, "GET", "/metrics", token="s3cret")
         self.assertEqual(status, 200)
         self.assertIn('mpush_pushes_total{result="success"} 1.0', body)
         self.assertIn("mpush_connections 1.0", body)
         status, body = yield self.http(node, "GET", "/healthz")
         self.assertEqual((status, json.loads(body)["status"]), (200, "ok"))
+        self.assertIn("[http] api-token is 6 characters", node.log())
         reply = yield self.console(node, "count conn")
         self.assertIn("Welcome to MPush Console", reply)
         self.assertIn("\r\n1\r\n\r\n", reply)

@@ -740,6 +740,27 @@ class KickTests(WsNodeTestCase):
         self.assertEqual(kicked, 1)
         frame = yield client.next()
         self.assertEqual((frame["cmd"], frame["body"]["userId"]), (13, "kevin"))
+        # An operator's kick logs the page out, and says so in the close.
+        code, reason = yield client.wait_closed()
+        self.assertEqual((code, reason), (4001, "kicked"))
+
+    def test_page_knows_the_kicked_close_code(self):
+        """The page tells an operator's kick by the code the server closes with."""
+        import importlib.resources
+
+        from mpush.server.websocket import KICKED_CLOSE_CODE
+
+        page = importlib.resources.files("mpush.server.web").joinpath("client.js").read_text()
+        self.assertIn(f"const KICKED_CLOSE = {KICKED_CLOSE_CODE};", page)
+        self.assertNotIn("bound on another device", page)
+
+    @defer.inlineCallbacks
+    def test_ws_bind_kick_leaves_the_page_open(self):
+        first = yield self.bound_ws("kat", device_id="tab-1")
+        yield self.bound_ws("kat", device_id="tab-2")
+        yield first.next()
+        self.assertFalse(first.closed.called)
+        self.assertEqual(len([c for c in self.ws_connections() if c.is_open]), 2)
 
 
 class ClientPushTests(WsNodeTestCase):

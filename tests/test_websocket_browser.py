@@ -341,6 +341,8 @@ class PageInChromiumTests(TestCase):
         kicked = yield self.api.kick("alice")
         self.assertEqual(kicked, 1)
         yield self.wait_for(cdp, session, STATE, "kicked")
+        text = "document.getElementById('state').textContent"
+        yield self.wait_for(cdp, session, text, "logged out: alice was kicked by the operator")
         self.assertEqual(self.page_errors(cdp), [])
 
 

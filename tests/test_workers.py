@@ -455,6 +455,42 @@ class SharedPortTests(WorkersCase):
         self.assertIn("[worker-1 ", log)
 
 
+class NodeWideHttpTests(WorkersCase):
+    @defer.inlineCallbacks
+    def test_metrics_health_and_stats_answer_for_every_worker(self):
+        """
+        Whichever worker takes the scrape, /metrics counts the whole node
+        (with each worker's figures under a worker label), /v1/stats sums
+        the workers and /healthz names them all.
+        """
+        node = self.start()
+        devices, where = yield self.devices_on_every_worker(node)
+        pushed = len(devices)  # one AUTO_ACK push each, on both workers
+        # Through the API too: counted in /v1/stats by the worker that took it.
+        status, body = yield self.http(node, "POST", "/v1/push", {"users": sorted(devices), "content": "x"})
+        self.assertEqual(status, 200, body)
+        yield sleep(1.5)  # every worker has reported since
+        for _ in range(6):  # connections land on either worker
+            status, body = yield self.http(node, "GET", "/metrics")
+            self.assertEqual(status, 200)
+            self.assertIn(f'mpush_pushes_total{{result="success"}} {float(2 * pushed)}', body)
+            self.assertIn(f"mpush_connections {float(pushed)}", body)
+            per_worker = {
+                line.split("worker=\"")[1].split("\"")[0]: float(line.rsplit(" ", 1)[1])
+                for line in body.splitlines()
+                if line.startswith("mpush_connections{")
+            }
+            self.assertEqual(set(per_worker), {"0", "1"})
+            self.assertEqual(sum(per_worker.values()), pushed)
+            status, body = yield self.http(node, "GET", "/v1/stats")
+            stats = json.loads(body)
+            self.assertEqual((stats["connections"], stats["pushes"]["success"]), (pushed, pushed))
+            self.assertEqual(sorted(w["worker"] for w in stats["workers"]), [0, 1])
+            status, body = yield self.http(node, "GET", "/healthz")
+            health = json.loads(body)
+            self.assertEqual((status, health["connections"], health["workers"]), (200, pushed, {"0": "ok", "1": "ok"}))
+
+
 class SupervisionTests(WorkersCase):
     @defer.inlineCallbacks
     def test_killed_worker_is_restarted(self):
@@ -534,7 +570,9 @@ class SupervisionTests(WorkersCase):
         log = node.log()
         self.assertIn("worker-1", log)
         self.assertIn("before it listened", log)
-        self.assertIn("Address already in use", log)
+        self.assertIn(f"mpush: cannot listen on 127.0.0.1:{node.gateway_port + 1} ([net] gateway-server-port "
+                      f"or --gateway-port): address already in use (EADDRINUSE)", log)
+        self.assertNotIn("Traceback", log)
 
 
 def _connects(port):

@@ -26,6 +26,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
 from mpush.http import schema
+from mpush.protocol.client_type import ClientType
 from mpush.protocol.crypto import RsaPrivateKey
 from mpush.tls import TrustFileError, load_trust_root, tls_failure
 
@@ -64,7 +65,7 @@ class CliError(Exception):
 
 
 class ApiFailure(Exception):
-    """The API answered with an error (exit 1)."""
+    """The API answered with an error (exit 1; 2 for a refused token)."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"HTTP {status} {code}: {message}")
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Operate an mpush node through its HTTP API.",
         epilog="Exit status: 0 ok, 1 the node answered with a failure, "
-               "2 usage error or node unreachable.",
+               "2 usage error, token refused (HTTP 401) or node unreachable.",
     )
     _global_options(parser, suppress=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -123,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status 0 only when every result is success (or stored_offline).")
     _global_options(push, suppress=True)
     target = push.add_mutually_exclusive_group(required=True)
-    target.add_argument("--user", metavar="U", action="append", help="user id (repeatable)")
+    target.add_argument("--user", metavar="U", nargs="+", action="extend",
+                        help="user id(s) (repeatable), as in mpush-push")
     target.add_argument("--broadcast", action="store_true", help="push to every bound user")
     push.add_argument("--tags", metavar="A,B", help="broadcast only to users with one of these tags")
     push.add_argument("--condition", metavar="EXPR", help="broadcast only where this expression holds")
@@ -148,12 +150,16 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(show, suppress=True)
     show.add_argument("user", metavar="U")
     show.set_defaults(action=_users_show)
-    kick = user_commands.add_parser("kick", help="disconnect a user",
-                                    description="Kick a user's online routes (one client type, or all).")
+    kick = user_commands.add_parser("kick", help="log a user out",
+                                    description="Kick a user's online routes (one client type, or all): "
+                                                "KICK, then close the connections and mark the routes "
+                                                "offline.")
     _global_options(kick, suppress=True)
     kick.add_argument("user", metavar="U")
     kick.add_argument("--client-type", type=int, metavar="N",
                       help="only this client type (1 MOBILE, 2 PC, 3 WEB, -1 UNKNOWN)")
+    kick.add_argument("--keep-open", action="store_true",
+                      help="send the KICK only and leave the connection open, as MPush does")
     kick.set_defaults(action=_users_kick)
 
     keygen = commands.add_parser(
@@ -454,11 +460,14 @@ def _users_show(reactor, args, base: str, token, out):
 @defer.inlineCallbacks
 def _users_kick(reactor, args, base: str, token, out):
     url = f"{base}/v1/users/{quote(_path_text(args.user, 'U'), safe='')}/kick"
-    body = None
+    body = {}
     if args.client_type is not None:
         if not -(2**31) <= args.client_type < 2**31:
             raise CliError("--client-type must be a 32-bit integer")
-        body = {"client_type": args.client_type}
+        body["client_type"] = args.client_type
+    if args.keep_open:
+        body["close"] = False
+    body = body or None
     result = yield call_api(reactor, "POST", url, token, body, args.timeout or DEFAULT_TIMEOUT_S,
                             tls_policy=getattr(args, "tls_policy", None))
     if args.output == "json":
@@ -526,13 +535,20 @@ def run(reactor, args, out=None, err=None):
             if urlsplit(base).scheme != "https" and args.action is not _keygen:
                 raise CliError("--ca-file goes with an https:// --url")
             args.tls_policy = https_policy(ca_file)
+        client_type = getattr(args, "client_type", None)
+        if client_type is not None and -(2**31) <= client_type < 2**31 and client_type not in set(ClientType):
+            # Accepted (a node may know more types), but almost always a typo.
+            known = ", ".join(f"{int(t)} {t.name}" for t in ClientType)
+            print(f"{PROG}: warning: --client-type {client_type} is no client type mpush knows "
+                  f"({known}): nothing may match", file=err)
         code = yield args.action(reactor, args, base, token, out)
     except CliError as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=err)
         return EXIT_USAGE
     except ApiFailure as exc:
         print(f"{PROG}: error: {_one_line(str(exc))}", file=err)
-        return EXIT_FAILED
+        # A refused token is the caller's mistake, like a usage error.
+        return EXIT_USAGE if exc.status == 401 else EXIT_FAILED
     finally:
         out.flush()
     return code

@@ -11,6 +11,7 @@ by itself, so scripts and end-to-end tests can use its exit status.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import uuid
 
@@ -38,6 +39,12 @@ from mpush.protocol.packet import Flags
 __all__ = ["CliError", "build_parser", "config_from_args", "main", "printable", "run"]
 
 PROG = "mpush-client"
+
+#: Exit status after Ctrl-C (128 + SIGINT, as a shell reports it).
+INTERRUPTED = 130
+
+#: HttpRequestMessage method byte of GET (spec 6.11).
+HTTP_GET = 0
 
 
 class CliError(Exception):
@@ -90,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="exit 0 after N pushes")
     run_group.add_argument("--exit-after", type=float, metavar="SECONDS",
                            help="exit after this long (with --count: fail if the pushes did not come)")
+    run_group.add_argument("--http-get", metavar="URL",
+                           help="GET URL through the server's HTTP proxy ([http] proxy-enabled), print "
+                                "the answer and exit (0 for a 2xx or 3xx answer)")
     run_group.add_argument("--no-ack", action="store_true",
                            help="do not ack BIZ_ACK pushes (AUTO_ACK is always acked, as Java)")
     run_group.add_argument("--health-interval", type=float, metavar="SECONDS",
@@ -154,6 +164,8 @@ def config_from_args(args) -> ClientConfig:
             raise CliError(f"--{name} must not be negative")
     if args.exit_after is not None and args.exit_after <= 0:
         raise CliError("--exit-after must be positive")
+    if args.http_get is not None and not args.http_get.startswith(("http://", "https://")):
+        raise CliError("--http-get needs an http:// or https:// URL")
     if args.health_interval is not None and args.health_interval <= 0:
         raise CliError("--health-interval must be positive")
     if (args.ca_file is not None or args.server_name is not None) and not args.tls:
@@ -216,6 +228,7 @@ class _Session:
         self.finished = defer.Deferred()
         self.closing_on_purpose = False
         self.error_reported = False
+        self.interrupted = False
         self.exit_code = 0
 
     def say(self, line: str) -> None:
@@ -253,6 +266,18 @@ class _Session:
         self.complain(describe_error(error))
         self.exit_code = 1
 
+    def interrupt(self) -> None:
+        """Ctrl-C: close the connection ourselves and exit 130, as a shell would."""
+        self.interrupted = True
+        if self.protocol is None:
+            self.reactor.stop()
+            return
+        if self.finished.called or self.closing_on_purpose:
+            return
+        self.exit_code = INTERRUPTED
+        self.closing_on_purpose = True
+        self.protocol.close()
+
     def closed(self, reason) -> None:
         self.say("closed")
         if self.finished.called:
@@ -286,17 +311,22 @@ class _Session:
 
 
 @defer.inlineCallbacks
-def run(reactor, config: ClientConfig, args, out=None, err=None):
+def run(reactor, config: ClientConfig, args, out=None, err=None, interruptible=False):
     """
     Connect, do what the options ask, and fire with the exit status (0 ok,
-    1 failure).  Never raises for client failures: they are printed.
+    1 failure, 130 Ctrl-C when C{interruptible}).  Never raises for client
+    failures: they are printed.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     session = _Session(reactor, args, out, err)
+    if interruptible:
+        signal.signal(signal.SIGINT, lambda signum, frame: reactor.callFromThread(session.interrupt))
     try:
         protocol = yield connect_client(config, reactor, prepare=session.prepare)
     except ClientError as exc:
+        if session.interrupted:
+            return INTERRUPTED
         if not session.error_reported:
             session.complain(describe_error(exc))
         # The connection (if any) is already closing; wait for it so the
@@ -319,12 +349,30 @@ def run(reactor, config: ClientConfig, args, out=None, err=None):
     except ClientError as exc:
         if not session.finished.called:
             session.finish(1, describe_error(exc))
-    if args.ping and not args.count and args.exit_after is None:
+    if args.ping and not args.count and args.exit_after is None and args.http_get is None:
         session.finish(session.exit_code)
+    if args.http_get is not None and not (session.finished.called or session.closing_on_purpose):
+        yield _http_get(session, protocol, args.http_get, config.handshake_timeout)
     code = yield session.finished
     if timer is not None and timer.active():
         timer.cancel()
     return code
+
+
+@defer.inlineCallbacks
+def _http_get(session: _Session, protocol: MPushClientProtocol, url: str, timeout: float):
+    """--http-get: one GET through the server's proxy, printed; then exit."""
+    try:
+        response = yield protocol.http_request(HTTP_GET, url, {"User-Agent": PROG}, None, timeout)
+    except ClientError as exc:
+        session.finish(1, f"--http-get {url}: {describe_error(exc)}")
+        return
+    session.say(f"http status={response.status_code} reason={response.reason_phrase or ''} "
+                f"bytes={len(response.body or b'')}")
+    if response.body:
+        session.say(printable(response.body))
+    if not (session.args.count or session.args.exit_after is not None):
+        session.finish(0 if response.status_code < 400 else 1)
 
 
 def _start_logging(verbosity: int) -> None:
@@ -347,7 +395,7 @@ def main(argv=None) -> None:
     _start_logging(args.verbose)
 
     def react_main(reactor):
-        d = run(reactor, config, args)
+        d = run(reactor, config, args, interruptible=True)
 
         def to_exit(code):
             if code:

@@ -48,6 +48,8 @@ from mpush.protocol.messages import (
     FastConnectOkMessage,
     HandshakeMessage,
     HandshakeOkMessage,
+    HttpRequestMessage,
+    HttpResponseMessage,
     KickUserMessage,
     OkMessage,
     PushMessage,
@@ -238,6 +240,7 @@ class _Kind(enum.Enum):
     FAST_CONNECT = Command.FAST_CONNECT
     BIND = Command.BIND
     UNBIND = Command.UNBIND
+    HTTP_PROXY = Command.HTTP_PROXY
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,6 +515,25 @@ class MPushClientProtocol(Protocol):
         """
         return self._user_request(_Kind.UNBIND, user_id, None, retries=0)
 
+    def http_request(self, method: int, uri: str, headers: dict | None = None,
+                     body: bytes | None = None, timeout: float = PING_TIMEOUT) -> defer.Deferred:
+        """
+        One HTTP request through the server's proxy (spec 13), as the Java
+        client's C{HttpClient}: fires with the L{HttpResponseMessage}, fails
+        with C{ServerError} (the server refused it) or C{RequestTimeout};
+        the connection stays open either way.
+        """
+        if self.state is not ClientState.ESTABLISHED:
+            return defer.fail(NotEstablished(f"cannot send an http request: connection is {self.state.value}"))
+        sid = next(self._packet_ids)
+        packet = make_packet(
+            Command.HTTP_PROXY, HttpRequestMessage(method, uri, headers, body), session_id=sid,
+            cipher=self._cipher, compress_threshold=self.config.compress_limit,
+        )
+        d = defer.Deferred()
+        self._send_request(sid, _Kind.HTTP_PROXY, d, encode_packet(packet), 0, timeout)
+        return d
+
     def ping(self, timeout: float = PING_TIMEOUT) -> defer.Deferred:
         """
         Send 0xDF; fires with the round-trip time (seconds) when a pong comes.
@@ -635,6 +657,8 @@ class MPushClientProtocol(Protocol):
             self._on_kick(packet)
         elif cmd == Command.ACK:
             self._log.debug("<<< ack session={sid}", sid=packet.session_id)
+        elif cmd == Command.HTTP_PROXY:
+            self._on_http_response(packet)
         else:
             # Java: MessageDispatcher logs "unsupported" and carries on.
             self._log.info("<<< unsupported cmd {cmd} ignored", cmd=cmd)
@@ -705,6 +729,13 @@ class MPushClientProtocol(Protocol):
             self._clear_session()
             self.handshake()
             return
+        pending = self._pending.get(packet.session_id)
+        if error.cmd == Command.HTTP_PROXY and pending is not None and pending.kind is _Kind.HTTP_PROXY:
+            # The proxy refused this request: the connection is fine.
+            del self._pending[packet.session_id]
+            _cancel(pending.timer)
+            pending.deferred.errback(ServerError(error))
+            return
         if error.cmd == Command.HANDSHAKE:
             if error.code == ErrorCode.REPEAT_HANDSHAKE or error.reason == ErrorCode.REPEAT_HANDSHAKE.reason:
                 return  # ignored by Java; a pending handshake keeps its timeout
@@ -728,6 +759,21 @@ class MPushClientProtocol(Protocol):
             ))
             return
         pending.deferred.callback(ok)
+
+    def _on_http_response(self, packet: Packet) -> None:
+        pending = self._pending.get(packet.session_id)
+        if pending is None or pending.kind is not _Kind.HTTP_PROXY:
+            # Java: nobody waits for it, ignored.
+            self._log.info("<<< http response session={sid} (unsolicited)", sid=packet.session_id)
+            return
+        del self._pending[packet.session_id]
+        _cancel(pending.timer)
+        try:
+            response = HttpResponseMessage.decode(self._decode(packet))
+        except Exception as error:
+            pending.deferred.errback(BadServerReply(f"unreadable HTTP_PROXY response: {error}"))
+            return
+        pending.deferred.callback(response)
 
     def _on_push(self, packet: Packet) -> None:
         content = PushMessage.decode(self._decode(packet)).content

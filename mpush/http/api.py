@@ -46,6 +46,8 @@ __all__ = [
     "HttpApiRoot",
     "Reply",
     "Route",
+    "TokenGuard",
+    "check_bearer",
     "load_openapi",
 ]
 
@@ -66,7 +68,6 @@ class Route:
     method: str
     path: str
     handler: str
-    public: bool = False
 
     @property
     def segments(self) -> tuple[str, ...]:
@@ -82,9 +83,9 @@ ROUTES = (
     Route("GET", "/v1/stats", "_stats"),
     Route("GET", "/v1/tasks/{task_id}", "_task"),
     # MPush clients fetch the allot list with a bare GET (no headers can be
-    # configured), so it cannot require the token.
-    Route("GET", "/v1/allot", "_allot", public=True),
-    Route("GET", "/v1/openapi.json", "_openapi", public=True),
+    # configured): an operator who serves them lists it in [http] public-paths.
+    Route("GET", "/v1/allot", "_allot"),
+    Route("GET", "/v1/openapi.json", "_openapi"),
 )
 
 #: The fields of one entry of C{GET /v1/users/{user_id}}'s C{routes}.
@@ -132,6 +133,35 @@ def _send(request, reply: Reply) -> None:
         headers.setRawHeaders(name, [value])
     request.write(reply.body)
     request.finish()
+
+
+def check_bearer(request, token: bytes | None) -> None:
+    """
+    Raise L{Unauthorized} unless C{request} carries C{Authorization: Bearer
+    <token>} (compared in constant time); C{None} accepts every request.
+    """
+    if token is None:
+        return
+    values = request.requestHeaders.getRawHeaders(b"authorization")
+    if not values:
+        raise Unauthorized("Authorization: Bearer <token> is required")
+    if len(values) > 1:
+        raise Unauthorized("Authorization is given more than once")
+    scheme, _, credentials = values[0].strip().partition(b" ")
+    if scheme.lower() != b"bearer":
+        raise Unauthorized("Authorization must be Bearer <token>")
+    if not hmac.compare_digest(credentials.strip(), token):
+        raise Unauthorized("wrong token")
+
+
+def _token_bytes(token: str | bytes | None) -> bytes | None:
+    if isinstance(token, str):
+        token = token.encode("utf-8")
+    if not token:
+        return None
+    if not isinstance(token, bytes) or token != token.strip() or b" " in token:
+        raise ValueError("the API token must be a string without spaces (or None/empty for no auth)")
+    return token
 
 
 def _describe(request) -> str:
@@ -235,9 +265,11 @@ class ApiResource(Resource):
     Everything under C{/v1}: a leaf that routes C{request.postpath} itself.
 
     @param node_api: the node facade (L{mpush.node_api.NodeAPI} contract).
-    @param token: the bearer token every non-public route requires; C{None}
-        or empty accepts every request (the caller then binds to loopback
-        only).
+    @param token: the bearer token every route requires unless its path is
+        in C{public_paths}; C{None} or empty accepts every request (the
+        caller then binds to loopback only).
+    @param public_paths: route paths answered without the token (from
+        C{[http] public-paths}, e.g. C{"/v1/allot"}).
     @param clock: schedules the safety timeouts.
     @param call_bound_s: the NodeAPI's own bound for calls other than push.
     @param safety_margin_s: added to the NodeAPI's bound (a push's is its
@@ -251,14 +283,10 @@ class ApiResource(Resource):
     def __init__(self, node_api, token: str | bytes | None = None, clock: IReactorTime | None = None,
                  call_bound_s: float = DEFAULT_CALL_BOUND_S,
                  safety_margin_s: float = DEFAULT_SAFETY_MARGIN_S,
-                 max_body_bytes: int = schema.MAX_BODY_BYTES) -> None:
+                 max_body_bytes: int = schema.MAX_BODY_BYTES,
+                 public_paths: frozenset[str] | tuple[str, ...] = ()) -> None:
         super().__init__()
-        if isinstance(token, str):
-            token = token.encode("utf-8")
-        if not token:
-            token = None
-        elif not isinstance(token, bytes) or token != token.strip() or b" " in token:
-            raise ValueError("the API token must be a string without spaces (or None/empty for no auth)")
+        token = _token_bytes(token)
         if not call_bound_s > 0 or not safety_margin_s > 0:
             raise ValueError("timeouts must be positive")
         if max_body_bytes < 1:
@@ -267,6 +295,7 @@ class ApiResource(Resource):
             from twisted.internet import reactor as clock
         self._node = node_api
         self._token = token
+        self._public = frozenset(public_paths)
         self._clock = clock
         self._call_bound_s = call_bound_s
         self._margin_s = safety_margin_s
@@ -302,24 +331,10 @@ class ApiResource(Resource):
         else:
             allow = tuple(sorted({route.method for route, _ in candidates}))
             raise MethodNotAllowed(f"{method} is not allowed here; use {', '.join(allow)}", allow)
-        if not route.public:
-            self._check_token(request)
+        if route.path not in self._public:
+            check_bearer(request, self._token)
         names = {name: schema.path_text(value, name) for name, value in params.items()}
         return getattr(self, route.handler)(request, **names)
-
-    def _check_token(self, request) -> None:
-        if self._token is None:
-            return
-        values = request.requestHeaders.getRawHeaders(b"authorization")
-        if not values:
-            raise Unauthorized("Authorization: Bearer <token> is required")
-        if len(values) > 1:
-            raise Unauthorized("Authorization is given more than once")
-        scheme, _, credentials = values[0].strip().partition(b" ")
-        if scheme.lower() != b"bearer":
-            raise Unauthorized("Authorization must be Bearer <token>")
-        if not hmac.compare_digest(credentials.strip(), self._token):
-            raise Unauthorized("wrong token")
 
     def _json_body(self, request, required: bool) -> dict | None:
         """The request's JSON object; C{None} for an empty optional body."""
@@ -370,8 +385,10 @@ class ApiResource(Resource):
         return deferred.addCallback(view), self._call_bound_s
 
     def _kick(self, request, user_id: str):
-        client_type = schema.parse_kick(self._json_body(request, required=False))
-        deferred = defer.maybeDeferred(self._node.kick, user_id, client_type)
+        body = self._json_body(request, required=False)
+        client_type = schema.parse_kick(body)
+        close = schema.kick_closes(body)
+        deferred = defer.maybeDeferred(self._node.kick, user_id, client_type, close)
         return deferred.addCallback(lambda kicked: Reply.json({"kicked": int(kicked)})), self._call_bound_s
 
     def _stats(self, request):
@@ -406,6 +423,28 @@ class _NotFoundResource(Resource):
     def render(self, request):
         _send(request, Reply.error(NotFound("no such resource")))
         return server.NOT_DONE_YET
+
+
+class TokenGuard(Resource):
+    """
+    A leaf resource (C{/metrics}, C{/healthz}) behind the API's token: a
+    request without it gets the API's JSON 401.
+    """
+
+    isLeaf = True
+
+    def __init__(self, resource: Resource, token: str | bytes | None) -> None:
+        super().__init__()
+        self._resource = resource
+        self._token = _token_bytes(token)
+
+    def render(self, request):
+        try:
+            check_bearer(request, self._token)
+        except ApiError as exc:
+            _send(request, Reply.error(exc))
+            return server.NOT_DONE_YET
+        return self._resource.render(request)
 
 
 class HttpApiRoot(Resource):

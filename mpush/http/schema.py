@@ -19,6 +19,7 @@ from mpush.node_api import PushRequest
 __all__ = [
     "ACK_MODELS",
     "KICK_FIELDS",
+    "kick_closes",
     "MAX_BODY_BYTES",
     "MAX_USERS",
     "OFFLINE_TTL_RANGE",
@@ -47,7 +48,7 @@ PUSH_FIELDS = frozenset({
     "broadcast", "tags", "condition", "task_id",
 })
 #: Every field of C{POST /v1/users/{user_id}/kick}.
-KICK_FIELDS = frozenset({"client_type"})
+KICK_FIELDS = frozenset({"client_type", "close"})
 
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
@@ -258,6 +259,22 @@ def parse_kick(obj: dict | None) -> int | None:
     if "client_type" not in obj:
         return None
     return _int(obj["client_type"], "client_type", _INT32_MIN, _INT32_MAX)
+
+
+def kick_closes(obj: dict | None) -> bool:
+    """
+    Whether a kick body asks to close the connection: yes unless
+    C{"close": false} (MPush's kick, which leaves it open).  Call after
+    L{parse_kick}, which vets the body.
+
+    @raise InvalidRequest: close is not a boolean.
+    """
+    if obj is None or "close" not in obj:
+        return True
+    close = obj["close"]
+    if not isinstance(close, bool):
+        raise InvalidRequest(f"close must be a boolean, not {_json_type(close)}")
+    return close
 
 
 def path_text(segment: bytes, name: str) -> str:

@@ -177,7 +177,9 @@ class RedisNudgeChannel(RedisComponent):
         if self._subscriber is None:
             from mpush.router.pubsub import RedisSubscriber
 
-            self._subscriber = RedisSubscriber(self._url, self._clock, timeout=self._timeout)
+            self._subscriber = RedisSubscriber(
+                self._url, self._clock, timeout=self._timeout, purpose="offline nudges"
+            )
         return self._subscriber.subscribe(nudge_channel(host, port), _receiver(self.log, on_nudge))
 
     def close(self) -> defer.Deferred:

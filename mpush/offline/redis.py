@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from functools import partial
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -307,8 +308,8 @@ class RedisOfflineStore(RedisComponent):
         self._close_connection = close_connection
         self.counters = OfflineCounters(listener)
         refusal = self._calls.refusal
-        self._existing: TurnBatch = TurnBatch(clock, self._existing_many, refusal=refusal)
-        self._releases: TurnBatch = TurnBatch(clock, self._release_many, refusal=refusal)
+        self._existing: TurnBatch = TurnBatch(clock, self._existing_many, refusal=partial(refusal, "claim"))
+        self._releases: TurnBatch = TurnBatch(clock, self._release_many, refusal=partial(refusal, "release"))
 
     # -- IOfflineStore ---------------------------------------------------
 

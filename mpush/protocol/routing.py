@@ -389,6 +389,10 @@ class KickRequest:
     """
     "Kick connection C{conn_id} of C{user_id} if you still have it", sent to
     the server whose gateway endpoint is target_server:target_port.
+
+    C{close} (ours: an operator's kick) asks that the connection be closed
+    after the KICK; it is written only when true, so MPush's re-login kick
+    keeps MPush's exact form, and MPush nodes (fastjson) ignore the key.
     """
 
     user_id: str | None
@@ -397,6 +401,7 @@ class KickRequest:
     client_type: int
     target_server: str | None
     target_port: int
+    close: bool = False
 
 
 # fastjson's alphabetical order.
@@ -427,6 +432,10 @@ def encode_kick(kick: KickRequest) -> str:
         elif value is not None:
             _check_str(value, key, InvalidKick, "kick")
             parts.append(f'"{key}":{_dump(value)}')
+    if kick.close is True:
+        parts.insert(1, '"close":true')  # alphabetical: after clientType
+    elif kick.close is not False:
+        raise InvalidKick(f"kick close must be a bool, not {kick.close!r}")
     return "{" + ",".join(parts) + "}"
 
 
@@ -444,7 +453,10 @@ def decode_kick(text: str | bytes) -> KickRequest:
             values[attribute] = _int(obj, key, InvalidKick, "kick")
         else:
             values[attribute] = _optional_str(obj, key, InvalidKick, "kick")
-    return KickRequest(**values)
+    close = obj.get("close", False)
+    if not isinstance(close, bool):
+        raise InvalidKick(f"kick close must be a boolean, not {close!r}")
+    return KickRequest(**values, close=close)
 
 
 # ---------------------------------------------------------------------------

@@ -98,8 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     content.add_argument("--content-b64", metavar="B", help="content as base64")
     parser.add_argument("--ack", choices=sorted(_ACK_MODELS), default="none",
                         help="ack model asked of the device (default %(default)s)")
-    parser.add_argument("--timeout", type=int, metavar="MS",
-                        help="wait this long for each answer (default 3000; 30000 for a broadcast)")
+    waiting = parser.add_mutually_exclusive_group()
+    waiting.add_argument("--timeout", type=float, metavar="S",
+                         help="seconds to wait for each answer, as in mpush (default 3; 30 for a broadcast)")
+    waiting.add_argument("--timeout-ms", type=int, metavar="N",
+                         help="the same in milliseconds, as mpush push --timeout-ms")
     parser.add_argument("--json", action="store_true", help="one JSON object per result")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log to stderr (-vv for debug)")
@@ -142,6 +145,27 @@ def _read_content(args) -> bytes:
         raise CliError(f"cannot read content file {path}: {exc.strerror or exc}") from None
 
 
+#: Seconds: a larger --timeout is a milliseconds value from before --timeout
+#: meant seconds here, as it always did in C{mpush}.
+MAX_TIMEOUT_S = 600
+
+
+def _timeout_seconds(args) -> float | None:
+    """--timeout (seconds) or --timeout-ms, as seconds; None for the default."""
+    if args.timeout_ms is not None:
+        if args.timeout_ms <= 0:
+            raise CliError("--timeout-ms must be a positive number of milliseconds")
+        return args.timeout_ms / 1000.0
+    if args.timeout is None:
+        return None
+    if not 0 < args.timeout <= MAX_TIMEOUT_S:
+        hint = ""
+        if args.timeout > MAX_TIMEOUT_S:
+            hint = f" (--timeout is in seconds, as in mpush: for {args.timeout:g} ms write --timeout-ms {args.timeout:g})"
+        raise CliError(f"--timeout must be a number of seconds in (0, {MAX_TIMEOUT_S}]{hint}")
+    return float(args.timeout)
+
+
 def options_from_args(args) -> PushOptions:
     """
     @raise CliError: the options do not make a usable command.
@@ -160,8 +184,7 @@ def options_from_args(args) -> PushOptions:
         tags = tuple(dict.fromkeys(tag.strip() for tag in args.tags.split(",") if tag.strip()))
         if not tags:
             raise CliError("--tags needs at least one tag")
-    if args.timeout is not None and args.timeout <= 0:
-        raise CliError("--timeout must be a positive number of milliseconds")
+    timeout = _timeout_seconds(args)
     redis_url = args.redis
     gateway = None
     if redis_url is not None:
@@ -183,7 +206,7 @@ def options_from_args(args) -> PushOptions:
         condition=args.condition,
         task_id=args.task_id or None,
         ack=_ACK_MODELS[args.ack],
-        timeout=args.timeout / 1000.0 if args.timeout is not None else None,
+        timeout=timeout,
         json=args.json,
     )
 

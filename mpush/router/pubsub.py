@@ -74,8 +74,11 @@ class RedisSubscriber:
         connect_timeout: float = 5.0,
         max_retry_delay: float = 5.0,
         ping_interval: float = 5.0,
+        purpose: str = "pub/sub",
     ) -> None:
         address = parse_redis_url(url)
+        # Named in its log lines: a node has one subscriber per purpose.
+        self.purpose = purpose
         self._timeout = check_timeout(timeout)
         check_timeout(ping_interval)
         check_timeout(max_retry_delay)
@@ -201,7 +204,8 @@ class RedisSubscriber:
         if self._outage:
             self._outage = False
             self.log.info(
-                "redis subscriber {address} reconnected; resubscribing {count} channel(s)",
+                "redis subscriber for {purpose} {address} reconnected; resubscribing {count} channel(s)",
+                purpose=self.purpose,
                 address=self._address,
                 count=len(self._handlers),
             )
@@ -216,13 +220,15 @@ class RedisSubscriber:
         if not self._closed and not self._outage:
             self._outage = True
             self.log.warn(
-                "redis subscriber {address} lost its connection; reconnecting",
+                "redis subscriber for {purpose} {address} lost its connection; reconnecting",
+                purpose=self.purpose,
                 address=self._address,
             )
 
     def _gave_up(self, failure) -> None:
         self.log.error(
-            "redis subscriber {address}: giving up connecting: {why}",
+            "redis subscriber for {purpose} {address}: giving up connecting: {why}",
+            purpose=self.purpose,
             address=self._address,
             why=failure.getErrorMessage(),
         )
@@ -308,7 +314,8 @@ class RedisSubscriber:
     def _ping_expired(self, conn) -> None:
         if conn is self._conn and not self._closed:
             self.log.warn(
-                "redis subscriber {address} did not answer PING within {timeout:g} s; reconnecting",
+                "redis subscriber for {purpose} {address} did not answer PING within {timeout:g} s; reconnecting",
+                purpose=self.purpose,
                 address=self._address,
                 timeout=self._timeout,
             )
@@ -324,7 +331,8 @@ class RedisSubscriber:
 
     def _abort_remaining(self, failure) -> None:
         self.log.warn(
-            "redis subscriber {address} did not close cleanly, aborting: {why}",
+            "redis subscriber for {purpose} {address} did not close cleanly, aborting: {why}",
+            purpose=self.purpose,
             address=self._address,
             why=failure.getErrorMessage(),
         )

@@ -15,6 +15,7 @@ Importing this module imports txredisapi, which imports the global reactor.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 from twisted.internet import defer, task
@@ -196,7 +197,7 @@ class RedisRemoteRouter(RedisComponent):
         # What a turn's binds and closes ask goes as one script each: the
         # registers (bounded), and the reads and writes of compare-and-sets
         # (inside a bounded mark_offline already).
-        self._registers: TurnBatch = TurnBatch(clock, self._register_many, refusal=self._calls.refusal)
+        self._registers: TurnBatch = TurnBatch(clock, self._register_many, refusal=partial(self._calls.refusal, "register"))
         self._reads: TurnBatch = TurnBatch(clock, self._read_many)
         self._swaps: TurnBatch = TurnBatch(clock, self._swap_many)
 
@@ -417,7 +418,7 @@ class RedisUserEvents(RedisComponent):
         self._redis = self._calls.redis
         self._client = _client_of(redis)
         self._close_connection = close_connection
-        self._events: TurnBatch = TurnBatch(clock, self._send_events, refusal=self._calls.refusal)
+        self._events: TurnBatch = TurnBatch(clock, self._send_events, refusal=partial(self._calls.refusal, "online/offline events"))
 
     def user_online(self, user_id: str) -> defer.Deferred:
         return self._event(user_id, ONLINE_CHANNEL)
@@ -481,7 +482,7 @@ class RedisKickChannel(RedisComponent):
             publisher = connect_redis(url, clock, poolsize=1, max_retry_delay=max_retry_delay)
         self._publisher = publisher
         self._calls = BoundedRedis(publisher, clock, timeout, "redis kick channel", RouterUnavailable)
-        self._kicks: TurnBatch = TurnBatch(clock, self._publish_many, refusal=self._calls.refusal)
+        self._kicks: TurnBatch = TurnBatch(clock, self._publish_many, refusal=partial(self._calls.refusal, "publish"))
         self._url = url
         self._clock = clock
         self._timeout = timeout
@@ -530,6 +531,7 @@ class RedisKickChannel(RedisComponent):
                 timeout=self._timeout,
                 max_retry_delay=self._max_retry_delay,
                 ping_interval=self._ping_interval,
+                purpose="kicks",
             )
         return self._subscriber.subscribe(channel, on_message)
 

@@ -76,7 +76,8 @@ HELP = "\r\n".join(
         "count users                     users bound on this node",
         "route <userId>                  the user's routes, online or not, as JSON",
         "push <userId> <text>            push <text> (UTF-8, no ack) to the user",
-        "kick <userId> [clientType]      kick the user's online routes (of one client type)",
+        "kick <userId> [clientType]      log the user out: KICK, close, route offline",
+        "kick <userId> [clientType] open KICK only; the connection stays open (MPush)",
         "conf                            the whole configuration as JSON (secrets masked)",
         "conf <key>                      one configuration value, e.g. conf core.max-packet-size",
         "stats                           this node's counters as JSON",
@@ -400,10 +401,14 @@ class AdminProtocol(LineReceiver):
 
     def _kick(self, argument):
         words = (argument or "").split()
+        close = True
+        if len(words) > 1 and words[-1] == "open":
+            close = False
+            words.pop()
         if not words:
-            raise CommandError("please input userId: kick <userId> [clientType]")
+            raise CommandError("please input userId: kick <userId> [clientType] [open]")
         if len(words) > 2:
-            raise CommandError("too many arguments: kick <userId> [clientType]")
+            raise CommandError("too many arguments: kick <userId> [clientType] [open]")
         user_id = words[0]
         client_type = None
         if len(words) == 2:
@@ -411,9 +416,9 @@ class AdminProtocol(LineReceiver):
                 client_type = int(words[1])
             except ValueError:
                 raise CommandError(f"clientType must be an integer, not [{words[1]}]") from None
-        self.log.info("admin console {peer}: kick {user} ({client_type})",
-                      peer=self.peer, user=user_id, client_type=client_type)
-        return self.api.kick(user_id, client_type).addCallback(
+        self.log.info("admin console {peer}: kick {user} ({client_type}, close {close})",
+                      peer=self.peer, user=user_id, client_type=client_type, close=close)
+        return self.api.kick(user_id, client_type, close=close).addCallback(
             lambda kicked: f"kicked {kicked} route(s) of user [{user_id}]."
         )
 

@@ -425,9 +425,10 @@ class ConnectionProtocol(Protocol):
         self.state = ConnectionState.HANDSHAKEN
         self._handshake_due = None
 
-    def close(self):
+    def close(self, reason=None):
         """
         Close once what was written has been flushed; read nothing more.
+        (C{reason} is for a WebSocket's close frame; TCP has none.)
         """
         if not self._closing:
             self._closing = True

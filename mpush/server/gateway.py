@@ -6,8 +6,14 @@ heartbeat, a larger size limit (MPush applies the 10 KiB client limit here and
 drops pushes of about 10 KB: spec 21.2 item 6), and only GATEWAY_PUSH.  Pushes
 on one gateway connection run concurrently: each is answered whenever its
 delivery (and ack) completes, matched by packet session id.
+
+GATEWAY_PUSH carries no credentials (MPush's PushSender sends none), so who
+may connect is decided by address: the port listens on loopback unless
+configured otherwise, and L{SourceAllowList} turns away any other source
+outside C{[net] gateway-allow} before a byte is read.
 """
 
+import ipaddress
 import struct
 
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -19,6 +25,7 @@ from mpush.protocol.errors import FramingError
 from mpush.protocol.messages import ErrorMessage, GatewayPushMessage, OkMessage
 from mpush.protocol.packet import Command, PacketDecoder, encode_packet
 from mpush.server.dispatcher import IMessageHandler, MessageDispatcher
+from mpush.server.limits import source_of
 from mpush.server.push_center import GatewayReply
 from mpush.server.write_now import no_delay, write_now
 
@@ -52,22 +59,28 @@ class GatewayProtocol(Protocol):
 
     log = Logger()
 
-    def __init__(self, dispatcher, max_packet_size):
+    def __init__(self, dispatcher, max_packet_size, connections=None):
         self.dispatcher = dispatcher
         self.decoder = PacketDecoder(max_packet_size)
         self.peer = None
         self.is_open = False
         self._answers = None
+        #: Bytes read so far: a drain waits until it stops growing.
+        self.bytes_read = 0
+        self._connections = connections
 
     def connectionMade(self):
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.is_open = True
+        if self._connections is not None:
+            self._connections.add(self)
         no_delay(self.transport)
 
     def dataReceived(self, data):
         if not self.is_open:
             return
+        self.bytes_read += len(data)
         try:
             packets = self.decoder.feed(data)
         except FramingError as error:
@@ -97,6 +110,18 @@ class GatewayProtocol(Protocol):
 
     def connectionLost(self, reason):
         self.is_open = False
+        if self._connections is not None:
+            self._connections.discard(self)
+
+    def close(self):
+        """
+        Read nothing more; close once every answer written is sent (a
+        drain, once nothing read is left unanswered).
+        """
+        if self.is_open:
+            self._flush_answers()
+            self.is_open = False
+            self.transport.loseConnection()
 
     def write_packet(self, packet):
         if self.is_open:
@@ -147,12 +172,55 @@ class GatewayProtocol(Protocol):
             self.transport.write(b"".join(answers))
 
 
+#: mpush_refused_total{reason} of a connection L{SourceAllowList} turned away.
+GATEWAY_ALLOW = "gateway_allow"
+
+
+class SourceAllowList:
+    """
+    The source networks that may use the gateway (C{[net] gateway-allow}).
+
+    Loopback is always allowed: whoever runs on the node's own host can
+    reach its console and state already.  An empty list allows every source.
+    """
+
+    def __init__(self, networks: tuple[str, ...] | list[str]):
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def allows(self, address) -> bool:
+        if not self.networks:
+            return True
+        source = source_of(address)
+        if source is None:
+            return True  # a UNIX socket: no network to match
+        try:
+            ip = ipaddress.ip_address(source)
+        except ValueError:
+            return False
+        return ip.is_loopback or any(ip in network for network in self.networks)
+
+
 class GatewayFactory(ServerFactory):
+    """
+    @param allow: a L{SourceAllowList}, or C{None} for any source.
+    @param refused: C{refused(peer, detail)}, told of every connection the
+        allow-list turned away (to count it and log it, throttled).
+    """
+
     noisy = False
 
-    def __init__(self, push_center, max_packet_size):
+    def __init__(self, push_center, max_packet_size, allow=None, refused=None):
         self.dispatcher = MessageDispatcher([GatewayPushHandler(push_center)])
         self.max_packet_size = max_packet_size
+        self.allow = allow
+        self.refused = refused
+        #: The open connections (a drain closes them once they are quiet).
+        self.connections = set()
 
     def buildProtocol(self, addr):
-        return GatewayProtocol(self.dispatcher, self.max_packet_size)
+        if self.allow is not None and not self.allow.allows(addr):
+            # None: Twisted closes the socket before reading from it.
+            if self.refused is not None:
+                self.refused(source_of(addr), "not in [net] gateway-allow")
+            return None
+        return GatewayProtocol(self.dispatcher, self.max_packet_size, self.connections)

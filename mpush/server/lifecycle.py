@@ -66,6 +66,12 @@ log = Logger()
 DRAINING_REASON = "node draining"
 #: Seconds closed client connections get to flush before they are aborted.
 CLOSE_GRACE = 2.0
+#: Seconds a draining node's gateway connections must have read nothing
+#: (and its pushes all be answered) before they are closed: pushers that
+#: follow routes have moved on by then, and nothing they sent goes unread.
+GATEWAY_QUIET = 0.5
+#: Longest a draining node waits for its gateway connections to go quiet.
+GATEWAY_GRACE = 5.0
 #: Seconds between two looks at the work still in flight.
 POLL_INTERVAL = 0.05
 #: Seconds one backend step of a drain (routes, registry) may take.
@@ -233,6 +239,7 @@ class DrainReport:
     unregistered: bool
     refused_pushes: int
     seconds: float
+    gateway_connections_closed: int = 0
 
 
 def _positive_seconds(value, name):
@@ -256,6 +263,9 @@ class Drainer:
         offline; the router center's by default.
     @param gateway: this node's C{(host, port)} in routes; the router
         center's by default.
+    @param gateways: the L{mpush.server.gateway.GatewayFactory}: once the
+        node has left, its connections are closed when quiet (see
+        L{GATEWAY_QUIET}) instead of dropped at exit under a push.
     """
 
     log = Logger()
@@ -274,6 +284,9 @@ class Drainer:
         close_grace_s=CLOSE_GRACE,
         step_timeout_s=STEP_TIMEOUT,
         poll_interval_s=POLL_INTERVAL,
+        gateways=None,
+        gateway_quiet_s=GATEWAY_QUIET,
+        gateway_grace_s=GATEWAY_GRACE,
     ):
         self.node = node
         self.listening_ports = list(listening_ports)
@@ -282,6 +295,9 @@ class Drainer:
         self.step_timeout_s = _positive_seconds(step_timeout_s, "step_timeout_s")
         self.poll_interval_s = _positive_seconds(poll_interval_s, "poll_interval_s")
         self.pushes = pushes
+        self.gateways = gateways
+        self.gateway_quiet_s = _positive_seconds(gateway_quiet_s, "gateway_quiet_s")
+        self.gateway_grace_s = _positive_seconds(gateway_grace_s, "gateway_grace_s")
         self.registry = registry
         center = node.router_center
         self.remote = remote if remote is not None else getattr(center, "remote", None)
@@ -306,8 +322,8 @@ class Drainer:
 
         @return: a Deferred firing a L{DrainReport} (C{None} after an
             unexpected error, which is logged); it never fails, and it fires
-            within C{deadline_s} plus the close grace plus two backend step
-            timeouts.
+            within C{deadline_s} plus two close graces, two backend step
+            timeouts and the gateway grace.
         """
         if self._finished:
             return defer.succeed(self._report)
@@ -361,6 +377,7 @@ class Drainer:
         closed, aborted = await self._close_connections()
         routes = await self._mark_routes_offline()
         unregistered = await self._unregister()
+        gateways_closed = await self._close_gateways()
         report = DrainReport(
             listeners=len(self.listening_ports),
             timed_out=timed_out,
@@ -372,6 +389,7 @@ class Drainer:
             unregistered=unregistered,
             refused_pushes=self.pushes.refused if self.pushes is not None else 0,
             seconds=self.clock.seconds() - started,
+            gateway_connections_closed=gateways_closed,
         )
         self.log.info(
             "drain: done in {s:.3f}s: {closed} connection(s) closed ({aborted} aborted), "
@@ -437,6 +455,45 @@ class Drainer:
             grace=self.close_grace_s,
         )
         return len(connections), len(lingering)
+
+    async def _close_gateways(self):
+        """
+        Keep reading and answering (OFFLINE) on the gateway connections
+        until they have read nothing for C{gateway_quiet_s} with no push
+        unanswered, or C{gateway_grace_s} has passed; then close them once
+        their answers are sent.  A push a pusher sent is thus read and
+        answered, not lost in a socket the exit tears down.
+        """
+        if self.gateways is None:
+            return 0
+        connections = self.gateways.connections
+        start = now = self.clock.seconds()
+        deadline = start + self.gateway_grace_s
+        counts = {c: c.bytes_read for c in connections}
+        quiet_since = now
+        while connections and now < deadline:
+            await self._sleep(min(self.poll_interval_s, deadline - now))
+            now = self.clock.seconds()
+            current = {c: c.bytes_read for c in connections}
+            if current != counts or self._pushes_in_flight():
+                counts, quiet_since = current, now
+            elif now - quiet_since >= self.gateway_quiet_s:
+                break
+        closing = list(connections)
+        for connection in closing:
+            connection.close()
+        close_by = self.clock.seconds() + self.close_grace_s
+        while connections and self.clock.seconds() < close_by:
+            await self._sleep(min(self.poll_interval_s, close_by - self.clock.seconds()))
+        for connection in list(connections):
+            connection.transport.abortConnection()
+        self.log.info(
+            "drain: closed {n} gateway connection(s) after {s:.3f}s, {pushes} push(es) unanswered",
+            n=len(closing),
+            s=self.clock.seconds() - start,
+            pushes=self._pushes_in_flight(),
+        )
+        return len(closing)
 
     def _still_open(self, connection):
         return self.node.connections.get(getattr(connection, "conn_id", None)) is connection
@@ -545,11 +602,13 @@ class LogLevelGate:
 
     Installed on a publisher (twistd's global one by default), it moves the
     observers already there behind one filter, so what twistd writes to its
-    log file is filtered.  Events without a level pass.
+    log file is filtered.  Events without a level pass, unless one of the
+    C{drop} predicates (chatter said better elsewhere) matches.
     """
 
-    def __init__(self, level=LogLevel.debug):
+    def __init__(self, level=LogLevel.debug, drop=()):
         self.level = level
+        self.drop = tuple(drop)
         self._publisher = None
         self._moved = ()
         self._filter = None
@@ -564,6 +623,8 @@ class LogLevelGate:
         """
         level = event.get("log_level")
         if level in _LEVELS and _LEVELS.index(level) < _LEVELS.index(self.level):
+            return PredicateResult.no
+        if any(drop(event) for drop in self.drop):
             return PredicateResult.no
         return PredicateResult.maybe
 

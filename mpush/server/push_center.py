@@ -16,6 +16,7 @@ from json.encoder import encode_basestring
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mpush.log_throttle import LogThrottle
 from mpush.protocol.condition import ConditionError, compile_condition
 from mpush.protocol.errors import ErrorCode
 from mpush.protocol.messages import PushMessage
@@ -199,6 +200,8 @@ class PushCenter:
         self.broadcast_control = broadcast_control or MemoryBroadcastControl()
         push = node.config.push
         self.flow = FlowControl(push.global_limit, push.global_duration, push.global_max, node.clock)
+        # An outage fails every push the same way: one line a second.
+        self._warnings = LogThrottle(node.clock)
 
     def push(self, message, flags, reply):
         """
@@ -343,7 +346,10 @@ class PushCenter:
             else:
                 locations = yield remote.lookup(task.user_id)
         except RouterUnavailable as error:
-            self.log.warn("push to {user}: routes unavailable: {why}", user=task.user_id, why=error)
+            self._warnings.warn(
+                self.log, "routes unavailable", "push to {user}: routes unavailable: {why}",
+                user=task.user_id, why=error,
+            )
             return self._finish(task, Outcome.FAILURE)
         mine = tuple(self.router_center.gateway)
         elsewhere = {}

@@ -278,19 +278,29 @@ class RouterCenter:
         )
         self._quietly(self.kicks.publish(kick), "kick of {user} not published", user=user_id)
 
-    def kick_local(self, connection, user_id):
+    def kick_local(self, connection, user_id, close=False):
         """
-        Send KICK to a connection of this node; it stays open (spec 11.8).
+        Send KICK to a connection of this node.  A re-login kick leaves it
+        open (MPush, spec 11.8); an operator's (C{close}) then closes it and
+        releases its routes at once, so the device gets no more pushes.
+
+        @return: a Deferred that fires once the routes are released.
         """
         if not connection.is_open:
-            return
+            return defer.succeed(None)
         self.log.info(
-            "kicking {user} on {peer} (device {device})",
+            "kicking {user} on {peer} (device {device}){closing}",
             user=user_id,
             peer=connection.peer,
             device=connection.context.device_id,
+            closing=", closing it" if close else "",
         )
         _answer(connection.send(Command.KICK, KickUserMessage(connection.context.device_id, user_id), 0))
+        if not close:
+            return defer.succeed(None)
+        released = self.connection_closed(connection) if connection.context.user_id is not None else None
+        connection.close(reason="kicked")
+        return released if released is not None else defer.succeed(None)
 
     def remote_kick(self, kick):
         """
@@ -302,7 +312,7 @@ class RouterCenter:
             return
         connection = self.local.lookup(kick.user_id, kick.client_type)
         if connection is not None and connection.conn_id == kick.conn_id:
-            self.kick_local(connection, kick.user_id)
+            self.kick_local(connection, kick.user_id, close=kick.close)
 
     def _quietly(self, result, message, **fields):
         """

@@ -102,6 +102,10 @@ CLOSE_HANDSHAKE_TIMEOUT = 5
 #: Close code for a binary frame: MPush packets come only as text.
 CLOSE_UNSUPPORTED_DATA = 1003
 
+#: Close code after an operator's kick (4000-4999: the application's own),
+#: so the page says "logged out", not "bound on another device".
+KICKED_CLOSE_CODE = 4001
+
 #: Fewest seconds between two pings.  autobahn's timers are batched to
 #: whole seconds and may fire up to one second early, so a shorter ping
 #: timeout could drop a browser whose pong is on its way.
@@ -584,14 +588,19 @@ class WebSocketConnection:
             self._handshake_timer.cancel()
         self._handshake_timer = None
 
-    def close(self):
+    def close(self, reason=None):
         """
-        Close once what was written has been sent; read nothing more.
+        Close once what was written has been sent; read nothing more.  With
+        a C{reason} (an operator's kick) the close frame carries code
+        L{KICKED_CLOSE_CODE} and it, so a page can tell the user why.
         """
         if not self._closing:
             self._closing = True
             self._pending.clear()
-            self.channel.sendClose(1000)
+            if reason is None:
+                self.channel.sendClose(1000)
+            else:
+                self.channel.sendClose(KICKED_CLOSE_CODE, reason)
 
     def _abort(self):
         self._closing = True

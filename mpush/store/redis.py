@@ -11,6 +11,8 @@ when it ends.
 
 from __future__ import annotations
 
+from functools import partial
+
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -101,8 +103,8 @@ class RedisSessionStore(RedisComponent):
         self._redis = self._calls.redis
         # One MGET for the lookups of a turn, one script for its saves.
         refusal = self._calls.refusal
-        self._load_batch: TurnBatch = TurnBatch(clock, self._load_many, refusal=refusal)
-        self._save_batch: TurnBatch = TurnBatch(clock, self._save_many, refusal=refusal)
+        self._load_batch: TurnBatch = TurnBatch(clock, self._load_many, refusal=partial(refusal, "load"))
+        self._save_batch: TurnBatch = TurnBatch(clock, self._save_many, refusal=partial(refusal, "save"))
         self._client = redis if isinstance(redis, RedisClient) else None
         self._close_connection = close_connection
 

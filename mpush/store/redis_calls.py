@@ -96,6 +96,7 @@ class BoundedRedis:
         self.name = name
         self.error = error
         self.available = True
+        self._warned = False
         self.closed = False
         self._last_failure = ""
         self._calls: set[_Call] = set()
@@ -126,7 +127,7 @@ class BoundedRedis:
             C{error} if Redis failed, refused the command (C{ResponseError})
             or took too long.
         """
-        refused = self.refusal()
+        refused = self.refusal(what)
         if refused is not None:
             return defer.fail(refused)
         timeout = self.timeout if timeout is None else timeout
@@ -144,16 +145,22 @@ class BoundedRedis:
     def _connected(self) -> bool:
         return self.client is None or self.client.connected
 
-    def refusal(self) -> Exception | None:
+    def refusal(self, what: str) -> Exception | None:
         """
-        The error a call made now would fail with at once (closed, or an
-        outage known while no connection is up), or C{None}: lets a caller
-        that batches refuse without waiting for the batch.
+        The error a call of C{what} made now would fail with at once (closed,
+        or an outage known while no connection is up), or C{None}: lets a
+        caller that batches refuse without waiting for the batch.
         """
         if self.closed:
             return self.error(f"{self.name} is closed")
-        if not self.available and self.client is not None and not self.client.connected:
-            return self.error(f"{self.name} unavailable: {self._last_failure}")
+        client = self.client
+        if client is not None and not client.connected:
+            if client.reachability.unreachable:
+                # Said once by the client; every call names what failed.
+                self._failed(client.reachability.describe())
+                return self.error(f"{self.name}: {what} failed: {client.reachability.describe()}")
+            if not self.available:
+                return self.error(f"{self.name}: {what} failed: {self._last_failure}")
         return None
 
     def close(self) -> None:
@@ -178,9 +185,14 @@ class BoundedRedis:
                 why = reply.getErrorMessage()
                 self._finish(call, Failure(self.error(f"{self.name}: redis refused {call.what}: {why}")))
                 return None
-            why = f"{reply.type.__name__}: {reply.getErrorMessage()}"
-            self._failed(why)
-            self._finish(call, Failure(self.error(f"{self.name} unavailable: {why}")))
+            quiet = False
+            if reply.check(txredisapi.ConnectionError) and self.client is not None:
+                # The pool reconnects; if it cannot, the client says so once.
+                why, quiet = f"connection to redis {self.client.reachability.address} lost", True
+            else:
+                why = f"{reply.type.__name__}: {reply.getErrorMessage()}"
+            self._failed(why, quiet)
+            self._finish(call, Failure(self.error(f"{self.name}: {call.what} failed: {why}")))
             return None
         self._recovered()
         try:
@@ -200,9 +212,13 @@ class BoundedRedis:
             call.due = now + min(_GRACE, call.give_up_at - now)
             call.timer = self.clock.callLater(call.due - now, self._deadline, call)
             return
-        why = f"no answer to {call.what} within {call.timeout:g} s"
+        client = self.client
+        if client is not None and client.reachability.unreachable:
+            why = client.reachability.describe()
+        else:
+            why = f"no answer to {call.what} within {call.timeout:g} s"
         self._failed(why)
-        self._finish(call, Failure(self.error(f"{self.name} unavailable: {why}")))
+        self._finish(call, Failure(self.error(f"{self.name}: {call.what} failed: {why}")))
 
     def _finish(self, call: _Call, value) -> None:
         self._calls.discard(call)
@@ -214,7 +230,7 @@ class BoundedRedis:
         else:
             call.result.callback(value)
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, quiet: bool = False) -> None:
         self._last_failure = why
         for observer in self.failure_observers:
             try:
@@ -223,12 +239,16 @@ class BoundedRedis:
                 self.log.failure("failure observer of {name}", name=self.name)
         if self.available:
             self.available = False
-            self.log.warn("{name} unavailable: {why}", name=self.name, why=why)
+            if not quiet and (self.client is None or not self.client.reachability.unreachable):
+                self._warned = True
+                self.log.warn("{name} unavailable: {why}", name=self.name, why=why)
 
     def _recovered(self) -> None:
         if not self.available:
             self.available = True
-            self.log.info("{name} recovered", name=self.name)
+            if self._warned:
+                self._warned = False
+                self.log.info("{name} recovered", name=self.name)
 
 
 class RedisComponent:

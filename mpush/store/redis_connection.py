@@ -23,6 +23,8 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mpush.redis_status import RedisReachability
+
 __all__ = [
     "InvalidRedisUrl",
     "RedisAddress",
@@ -150,7 +152,8 @@ class RedisClient:
     timeout of their own.
     """
 
-    __slots__ = ("redis", "address", "_factory", "_clock", "_close_timeout", "_closing", "_closed", "_waiters")
+    __slots__ = ("redis", "address", "reachability", "_factory", "_clock", "_close_timeout", "_closing",
+                 "_closed", "_waiters")
 
     log = Logger()
 
@@ -159,6 +162,8 @@ class RedisClient:
         #: The txredisapi connection handler: C{get}, C{set}, C{expire}, ...
         self.redis = factory.handler
         self.address = address
+        #: L{RedisReachability}: logs outages once, tells calls why they fail.
+        self.reachability = RedisReachability(f"{address.host}:{address.port}", clock)
         self._clock = clock
         self._close_timeout = close_timeout
         self._closing = False
@@ -273,5 +278,5 @@ def connect_redis(
     # password, bad db); nobody else waits on it, so report it here rather
     # than as an unhandled error at garbage collection.
     factory.deferred.addErrback(client._gave_up)
-    factory.startConnecting(endpoint)
+    factory.startConnecting(client.reachability.watch(endpoint))
     return client

@@ -15,6 +15,9 @@
   let boundUser = null;
   let bindingUser = null;
   let kicked = false;
+  let kickedUser = null;
+  // The server's close code after an operator's kick (websocket.py KICKED_CLOSE_CODE).
+  const KICKED_CLOSE = 4001;
   let stopped = false;            // by the user, or after a refused handshake
   let backoff = 1000;
   let retryTimer = null;
@@ -132,12 +135,16 @@
     setState("error", text);
   }
 
+  // A KICK alone is MPush's: the user was bound elsewhere, and this
+  // connection stays open.  An operator's kick closes it right after, with
+  // close code KICKED_CLOSE (see onclose): the KICK itself cannot tell them
+  // apart, so its text claims neither.
   function onKick(body) {
     kicked = true;
     boundUser = null;
-    const who = body.userId || "the user";
-    setState("kicked", "kicked: " + who + " was bound on another device");
-    event("kicked (" + who + " bound elsewhere)");
+    kickedUser = body.userId || "the user";
+    setState("kicked", "kicked: " + kickedUser + " is no longer bound here");
+    event("kicked (" + kickedUser + ")");
   }
 
   function dispatch(message) {
@@ -196,6 +203,11 @@
       socket = null;
       handshaken = false;
       event("connection closed (" + close.code + (close.reason ? " " + close.reason : "") + ")");
+      if (close.code === KICKED_CLOSE) {
+        kicked = true;
+        setState("kicked", "logged out: " + (kickedUser || "the user") + " was kicked by the operator");
+        return;
+      }
       if (kicked || stopped) {
         if (!kicked) {
           setState("closed", "disconnected");
