@@ -59,3 +59,34 @@ class PatienceTests(SynchronousTestCase):
         answer.callback("value")
         self.assertEqual(self.successResultOf(result), "value")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class _SlowTurnClock(task.Clock):
+    """A clock whose zero-delay calls run a long turn later, as a busy reactor's do."""
+
+    turn = 0.0
+
+    def callLater(self, delay, f, *args, **kw):
+        return super().callLater(delay or self.turn, f, *args, **kw)
+
+
+class DecidedAfterTheTurnTests(SynchronousTestCase):
+    def test_a_reply_read_in_the_deadlines_turn_counts(self):
+        clock = _SlowTurnClock()
+        calls = BoundedRedis(_Silent(), clock, 2.0, "redis session store", StoreUnavailable)
+        answer = defer.Deferred()
+        result = calls.call("load", lambda: answer)
+        clock.turn = 0.01
+        clock.advance(2.0)  # the timer fires; the turn's reads come after it
+        answer.callback("value")
+        clock.advance(clock.turn)
+        self.assertEqual(self.successResultOf(result), "value")
+
+    def test_a_long_turn_means_the_node_is_behind(self):
+        clock = _SlowTurnClock()
+        calls = BoundedRedis(_Silent(), clock, 2.0, "redis session store", StoreUnavailable)
+        result = calls.call("load", defer.Deferred, patience=8.0)
+        clock.turn = OVERLOAD_LAG + 0.5
+        clock.advance(2.0)  # fires on time, but its turn is long
+        clock.advance(clock.turn)
+        self.assertNoResult(result)

@@ -48,13 +48,15 @@ _GRACE = 1.0
 class _Call:
     """One command racing its deadline."""
 
-    __slots__ = ("result", "timer", "what", "timeout", "due", "give_up_at")
+    __slots__ = ("result", "timer", "what", "timeout", "due", "give_up_at", "fired_at")
 
     def __init__(self, what: str, timeout: float, due: float, give_up_at: float) -> None:
         self.what = what
         self.timeout = timeout
         self.due = due
         self.give_up_at = give_up_at
+        # When the deadline's timer fired, while it waits one more turn.
+        self.fired_at: float | None = None
         self.result: defer.Deferred = defer.Deferred(self._cancelled)
         self.timer: IDelayedCall | None = None
 
@@ -116,11 +118,13 @@ class BoundedRedis:
 
         A call of several commands chains them inside C{command}: the
         deadline covers the whole chain.  C{timeout} overrides the
-        component's deadline for this call.  With C{patience} (seconds, more
-        than the deadline), a deadline whose timer fires more than
-        L{OVERLOAD_LAG} late, while a connection is up, is taken for this
-        node being overloaded rather than Redis being slow: the call waits
-        on, a second at a time, up to C{patience} in all.  A session lookup
+        component's deadline for this call.  A deadline is decided one turn
+        after its timer fires, so a reply read in that turn still counts.
+        With C{patience} (seconds, more than the deadline), a deadline whose
+        timer fires more than L{OVERLOAD_LAG} late, or whose turn takes that
+        long, while a connection is up, is taken for this node being
+        overloaded rather than Redis being slow: the call waits on, a second
+        at a time, up to C{patience} in all.  A session lookup
         uses it, since giving up makes the device pay a full RSA handshake.
 
         @return: a Deferred firing C{on_reply}'s result, or failing with
@@ -208,7 +212,15 @@ class BoundedRedis:
             self._calls.discard(call)
             return
         now = self.clock.seconds()
-        if now < call.give_up_at and now - call.due > OVERLOAD_LAG and self._connected():
+        if call.fired_at is None:
+            # Timers run before the turn's reads: a reply may be read and
+            # waiting in this very turn.  Decide after it.
+            call.fired_at = now
+            call.timer = self.clock.callLater(0, self._deadline, call)
+            return
+        behind = max(call.fired_at - call.due, now - call.fired_at)
+        call.fired_at = None
+        if now < call.give_up_at and behind > OVERLOAD_LAG and self._connected():
             call.due = now + min(_GRACE, call.give_up_at - now)
             call.timer = self.clock.callLater(call.due - now, self._deadline, call)
             return
