@@ -61,6 +61,8 @@ class LoopbackNode:
             connection.transport.abortConnection()
         # Let the aborted connections' connectionLost run.
         yield task.deferLater(reactor, 0.01, lambda: None)
+        # As a stopping node does: the Redis side of closes still waiting.
+        yield self.node.router_center.flush_closes()
         yield self.backends.registry.unregister()
         yield self.backends.close()
 

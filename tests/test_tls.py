@@ -467,6 +467,7 @@ class TlsNode:
         for connection in list(self.node.connections.values()):
             connection.transport.abortConnection()
         yield wait_until(lambda: not self.node.connections)
+        yield self.node.router_center.flush_closes()
         yield self.backends.registry.unregister()
         yield self.backends.close()
 
