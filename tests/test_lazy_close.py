@@ -133,6 +133,17 @@ class LazyCloseTests(SynchronousTestCase):
         self.assertEqual(self.marks, ["alice"])
         self.assertNotIn('"connId"', self.route("alice"))
 
+    def test_an_operator_kick_is_never_late(self):
+        """
+        An operator's kick answers once the route is offline: it must not
+        wait for the delay a plain close gets.
+        """
+        device = self.bound("alice", "dev-1")
+        released = self.center.kick_local(device.protocol, "alice", close=True)
+        self.successResultOf(released)
+        self.assertEqual(self.marks, ["alice"])
+        self.assertNotIn('"connId"', self.route("alice"))
+
     def test_unbind_is_never_late(self):
         device = self.bound("alice", "dev-1")
         device.unbind("alice")

@@ -127,7 +127,7 @@ class RouterCenter:
             Command.OK, OkMessage(Command.UNBIND, 0, "unbind success"), packet.session_id
         ))
 
-    def connection_closed(self, connection):
+    def connection_closed(self, connection, at_once=False):
         """
         Release the routes a closed connection still owns (spec 11.6).  A
         route that a newer connection took over is left alone.  Offline
@@ -139,7 +139,8 @@ class RouterCenter:
         rewrote the route: in a reconnect storm most closes then cost no
         Redis work at all, and none delays a resuming device.  Until then
         the route still names this node, whose gateway answers a push to
-        it OFFLINE, as it would after the route was marked.
+        it OFFLINE, as it would after the route was marked.  C{at_once}
+        (an operator's kick) does it all now.
         """
         user_id = connection.context.user_id
         if self.offline is not None:
@@ -148,7 +149,7 @@ class RouterCenter:
                 "offline claims of {user} not released",
                 user=user_id,
             )
-        if self.close_delay <= 0:
+        if at_once or self.close_delay <= 0:
             return self._release(connection)
         due = self.node.clock.seconds() + self.close_delay
         self._closed.append((due,) + self._release_local(connection) + (connection.conn_id,))
@@ -298,7 +299,9 @@ class RouterCenter:
         _answer(connection.send(Command.KICK, KickUserMessage(connection.context.device_id, user_id), 0))
         if not close:
             return defer.succeed(None)
-        released = self.connection_closed(connection) if connection.context.user_id is not None else None
+        released = (
+            self.connection_closed(connection, at_once=True) if connection.context.user_id is not None else None
+        )
         connection.close(reason="kicked")
         return released if released is not None else defer.succeed(None)
 
