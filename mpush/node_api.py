@@ -12,7 +12,8 @@ C{/v1/stats} and the console's C{stats} read the same counters.
 
 import collections
 import dataclasses
-import uuid
+import itertools
+import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -102,6 +103,10 @@ class NodeAPI:
             local=node.push_center,
         )
         self.tasks = collections.OrderedDict()
+        # Message ids: 32 hex digits, a random half per process and a count
+        # (uuid4 cost a getrandom call per push).
+        self._id_prefix = os.urandom(8).hex()
+        self._id_count = itertools.count(int.from_bytes(os.urandom(4), "big"))
         # (user, message id) of stored offline messages -> their task id.
         self._stored = collections.OrderedDict()
         delivery = getattr(node.router_center, "offline", None)
@@ -137,7 +142,7 @@ class NodeAPI:
                 compile_condition(request.condition)
             except ConditionError as error:
                 raise PushRejected(f"invalid condition: {error}") from None
-        message_id = uuid.uuid4().hex
+        message_id = f"{self._id_prefix}{next(self._id_count) & 0xFFFFFFFFFFFFFFFF:016x}"
         task_id = request.task_id or message_id
         ack = _ACK_MODELS[request.ack]
         timeout = request.timeout_ms / 1000.0

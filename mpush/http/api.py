@@ -455,15 +455,32 @@ class ApiSite(server.Site):
     malformed multipart body would get its bare, non-JSON 400 before the API
     sees the request, and a large one costs memory for nothing).
 
-    The access log has a line for each request answered with an error
-    (status 400 and up) only: a line per push cost an eighth of the node's
-    CPU at a few thousand pushes a second, and C{/metrics} counts them.
+    Plain keep-alive requests are served by L{mpush.http.fast.FastApiChannel},
+    which hands anything else to twisted.web.  The access log has a line
+    for each request answered with an error (status 400 and up) only: a
+    line per push cost an eighth of the node's CPU at a few thousand pushes
+    a second, and C{/metrics} counts them.
     """
 
     def __init__(self, resource, *args, body_limit: int = schema.MAX_BODY_BYTES, **kwargs) -> None:
         kwargs.setdefault("parsePOSTFormSubmission", False)
         super().__init__(resource, *args, **kwargs)
         self.body_limit = body_limit
+
+    def buildProtocol(self, addr):
+        """
+        The keep-alive fast path (L{mpush.http.fast}) in front of
+        twisted.web, when the root serves the API at C{/v1}.
+        """
+        api = self.resource.children.get(b"v1") if isinstance(self.resource, HttpApiRoot) else None
+        if not isinstance(api, ApiResource):
+            return super().buildProtocol(addr)
+        from mpush.http.fast import FastApiChannel
+
+        channel = FastApiChannel(api, lambda: server.Site.buildProtocol(self, addr), self.body_limit,
+                                 self.reactor, self.timeOut)
+        channel.factory = self
+        return channel
 
     def getContentFile(self, length):
         return CappedBody(self.body_limit)
