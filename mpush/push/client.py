@@ -24,6 +24,7 @@ from typing import Iterable
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mpush.protocol.errors import ErrorCode
 from mpush.protocol.messages import GatewayPushMessage
@@ -307,14 +308,18 @@ class PushClient:
         content = _check_content(content)
         ack = _check_ack(ack)
         timeout = _check_timeout(timeout, self.timeout)
-        for user_id in users:
-            self._check_size(GatewayPushMessage(user_id, 0, 0, content))
+        if users:
+            # The frame's size grows with the user id's UTF-8 length alone.
+            longest = max(users, key=lambda user_id: len(user_id.encode("utf-8", "surrogatepass")))
+            self._check_size(GatewayPushMessage(longest, 0, 0, content))
         if self._closed:
             return defer.fail(PushClientClosed("push client is closed"))
-        semaphore = defer.DeferredSemaphore(self._concurrency)
-        pushes = [semaphore.run(self._push_user, user_id, content, ack, timeout) for user_id in users]
-        gathered = defer.gatherResults(pushes, consumeErrors=True)
-        return gathered.addCallback(lambda results: dict(zip(users, results)))
+        if len(users) <= self._concurrency:
+            pushes = [self._push_user(user_id, content, ack, timeout) for user_id in users]
+        else:
+            semaphore = defer.DeferredSemaphore(self._concurrency)
+            pushes = [semaphore.run(self._push_user, user_id, content, ack, timeout) for user_id in users]
+        return _gather(pushes).addCallback(lambda results: dict(zip(users, results)))
 
     def broadcast(self, content: bytes, tags: Iterable[str] | None = None, condition: str | None = None,
                   task_id: str | None = None, timeout: float | None = None,
@@ -420,7 +425,13 @@ class PushClient:
             return PushResult(user_id, client_type, PushStatus.FAILURE,
                               reason=f"internal error: {failure.getErrorMessage()}")
 
-        return defer.maybeDeferred(push, *args).addErrback(unexpected)
+        try:
+            pushed = push(*args)
+        except Exception:
+            return defer.fail().addErrback(unexpected)
+        if not isinstance(pushed, defer.Deferred):
+            return defer.succeed(pushed)
+        return pushed.addErrback(unexpected)
 
     def _push_route(self, user_id, client_type, location, content, ack, timeout, points=None,
                     redirected=False) -> defer.Deferred:
@@ -461,7 +472,9 @@ class PushClient:
             points.append(("reply", _now_ms(self.clock)))
             code = local.error_code
             if code is None:
-                reply = GatewayReply(True, Command.GATEWAY_PUSH, 0)
+                return PushResult(user_id, client_type if client_type > 0 else local.client_type,
+                                  PushStatus.SUCCESS, node_name(host, port), None, None, tuple(points),
+                                  redirected)
             else:
                 reply = GatewayReply(False, Command.GATEWAY_PUSH, code, ErrorCode(code).reason)
             named = _named_targets(local.routes or {}, client_type)
@@ -610,6 +623,33 @@ class PushClient:
             return BroadcastResult(node, PushStatus.FAILURE, None, f"OK for command {reply.cmd}, not a push")
         status = status_for_error(reply.cmd, reply.code) or PushStatus.FAILURE
         return BroadcastResult(node, status, None, reply.reason, reply.code)
+
+
+def _gather(pushes: list[defer.Deferred]) -> defer.Deferred:
+    """
+    The results of C{pushes} (which never fail: see L{PushClient._guard}) in
+    order, once all have fired; lighter than C{gatherResults} for the many
+    that fired already.
+    """
+    results: list = [None] * len(pushes)
+    gathered = defer.Deferred()
+    remaining = [len(pushes)]
+
+    def one(result, index):
+        results[index] = result
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            failed = [item for item in results if isinstance(item, Failure)]
+            if failed:
+                gathered.errback(failed[0])
+            else:
+                gathered.callback(results)
+
+    for index, pushed in enumerate(pushes):
+        pushed.addBoth(one, index)
+    if not pushes:
+        gathered.callback(results)
+    return gathered
 
 
 def _one(result: PushResult) -> list[PushResult]:
