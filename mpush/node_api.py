@@ -129,12 +129,19 @@ class NodeAPI:
 
     # -- pushing -------------------------------------------------------------
 
-    @defer.inlineCallbacks
     def push(self, request):
         """
         Push C{request}; fires a L{PushOutcome} with a result per user and
-        client type (per node for a broadcast).
+        client type (per node for a broadcast), or fails with
+        L{PushRejected}.
         """
+        try:
+            pushed = self._start(request)
+        except ValueError as error:
+            return defer.fail(_rejected(error))
+        return pushed.addErrback(_reject_bad_values)
+
+    def _start(self, request):
         if request.ack not in _ACK_MODELS:
             raise PushRejected(f"ack must be one of none, auto, biz; got {request.ack!r}")
         if request.condition is not None:
@@ -146,50 +153,66 @@ class NodeAPI:
         task_id = request.task_id or message_id
         ack = _ACK_MODELS[request.ack]
         timeout = request.timeout_ms / 1000.0
-        try:
-            if request.broadcast:
-                sent = yield self.pusher.broadcast(
-                    request.content,
-                    tags=list(request.tags) if request.tags else None,
-                    condition=request.condition,
-                    task_id=request.task_id,
-                    timeout=timeout,
-                )
-                results = [self._broadcast_result(r) for r in sent]
+        if request.broadcast:
+            pushed = self.pusher.broadcast(
+                request.content,
+                tags=list(request.tags) if request.tags else None,
+                condition=request.condition,
+                task_id=request.task_id,
+                timeout=timeout,
+            )
+            pushed.addCallback(lambda sent: [self._broadcast_result(r) for r in sent])
+        else:
+            users = request.users
+            if len(users) == 1:
+                user_id = users[0]
+                pushed = self.pusher.push(user_id, request.content, ack, timeout)
+                pushed.addCallback(lambda results: {user_id: results})
             else:
-                users = request.users
-                if len(users) == 1:
-                    pushed = yield self.pusher.push(users[0], request.content, ack, timeout)
-                    per_user = {users[0]: pushed}
-                else:
-                    per_user = yield self.pusher.push_many(users, request.content, ack, timeout)
-                results = yield self._settle(per_user, request, message_id, task_id)
-        except ValueError as error:
-            raise PushRejected(str(error)) from None
+                pushed = self.pusher.push_many(users, request.content, ack, timeout)
+            pushed.addCallback(self._settle, request, message_id, task_id)
+        return pushed.addCallback(self._outcome, message_id, task_id, ack)
+
+    def _outcome(self, results, message_id, task_id, ack):
         self._count(task_id, results, ack)
         return PushOutcome(message_id, results)
 
-    @defer.inlineCallbacks
     def _settle(self, per_user, request, message_id, task_id):
         """
         The results of every user, counting those no node counted (no node
         was asked); an offline user's push is stored when the request gave
-        an C{offline_ttl} and no device got it.
+        an C{offline_ttl} and no device got it (a Deferred then).
         """
+        if request.offline_ttl and self.offline is not None:
+            for results in per_user.values():
+                if results and all(r.status is PushStatus.OFFLINE for r in results):
+                    return self._settle_storing(per_user, request, message_id, task_id)
+        shown = []
+        for results in per_user.values():
+            self._show(results, shown)
+        return shown
+
+    def _show(self, results, shown):
+        """Add C{results} to C{shown}, counting those no node counted."""
         metrics = self.node.metrics
-        storing = bool(request.offline_ttl) and self.offline is not None
+        for result in results:
+            if result.node is None:
+                metrics.push(result.status.value)
+            shown.append(self._push_result(result))
+
+    @defer.inlineCallbacks
+    def _settle_storing(self, per_user, request, message_id, task_id):
+        """L{_settle}, storing the push for the users it found offline."""
+        metrics = self.node.metrics
         shown = []
         for user_id, results in per_user.items():
-            if storing and results and all(r.status is PushStatus.OFFLINE for r in results):
+            if results and all(r.status is PushStatus.OFFLINE for r in results):
                 stored = yield self._store(user_id, request, message_id, task_id)
                 if stored is not None:
                     metrics.push("stored_offline")
                     shown.append(stored)
                     continue
-            for result in results:
-                if result.node is None:
-                    metrics.push(result.status.value)
-                shown.append(self._push_result(result))
+            self._show(results, shown)
         return shown
 
     @defer.inlineCallbacks
@@ -402,6 +425,16 @@ class NodeAPI:
 
     def close(self):
         return self.pusher.close()
+
+
+def _rejected(error):
+    """A bad push as the API reports it."""
+    return error if isinstance(error, PushRejected) else PushRejected(str(error))
+
+
+def _reject_bad_values(failure):
+    failure.trap(ValueError)
+    raise _rejected(failure.value)
 
 
 def client_type_name(client_type):

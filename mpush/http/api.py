@@ -87,6 +87,9 @@ ROUTES = (
     Route("GET", "/v1/openapi.json", "_openapi", public=True),
 )
 
+#: Each route with its template, made once.
+_TEMPLATES = tuple((route, route.segments) for route in ROUTES)
+
 #: The fields of one entry of C{GET /v1/users/{user_id}}'s C{routes}.
 ROUTE_FIELDS = ("client_type", "client_type_name", "online", "node", "device_id",
                 "os_name", "client_version", "conn_id")
@@ -290,9 +293,9 @@ class ApiResource(Resource):
         return server.NOT_DONE_YET
 
     def _dispatch(self, request) -> Reply | tuple[defer.Deferred, float]:
-        segments = list(request.postpath)
-        candidates = [(route, params) for route in ROUTES
-                      if (params := _match(segments, route.segments)) is not None]
+        segments = request.postpath
+        candidates = [(route, params) for route, template in _TEMPLATES
+                      if (params := _match(segments, template)) is not None]
         if not candidates:
             raise NotFound("no such resource")
         method = request.method.decode("ascii", "replace")
