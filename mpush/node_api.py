@@ -139,7 +139,11 @@ class NodeAPI:
             pushed = self._start(request)
         except ValueError as error:
             return defer.fail(_rejected(error))
-        return pushed.addErrback(_reject_bad_values)
+        settled = defer.Deferred()
+        # Not the chain itself: it counts as called as soon as its first
+        # step is done, while the push is still under way.
+        pushed.addErrback(_reject_bad_values).chainDeferred(settled)
+        return settled
 
     def _start(self, request):
         if request.ack not in _ACK_MODELS:

@@ -289,7 +289,7 @@ class PushClient:
         self._check_size(GatewayPushMessage(user_id, 0, 0, content))
         if self._closed:
             return defer.fail(PushClientClosed("push client is closed"))
-        return self._push_user(user_id, content, ack, timeout)
+        return _settled(self._push_user(user_id, content, ack, timeout))
 
     def push_many(self, user_ids: Iterable[str], content: bytes, ack: AckModel = AckModel.NO_ACK,
                   timeout: float | None = None) -> defer.Deferred:
@@ -623,6 +623,17 @@ class PushClient:
             return BroadcastResult(node, PushStatus.FAILURE, None, f"OK for command {reply.cmd}, not a push")
         status = status_for_error(reply.cmd, reply.code) or PushStatus.FAILURE
         return BroadcastResult(node, status, None, reply.reason, reply.code)
+
+
+def _settled(chain: defer.Deferred) -> defer.Deferred:
+    """
+    A Deferred that fires once C{chain} has its final result: C{chain}
+    itself counts as called as soon as its first step (the route lookup)
+    is done, while the push is still under way.
+    """
+    settled = defer.Deferred()
+    chain.chainDeferred(settled)
+    return settled
 
 
 def _gather(pushes: list[defer.Deferred]) -> defer.Deferred:
