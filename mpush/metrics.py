@@ -176,11 +176,13 @@ class IMetrics(Interface):
         A BIND_USER was answered: C{"ok"}, C{"refused"} or C{"invalid"}.
         """
 
-    def push(result):
+    def push(result, count=1):
         """
-        A push to one device ended: C{"success"}, C{"failure"},
+        C{count} pushes to one device ended: C{"success"}, C{"failure"},
         C{"offline"}, C{"redirect"}, C{"timeout"}, C{"ack_timeout"} or
-        C{"stored_offline"}.
+        C{"stored_offline"}.  Each push is counted once, by the node that
+        decided its result: the one that wrote it (or found its user gone),
+        or the one whose API found no node to ask.
         """
 
     def ack_latency(seconds):
@@ -223,6 +225,13 @@ class IMetrics(Interface):
         outside C{[net] gateway-allow}), or a newer limit's name.
         """
 
+    def totals():
+        """
+        The push results and offline events counted so far, as
+        C{{"pushes": {result: n}, "offline": {event: n}}}: what C{/metrics}
+        shows, for the API's C{/v1/stats} and the console's C{stats}.
+        """
+
 
 @implementer(IMetrics)
 class NullMetrics:
@@ -247,7 +256,7 @@ class NullMetrics:
     def bind(self, outcome):
         pass
 
-    def push(self, result):
+    def push(self, result, count=1):
         pass
 
     def ack_latency(self, seconds):
@@ -270,6 +279,9 @@ class NullMetrics:
 
     def refused(self, reason):
         pass
+
+    def totals(self):
+        return {"pushes": {}, "offline": {}}
 
 
 def _amount(value: object) -> float:
@@ -319,6 +331,15 @@ class _LabelledCounter:
         if child is None:
             child = self._child(_label_text(value))
         child.inc(amount)
+
+    def values(self) -> dict[str, float]:
+        """Every series' value by label value, read from the counter itself."""
+        found = {}
+        for metric in self._counter.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total"):
+                    found.update({value: sample.value for value in sample.labels.values()})
+        return found
 
     def _child(self, text: str):
         child = self._children.get(text)
@@ -477,16 +498,16 @@ class PrometheusMetrics:
     def bind(self, outcome):
         self._binds.inc(outcome)
 
-    def push(self, result):
-        if result.__class__ is str:
+    def push(self, result, count=1):
+        if result.__class__ is str and count.__class__ is int and count >= 0:
             counts = self._push_counts
-            counts[result] = counts.get(result, 0) + 1
+            counts[result] = counts.get(result, 0) + count
         else:
-            self._push_now(result)
+            self._push_now(result, count)
 
     @functools.partial(_never_raises, name="push")
-    def _push_now(self, result):
-        self._pushes.inc(result)
+    def _push_now(self, result, count=1):
+        self._pushes.inc(result, _amount(count))
 
     def ack_latency(self, seconds):
         if self._ack_batched and seconds.__class__ is float and 0.0 <= seconds < math.inf:
@@ -565,6 +586,13 @@ class PrometheusMetrics:
     @_never_raises
     def refused(self, reason):
         self._refused.inc(reason)
+
+    def totals(self):
+        self._flush()
+        return {
+            "pushes": {result: int(n) for result, n in self._pushes.values().items()},
+            "offline": {event: int(n) for event, n in self._offline_messages.values().items()},
+        }
 
     def render(self) -> tuple[bytes, str]:
         """

@@ -2,28 +2,42 @@
 What operators and back-ends may ask of a node, in one place.
 
 The HTTP API and the admin console are thin front ends over L{NodeAPI}: it
-pushes through the same gateway path as any pusher (so a push reaches a user
-on whichever node they are bound), stores pushes for offline users when asked,
-kicks, reads routes and keeps delivery counts.
+pushes to users bound on this node through its push centre, in process, and
+to users elsewhere through their nodes' gateways (so a push reaches a user on
+whichever node they are bound), stores pushes for offline users when asked,
+kicks, reads routes and keeps per-task delivery counts.  Node-wide counts are
+the metrics' own (L{mpush.metrics.IMetrics.totals}): C{/metrics},
+C{/v1/stats} and the console's C{stats} read the same counters.
 """
 
 import collections
 import dataclasses
-import uuid
+import itertools
+import os
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from mpush.config import config_path
+from mpush.metrics import OFFLINE_EVENTS
 from mpush.protocol.client_type import ClientType
 from mpush.protocol.condition import ConditionError, compile_condition
 from mpush.protocol.routing import KickRequest
 from mpush.push import AckModel, PushClient, PushStatus
 
+#: Users of one push request at most (the HTTP API's limit too).
+MAX_USERS = 1000
 _ACK_MODELS = {"none": AckModel.NO_ACK, "auto": AckModel.AUTO_ACK, "biz": AckModel.BIZ_ACK}
 _SECRET_FIELDS = {"private_key", "password", "hmac_secret", "api_token", "digest"}
 #: Delivery counts are kept for this many recent tasks.
 MAX_TRACKED_TASKS = 10000
+#: Offline messages whose later delivery is added to their task's counts.
+MAX_TRACKED_STORED = 100000
+#: The per-task counts C{/v1/tasks/<id>} shows.
+TASK_COUNTS = ("sent", "acked", "offline", "failed", "stored_offline", "delivered_offline", "timeout",
+               "ack_timeout")
+#: The push results C{/v1/stats} shows (the metric's expected label values).
+STATS_RESULTS = ("success", "failure", "offline", "redirect", "timeout", "ack_timeout", "stored_offline")
 
 
 class PushRejected(ValueError):
@@ -86,9 +100,19 @@ class NodeAPI:
             registry=backends.registry,
             clock=node.clock,
             max_packet_size=node.config.core.max_gateway_packet_size,
+            concurrency=MAX_USERS,
+            local=node.push_center,
         )
-        self.push_counts = collections.Counter()
         self.tasks = collections.OrderedDict()
+        # Message ids: 32 hex digits, a random half per process and a count
+        # (uuid4 cost a getrandom call per push).
+        self._id_prefix = os.urandom(8).hex()
+        self._id_count = itertools.count(int.from_bytes(os.urandom(4), "big"))
+        # (user, message id) of stored offline messages -> their task id.
+        self._stored = collections.OrderedDict()
+        delivery = getattr(node.router_center, "offline", None)
+        if delivery is not None:
+            delivery.observer = self._offline_event
 
     # -- counts and routes ---------------------------------------------------
 
@@ -106,12 +130,23 @@ class NodeAPI:
 
     # -- pushing -------------------------------------------------------------
 
-    @defer.inlineCallbacks
     def push(self, request):
         """
         Push C{request}; fires a L{PushOutcome} with a result per user and
-        client type (per node for a broadcast).
+        client type (per node for a broadcast), or fails with
+        L{PushRejected}.
         """
+        try:
+            pushed = self._start(request)
+        except ValueError as error:
+            return defer.fail(_rejected(error))
+        settled = defer.Deferred()
+        # Not the chain itself: it counts as called as soon as its first
+        # step is done, while the push is still under way.
+        pushed.addErrback(_reject_bad_values).chainDeferred(settled)
+        return settled
+
+    def _start(self, request):
         if request.ack not in _ACK_MODELS:
             raise PushRejected(f"ack must be one of none, auto, biz; got {request.ack!r}")
         if request.condition is not None:
@@ -119,43 +154,78 @@ class NodeAPI:
                 compile_condition(request.condition)
             except ConditionError as error:
                 raise PushRejected(f"invalid condition: {error}") from None
-        message_id = uuid.uuid4().hex
+        message_id = f"{self._id_prefix}{next(self._id_count) & 0xFFFFFFFFFFFFFFFF:016x}"
         task_id = request.task_id or message_id
         ack = _ACK_MODELS[request.ack]
         timeout = request.timeout_ms / 1000.0
-        try:
-            if request.broadcast:
-                sent = yield self.pusher.broadcast(
-                    request.content,
-                    tags=list(request.tags) if request.tags else None,
-                    condition=request.condition,
-                    task_id=request.task_id,
-                    timeout=timeout,
-                )
-                results = [self._broadcast_result(r) for r in sent]
+        if request.broadcast:
+            pushed = self.pusher.broadcast(
+                request.content,
+                tags=list(request.tags) if request.tags else None,
+                condition=request.condition,
+                task_id=request.task_id,
+                timeout=timeout,
+            )
+            pushed.addCallback(lambda sent: [self._broadcast_result(r) for r in sent])
+        else:
+            users = request.users
+            if len(users) == 1:
+                user_id = users[0]
+                pushed = self.pusher.push(user_id, request.content, ack, timeout)
+                pushed.addCallback(lambda results: {user_id: results})
             else:
-                per_user = yield self.pusher.push_many(list(request.users), request.content, ack, timeout)
-                results = []
-                for user_id in request.users:
-                    user_results = yield self._settle_user(
-                        user_id, per_user.get(user_id, []), request, message_id
-                    )
-                    results.extend(user_results)
-        except ValueError as error:
-            raise PushRejected(str(error)) from None
+                pushed = self.pusher.push_many(users, request.content, ack, timeout)
+            pushed.addCallback(self._settle, request, message_id, task_id)
+        return pushed.addCallback(self._outcome, message_id, task_id, ack)
+
+    def _outcome(self, results, message_id, task_id, ack):
         self._count(task_id, results, ack)
         return PushOutcome(message_id, results)
 
+    def _settle(self, per_user, request, message_id, task_id):
+        """
+        The results of every user, counting those no node counted (no node
+        was asked); an offline user's push is stored when the request gave
+        an C{offline_ttl} and no device got it (a Deferred then).
+        """
+        if request.offline_ttl and self.offline is not None:
+            for results in per_user.values():
+                if results and all(r.status is PushStatus.OFFLINE for r in results):
+                    return self._settle_storing(per_user, request, message_id, task_id)
+        shown = []
+        for results in per_user.values():
+            self._show(results, shown)
+        return shown
+
+    def _show(self, results, shown):
+        """Add C{results} to C{shown}, counting those no node counted."""
+        metrics = self.node.metrics
+        for result in results:
+            if result.node is None:
+                metrics.push(result.status.value)
+            shown.append(self._push_result(result))
+
     @defer.inlineCallbacks
-    def _settle_user(self, user_id, results, request, message_id):
+    def _settle_storing(self, per_user, request, message_id, task_id):
+        """L{_settle}, storing the push for the users it found offline."""
+        metrics = self.node.metrics
+        shown = []
+        for user_id, results in per_user.items():
+            if results and all(r.status is PushStatus.OFFLINE for r in results):
+                stored = yield self._store(user_id, request, message_id, task_id)
+                if stored is not None:
+                    metrics.push("stored_offline")
+                    shown.append(stored)
+                    continue
+            self._show(results, shown)
+        return shown
+
+    @defer.inlineCallbacks
+    def _store(self, user_id, request, message_id, task_id):
         """
-        The results for one user; an offline user's push is stored when the
-        request gave an C{offline_ttl} and no device got it.
+        Store the push for C{user_id}; its result, or C{None} when it was not
+        stored.
         """
-        shown = [self._push_result(r) for r in results]
-        offline = results and all(r.status is PushStatus.OFFLINE for r in results)
-        if not (offline and request.offline_ttl and self.offline is not None):
-            return shown
         from mpush.offline.interfaces import OfflineMessage
 
         now = self.node.now_ms()
@@ -170,21 +240,42 @@ class NodeAPI:
             added = yield self.offline.add(user_id, message)
         except Exception as error:
             self.log.warn("offline message for {user} not stored: {why}", user=user_id, why=error)
-            return shown
+            return None
         if not added.stored:
-            return shown
+            return None
+        # Known before the nudge, which may deliver it at once.
+        self._stored[user_id, message_id] = task_id
+        while len(self._stored) > MAX_TRACKED_STORED:
+            self._stored.popitem(last=False)
         yield self._nudge(user_id)
-        return [
-            {
-                "user": user_id,
-                "client_type": 0,
-                "status": "stored_offline",
-                "node": None,
-                "reason": f"stored for {request.offline_ttl}s"
-                + (f"; {added.dropped} older message(s) dropped" if added.dropped else ""),
-                "time_points": [],
-            }
-        ]
+        return {
+            "user": user_id,
+            "client_type": 0,
+            "status": "stored_offline",
+            "node": None,
+            "reason": f"stored for {request.offline_ttl}s"
+            + (f"; {added.dropped} older message(s) dropped" if added.dropped else ""),
+            "time_points": [],
+        }
+
+    def _offline_event(self, event, user_id, message):
+        """
+        A stored message was written to its user (C{"written"}) or acked
+        (C{"acked"}) on this node: its task's counts follow.
+        """
+        key = (user_id, message.message_id)
+        task_id = self._stored.get(key)
+        counts = None if task_id is None else self.tasks.get(task_id)
+        if counts is None:
+            return
+        if event == "written":
+            counts["sent"] += 1
+            counts["delivered_offline"] += 1
+            if message.ack == "none":
+                del self._stored[key]
+        elif event == "acked":
+            counts["acked"] += 1
+            del self._stored[key]
 
     @defer.inlineCallbacks
     def _nudge(self, user_id):
@@ -234,10 +325,10 @@ class NodeAPI:
         }
 
     def _count(self, task_id, results, ack):
+        """The task's counts; the node's are the metrics' (see L{_settle})."""
         counts = self.tasks.pop(task_id, None) or collections.Counter()
         for result in results:
             status = result["status"]
-            self.push_counts[status] += 1
             if status == "success":
                 counts["sent"] += result.get("count") or 1
                 if ack:
@@ -295,16 +386,20 @@ class NodeAPI:
     # -- views ---------------------------------------------------------------
 
     def stats(self):
+        """
+        This node's counts, read from its metrics: the same numbers as
+        C{mpush_pushes_total} and C{mpush_offline_messages_total}.
+        """
         host, port = self.node.router_center.gateway
+        totals = self.node.metrics.totals()
+        pushes, offline = totals["pushes"], totals["offline"]
         return {
             "node": f"{host}:{port}",
             "connections": self.connection_count(),
             "local_users": self.local_users(),
             "uptime_s": (self.node.now_ms() - self.started_ms) // 1000,
-            "pushes": {
-                status: self.push_counts.get(status, 0)
-                for status in ("success", "failure", "offline", "timeout", "ack_timeout", "stored_offline")
-            },
+            "pushes": {result: pushes.get(result, 0) for result in STATS_RESULTS},
+            "offline": {event: offline.get(event, 0) for event in OFFLINE_EVENTS},
             "tasks": len(self.tasks),
         }
 
@@ -313,7 +408,7 @@ class NodeAPI:
         if counts is None:
             return None
         view = {"task_id": task_id}
-        for name in ("sent", "acked", "offline", "failed", "stored_offline", "timeout", "ack_timeout"):
+        for name in TASK_COUNTS:
             view[name] = counts.get(name, 0)
         return view
 
@@ -356,6 +451,16 @@ class NodeAPI:
 
     def close(self):
         return self.pusher.close()
+
+
+def _rejected(error):
+    """A bad push as the API reports it."""
+    return error if isinstance(error, PushRejected) else PushRejected(str(error))
+
+
+def _reject_bad_values(failure):
+    failure.trap(ValueError)
+    raise _rejected(failure.value)
 
 
 def client_type_name(client_type):

@@ -50,6 +50,19 @@ class LoopbackNode:
         test_case.addCleanup(self.stop)
 
     @defer.inlineCallbacks
+    def device(self, user_id):
+        """A client bound as C{user_id} (device C{device-of-<user>}), closed after the test."""
+        from mpush.client.config import ClientConfig
+        from mpush.client.protocol import connect_client
+        from mpush.protocol.crypto import MPUSH_DEMO_PUBLIC_KEY
+
+        config = ClientConfig(host="127.0.0.1", port=self.port, public_key=MPUSH_DEMO_PUBLIC_KEY,
+                              device_id=f"device-of-{user_id}", user_id=user_id)
+        client = yield connect_client(config, reactor)
+        self.test_case.addCleanup(client.close)
+        return client
+
+    @defer.inlineCallbacks
     def stop(self):
         if self.listening is None:
             return

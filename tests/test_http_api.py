@@ -33,9 +33,10 @@ LOCATION_PC_OFFLINE = ClientLocation(host="10.0.0.2", port=3001, device_id="dev-
 STATS = {"node": "10.0.0.1:3001", "connections": 3, "local_users": 2, "uptime_s": 7,
          "pushes": {"success": 1, "failure": 0, "offline": 0, "timeout": 0, "ack_timeout": 0,
                     "stored_offline": 0},
+         "offline": {"stored": 0, "delivered": 0, "expired": 0, "dropped_full": 0, "refused": 0},
          "tasks": 1}
 TASK = {"task_id": "t1", "sent": 5, "acked": 4, "offline": 1, "failed": 0, "stored_offline": 0,
-        "timeout": 0}
+        "delivered_offline": 0, "timeout": 0}
 
 
 def success_result(user: str, client_type: int = 1) -> dict:

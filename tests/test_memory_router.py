@@ -144,6 +144,20 @@ class RoutingContractMixin:
         self.assertIsNone((yield router.lookup_type("u1", 3)))
 
     @defer.inlineCallbacks
+    def test_lookup_many(self):
+        """Each user's routes, in the order asked, from one call; undecodable fields skipped."""
+        router = self.make_router()
+        mobile = location(conn_id="c1")
+        pc = location(NODE_B, conn_id="c2", os_name="windows")
+        yield router.register("u1", 1, mobile)
+        yield router.register("u1", 2, pc)
+        yield router.register("u2", 1, location(conn_id="c3", device_id="dev-3"))
+        self.raw_hset("mp:ur:u2", "2", b"not a route")
+        found = yield router.lookup_many(["nobody", "u1", "u2"])
+        self.assertEqual(found, [{}, {1: mobile, 2: pc}, {1: location(conn_id="c3", device_id="dev-3")}])
+        self.assertEqual((yield router.lookup_many([])), [])
+
+    @defer.inlineCallbacks
     def test_raw_contents_are_mpush_format(self):
         router = self.make_router()
         yield router.register("u1", 1, location(conn_id="8f2a6c1d"))

@@ -3,7 +3,7 @@ NodeAPI against a whole node on loopback: pushes through the real gateway,
 kicks, routes, counts, allot and the config view.
 """
 
-from twisted.internet import defer, reactor
+from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from mpush.client.config import ClientConfig
@@ -145,3 +145,103 @@ class NodeAPITests(TestCase):
         self.assertEqual(value("mp"), self.api.config_view())
         for ignored in ("mp.thread.pool.conn-work", "mp.core.nope", "mp.home"):
             self.assertRaises(KeyError, value, ignored)
+
+class InProcessAndOfflineTests(TestCase):
+    """
+    A push to a user bound on this node goes to its push centre directly
+    (only users elsewhere go through a gateway connection), and a task's
+    counts follow its offline messages' later delivery and acks.
+    """
+
+    timeout = 30
+
+    def setUp(self):
+        self.server = LoopbackNode(self)
+        self.api = self.server.api
+
+    def device(self, user_id):
+        return self.server.device(user_id)
+
+    @defer.inlineCallbacks
+    def test_local_user_without_the_gateway(self):
+        """
+        With this node's gateway port closed, its own users are still
+        pushed to (ack waits included): no loopback connection is involved.
+        """
+        alice = yield self.device("alice")
+        yield self.server.gateway_listening.stopListening()
+        outcome = yield self.api.push(PushRequest(users=("alice",), content=b"here", ack="auto"))
+        [result] = outcome.results
+        self.assertEqual((result["status"], result["client_type"]), ("success", 1))
+        self.assertEqual(result["node"], f"127.0.0.1:{self.server.gateway_port}")
+        names = [name for name, _ in result["time_points"]]
+        self.assertEqual(names[0], "send")
+        self.assertIn("waiting-ack", names)
+        self.assertEqual(names[-2:], ["success-end", "reply"])
+        received = yield alice.wait_for_push(timeout=5)
+        self.assertEqual(received.content, b"here")
+        self.assertEqual(self.server.node.metrics.totals()["pushes"]["success"], 1)
+
+    @defer.inlineCallbacks
+    def test_stale_local_route_is_offline(self):
+        """
+        A route in the store naming this node with no connection behind it
+        ends as the gateway would answer it: offline.
+        """
+        from mpush.protocol.routing import ClientLocation
+
+        here = self.server.node.router_center.gateway
+        location = ClientLocation(host=here[0], port=here[1], os_name="android", client_version="1",
+                                  device_id="d-1", conn_id="c-1")
+        yield self.server.backends.remote.register("ghost", 1, location)
+        outcome = yield self.api.push(PushRequest(users=("ghost",), content=b"x"))
+        [result] = outcome.results
+        self.assertEqual(result["status"], "offline")
+        self.assertEqual(self.server.node.metrics.totals()["pushes"]["offline"], 1)
+
+    @defer.inlineCallbacks
+    def test_many_users_one_lookup(self):
+        """
+        A many-user push reads every user's routes in one lookup_many.
+        """
+        yield self.device("u1")
+        yield self.device("u2")
+        remote = self.server.backends.remote
+        asked = []
+        real = remote.lookup_many
+
+        def counting(user_ids):
+            asked.append(list(user_ids))
+            return real(user_ids)
+
+        remote.lookup_many = counting
+        outcome = yield self.api.push(PushRequest(users=("u1", "u2", "u3"), content=b"x"))
+        self.assertEqual(asked, [["u1", "u2", "u3"]])
+        self.assertEqual([r["status"] for r in outcome.results], ["success", "success", "offline"])
+
+
+    @defer.inlineCallbacks
+    def wait_for(self, predicate):
+        for _ in range(500):
+            if predicate():
+                return
+            yield task.deferLater(reactor, 0.01, lambda: None)
+        self.fail("condition not met in 5 s")
+
+    @defer.inlineCallbacks
+    def test_delivered_and_acked_later(self):
+        outcome = yield self.api.push(PushRequest(users=("later",), content=b"kept", ack="auto",
+                                                  offline_ttl=600, task_id="t-later"))
+        self.assertEqual([r["status"] for r in outcome.results], ["stored_offline"])
+        before = self.api.task_stats("t-later")
+        self.assertEqual((before["stored_offline"], before["sent"], before["acked"]), (1, 0, 0))
+        device = yield self.device("later")
+        received = yield device.wait_for_push(timeout=5)
+        self.assertEqual(received.content, b"kept")
+        yield self.wait_for(lambda: self.api.task_stats("t-later")["acked"] == 1)
+        after = self.api.task_stats("t-later")
+        self.assertEqual((after["stored_offline"], after["delivered_offline"], after["sent"], after["acked"]),
+                         (1, 1, 1, 1))
+        totals = self.server.node.metrics.totals()
+        self.assertEqual(totals["pushes"]["stored_offline"], 1)
+        self.assertEqual(totals["offline"]["delivered"], 1)

@@ -14,7 +14,7 @@ import binascii
 import json
 
 from mpush.http.errors import InvalidRequest, UnsupportedMediaType
-from mpush.node_api import PushRequest
+from mpush.node_api import MAX_USERS, PushRequest
 
 __all__ = [
     "ACK_MODELS",
@@ -34,8 +34,6 @@ __all__ = [
 
 #: Largest request body accepted (413 beyond).
 MAX_BODY_BYTES = 1024 * 1024
-#: Most users one push may name.
-MAX_USERS = 1000
 TIMEOUT_MS_RANGE = (1, 60_000)
 #: One second to 30 days.
 OFFLINE_TTL_RANGE = (1, 2_592_000)

@@ -106,6 +106,10 @@ class OfflineDelivery:
         self.acks = acks
         self.clock = clock
         self._counts = dict.fromkeys(DELIVERY_STAT_NAMES, 0)
+        #: C{None}, or C{observer(event, user_id, message)} told when a
+        #: message is C{"written"} and when it is C{"acked"} (the node API
+        #: keeps its tasks' counts with it).
+        self.observer = None
         # Connections that claimed messages: only their closes have claims
         # to give back, so the others (nearly all) cost the store nothing.
         self._claimants: set[str] = set()
@@ -162,6 +166,14 @@ class OfflineDelivery:
 
     def _count(self, name: str, count: int = 1) -> None:
         self._counts[name] += count
+
+    def _observe(self, event: str, user_id: str, message) -> None:
+        if self.observer is None:
+            return
+        try:
+            self.observer(event, user_id, message)
+        except Exception:
+            self.log.failure("offline delivery observer failed on {event}", event=event)
 
 
 class _Run:
@@ -255,6 +267,7 @@ class _Run:
 
         def written_ok(_) -> defer.Deferred:
             delivery._count("sent")
+            delivery._observe("written", self.user_id, message)
             if acked is None:
                 return self._remove(message)
             return acked.addCallbacks(self._acked, self._ack_missed, callbackArgs=(message,), errbackArgs=(message,))
@@ -262,6 +275,7 @@ class _Run:
         return written.addCallbacks(written_ok, write_failed)
 
     def _acked(self, _, message) -> defer.Deferred:
+        self.delivery._observe("acked", self.user_id, message)
         return self._remove(message)
 
     def _ack_missed(self, failure, message) -> bool:

@@ -24,7 +24,9 @@ from typing import Iterable
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
+from mpush.protocol.errors import ErrorCode
 from mpush.protocol.messages import GatewayPushMessage
 from mpush.protocol.packet import DEFAULT_MAX_PACKET_SIZE, Command
 from mpush.protocol.routing import InvalidPushResult, decode_push_result
@@ -184,6 +186,10 @@ class PushClient:
     @param max_packet_size: the gateways' max-packet-size: a push whose frame
         body is larger is refused here (the node would drop the connection).
     @param connector: C{(host, port, protocol) -> Deferred}, for tests.
+    @param local: the push centre of the node this client runs in (its
+        HTTP API): a route to that node's gateway is pushed in process
+        (L{mpush.server.push_center.PushCenter.push_local}), not through a
+        loopback connection to its own gateway.
     """
 
     log = Logger()
@@ -204,6 +210,7 @@ class PushClient:
         router=None,
         registry=None,
         connector=None,
+        local=None,
     ) -> None:
         chosen = [name for name, value in (("redis_url", redis_url), ("gateway", gateway),
                                            ("router", router)) if value is not None]
@@ -236,9 +243,17 @@ class PushClient:
             connector=connector,
         )
         self._closed = False
+        self._local = local
+        self._lookups = None
         # Last: from here on there is a connection to close.
         if redis_url is not None:
             self._open_redis(redis_url, redis_timeout)
+        if self._router is not None and hasattr(self._router, "lookup_many"):
+            # The lookups asked in one reactor turn (a many-user push, or
+            # many one-user pushes at once) go to Redis as one command.
+            from mpush.store.redis_batch import TurnBatch
+
+            self._lookups = TurnBatch(self.clock, lambda user_ids: self._router.lookup_many(user_ids))
 
     def _open_redis(self, redis_url: str, redis_timeout: float) -> None:
         # Imported here: txredisapi imports the global reactor, which an
@@ -274,7 +289,7 @@ class PushClient:
         self._check_size(GatewayPushMessage(user_id, 0, 0, content))
         if self._closed:
             return defer.fail(PushClientClosed("push client is closed"))
-        return self._push_user(user_id, content, ack, timeout)
+        return _settled(self._push_user(user_id, content, ack, timeout))
 
     def push_many(self, user_ids: Iterable[str], content: bytes, ack: AckModel = AckModel.NO_ACK,
                   timeout: float | None = None) -> defer.Deferred:
@@ -293,14 +308,18 @@ class PushClient:
         content = _check_content(content)
         ack = _check_ack(ack)
         timeout = _check_timeout(timeout, self.timeout)
-        for user_id in users:
-            self._check_size(GatewayPushMessage(user_id, 0, 0, content))
+        if users:
+            # The frame's size grows with the user id's UTF-8 length alone.
+            longest = max(users, key=lambda user_id: len(user_id.encode("utf-8", "surrogatepass")))
+            self._check_size(GatewayPushMessage(longest, 0, 0, content))
         if self._closed:
             return defer.fail(PushClientClosed("push client is closed"))
-        semaphore = defer.DeferredSemaphore(self._concurrency)
-        pushes = [semaphore.run(self._push_user, user_id, content, ack, timeout) for user_id in users]
-        gathered = defer.gatherResults(pushes, consumeErrors=True)
-        return gathered.addCallback(lambda results: dict(zip(users, results)))
+        if len(users) <= self._concurrency:
+            pushes = [self._push_user(user_id, content, ack, timeout) for user_id in users]
+        else:
+            semaphore = defer.DeferredSemaphore(self._concurrency)
+            pushes = [semaphore.run(self._push_user, user_id, content, ack, timeout) for user_id in users]
+        return _gather(pushes).addCallback(lambda results: dict(zip(users, results)))
 
     def broadcast(self, content: bytes, tags: Iterable[str] | None = None, condition: str | None = None,
                   task_id: str | None = None, timeout: float | None = None,
@@ -367,18 +386,20 @@ class PushClient:
         if limit is not None and size > limit:
             raise PushTooLarge(size, limit)
 
-    @defer.inlineCallbacks
-    def _push_user(self, user_id: str, content: bytes, ack: AckModel, timeout: float):
+    def _push_user(self, user_id: str, content: bytes, ack: AckModel, timeout: float) -> defer.Deferred:
         if self._gateway is not None:
             host, port = self._gateway
-            result = yield self._guard(user_id, 0, self._send, user_id, 0, host, port, content, ack,
-                                       timeout, [], False)
-            return [result]
+            pushed = self._guard(user_id, 0, self._send, user_id, 0, host, port, content, ack, timeout,
+                                 [], False)
+            return pushed.addCallback(_one)
         try:
-            routes = yield self._router.lookup(user_id)
-        except Exception as exc:
-            return [PushResult(user_id, 0, PushStatus.FAILURE,
-                               reason=f"route lookup failed: {exc}")]
+            looked_up = self._lookup(user_id)
+        except Exception:
+            looked_up = defer.fail()
+        return looked_up.addCallbacks(self._push_routes, _lookup_failed, (user_id, content, ack, timeout),
+                                      errbackArgs=(user_id,))
+
+    def _push_routes(self, routes, user_id: str, content: bytes, ack: AckModel, timeout: float):
         if not routes:
             return [PushResult(user_id, 0, PushStatus.OFFLINE, reason="user has no route")]
         pushes = [
@@ -386,8 +407,14 @@ class PushClient:
                         content, ack, timeout)
             for client_type in sorted(routes)
         ]
-        results = yield defer.gatherResults(pushes, consumeErrors=True)
-        return results
+        if len(pushes) == 1:
+            return pushes[0].addCallback(_one)
+        return defer.gatherResults(pushes, consumeErrors=True)
+
+    def _lookup(self, user_id: str) -> defer.Deferred:
+        if self._lookups is not None:
+            return self._lookups.submit(user_id)
+        return self._router.lookup(user_id)
 
     def _guard(self, user_id: str, client_type: int, push, *args) -> defer.Deferred:
         """A bug must not turn one route's result into a failed push_many."""
@@ -398,7 +425,13 @@ class PushClient:
             return PushResult(user_id, client_type, PushStatus.FAILURE,
                               reason=f"internal error: {failure.getErrorMessage()}")
 
-        return defer.maybeDeferred(push, *args).addErrback(unexpected)
+        try:
+            pushed = push(*args)
+        except Exception:
+            return defer.fail().addErrback(unexpected)
+        if not isinstance(pushed, defer.Deferred):
+            return defer.succeed(pushed)
+        return pushed.addErrback(unexpected)
 
     def _push_route(self, user_id, client_type, location, content, ack, timeout, points=None,
                     redirected=False) -> defer.Deferred:
@@ -420,16 +453,45 @@ class PushClient:
             ))
         return self._send(user_id, client_type, host, port, content, ack, timeout, points, redirected)
 
-    @defer.inlineCallbacks
     def _send(self, user_id, client_type, host, port, content, ack, timeout, points, redirected):
-        """One GATEWAY_PUSH to one node, and what its answer means."""
+        """One push to one node, and what its answer means."""
+        local = self._local
+        if local is not None and (host, port) == tuple(local.router_center.gateway):
+            return self._send_here(user_id, client_type, host, port, content, ack, timeout, points,
+                                   redirected)
+        return self._send_gateway(user_id, client_type, host, port, content, ack, timeout, points,
+                                  redirected)
+
+    def _send_here(self, user_id, client_type, host, port, content, ack, timeout, points, redirected):
+        """The push centre of this process delivers: no frames, no JSON."""
+        points.append(("send", _now_ms(self.clock)))
+        pushed = self._local.push_local(user_id, client_type, content, int(ack), wire_timeout(timeout))
+
+        def ended(local):
+            points.extend(local.points)
+            points.append(("reply", _now_ms(self.clock)))
+            code = local.error_code
+            if code is None:
+                return PushResult(user_id, client_type if client_type > 0 else local.client_type,
+                                  PushStatus.SUCCESS, node_name(host, port), None, None, tuple(points),
+                                  redirected)
+            else:
+                reply = GatewayReply(False, Command.GATEWAY_PUSH, code, ErrorCode(code).reason)
+            named = _named_targets(local.routes or {}, client_type)
+            return self._answer(reply, local.client_type, named, user_id, client_type, host, port,
+                                content, ack, timeout, points, redirected)
+
+        return pushed.addCallback(ended)
+
+    @defer.inlineCallbacks
+    def _send_gateway(self, user_id, client_type, host, port, content, ack, timeout, points, redirected):
+        """One GATEWAY_PUSH to one node's gateway port."""
         node = node_name(host, port)
         message = GatewayPushMessage(user_id, client_type, wire_timeout(timeout), content)
         flags = int(ack) | REPORT_TIMEOUTS
 
-        def result(status, code=None, reason=None, reported_type=0):
-            shown_type = client_type if client_type > 0 or reported_type <= 0 else reported_type
-            return PushResult(user_id, shown_type, status, node, code, reason, tuple(points), redirected)
+        def result(status, code=None, reason=None):
+            return PushResult(user_id, client_type, status, node, code, reason, tuple(points), redirected)
 
         points.append(("send", _now_ms(self.clock)))
         try:
@@ -450,6 +512,24 @@ class PushClient:
         reported_type, server_points = self._read_result(reply.data, node)
         points.extend(server_points)
         points.append(("reply", _now_ms(self.clock)))
+        named = [] if reply.ok else _redirect_targets(reply.data, client_type)
+        answered = yield self._answer(reply, reported_type, named, user_id, client_type, host, port,
+                                      content, ack, timeout, points, redirected)
+        return answered
+
+    def _answer(self, reply, reported_type, named, user_id, client_type, host, port, content, ack,
+                timeout, points, redirected):
+        """
+        The result a node's answer means (a L{PushResult}, or a Deferred of
+        one when a ROUTER_CHANGE is followed): C{named} lists the routes a
+        redirect names.
+        """
+        node = node_name(host, port)
+
+        def result(status, code=None, reason=None, reported_type=0):
+            shown_type = client_type if client_type > 0 or reported_type <= 0 else reported_type
+            return PushResult(user_id, shown_type, status, node, code, reason, tuple(points), redirected)
+
         if reply.ok:
             if reply.cmd != Command.GATEWAY_PUSH:
                 return result(PushStatus.FAILURE, reason=f"OK for command {reply.cmd}, not a push",
@@ -459,11 +539,15 @@ class PushClient:
         if status is not None:
             return result(status, reply.code, reply.reason, reported_type)
         # ROUTER_CHANGE: the user moved to another node; follow once.
-        named = _redirect_targets(reply.data, client_type)
         if redirected or (self._router is None and not named):
             why = "again after a redirect" if redirected else "and there are no routes to follow"
             return result(PushStatus.FAILURE, reply.code, f"{reply.reason or 'router change'} {why}",
                           reported_type)
+        return self._follow(reply, named, user_id, client_type, node, content, ack, timeout, points)
+
+    @defer.inlineCallbacks
+    def _follow(self, reply, named, user_id, client_type, node, content, ack, timeout, points):
+        """Push again where a ROUTER_CHANGE says the user went (once)."""
         points.append(("redirect", _now_ms(self.clock)))
         if named:
             # An mpush node names where the user is: no lookup needed.
@@ -541,6 +625,52 @@ class PushClient:
         return BroadcastResult(node, status, None, reply.reason, reply.code)
 
 
+def _settled(chain: defer.Deferred) -> defer.Deferred:
+    """
+    A Deferred that fires once C{chain} has its final result: C{chain}
+    itself counts as called as soon as its first step (the route lookup)
+    is done, while the push is still under way.
+    """
+    settled = defer.Deferred()
+    chain.chainDeferred(settled)
+    return settled
+
+
+def _gather(pushes: list[defer.Deferred]) -> defer.Deferred:
+    """
+    The results of C{pushes} (which never fail: see L{PushClient._guard}) in
+    order, once all have fired; lighter than C{gatherResults} for the many
+    that fired already.
+    """
+    results: list = [None] * len(pushes)
+    gathered = defer.Deferred()
+    remaining = [len(pushes)]
+
+    def one(result, index):
+        results[index] = result
+        remaining[0] -= 1
+        if remaining[0] == 0:
+            failed = [item for item in results if isinstance(item, Failure)]
+            if failed:
+                gathered.errback(failed[0])
+            else:
+                gathered.callback(results)
+
+    for index, pushed in enumerate(pushes):
+        pushed.addBoth(one, index)
+    if not pushes:
+        gathered.callback(results)
+    return gathered
+
+
+def _one(result: PushResult) -> list[PushResult]:
+    return [result]
+
+
+def _lookup_failed(failure, user_id: str) -> list[PushResult]:
+    return [PushResult(user_id, 0, PushStatus.FAILURE, reason=f"route lookup failed: {failure.getErrorMessage()}")]
+
+
 def _broadcast_count(data: str | None) -> int | None:
     """N of a broadcast OK's C{{"count": N}}; None when absent or unreadable."""
     if data is None:
@@ -570,6 +700,11 @@ def _redirect_targets(data: str | None, client_type: int) -> list[tuple[int, tup
         return []
     if not isinstance(routes, dict):
         return []
+    return _named_targets(routes, client_type)
+
+
+def _named_targets(routes: dict, client_type: int) -> list[tuple[int, tuple[str, int]]]:
+    """L{_redirect_targets} of an already decoded C{routes} object."""
     targets = []
     for field, where in sorted(routes.items()):
         try:

@@ -65,6 +65,14 @@ class IRemoteRouter(Interface):
             (and logged).
         """
 
+    def lookup_many(user_ids):
+        """
+        L{lookup} of each of C{user_ids} at once (optional: callers fall back
+        to one L{lookup} each).
+
+        @return: Deferred firing a list of route dicts in C{user_ids}' order.
+        """
+
     def lookup_type(user_id, client_type):
         """
         @return: Deferred firing the ClientLocation of (user_id, client_type)

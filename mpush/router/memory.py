@@ -256,6 +256,9 @@ class MemoryRemoteRouter(_Closable):
                 routes[client_type] = location
         return routes
 
+    def lookup_many(self, user_ids: list[str]) -> defer.Deferred:
+        return _fired(lambda: [self._lookup(user_id) for user_id in user_ids])
+
     def lookup_type(self, user_id: str, client_type: int) -> defer.Deferred:
         return _fired(self._lookup_type, user_id, client_type)
 

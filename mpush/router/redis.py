@@ -108,6 +108,13 @@ for i, key in ipairs(KEYS) do values[i] = redis.call('HGET', key, ARGV[i]) or fa
 return values
 """
 
+# Every route of each user of KEYS, as HGETALL's flat [field, value, ...].
+_HGETALL_MANY = """
+local routes = {}
+for i, key in ipairs(KEYS) do routes[i] = redis.call('HGETALL', key) end
+return routes
+"""
+
 # Compare-and-set of routes, one per KEYS[i]: only if the field still holds
 # exactly what the caller decided on, rewrite it (unless the new value is
 # "") and drop the index member (unless the index key is "").  Expect-missing
@@ -240,6 +247,22 @@ class RedisRemoteRouter(RedisComponent):
         except Exception:
             return defer.fail()
         return self._calls.call("lookup", lambda: self._redis.hgetall(key), lambda h: self._decode_all(h, user_id))
+
+    def lookup_many(self, user_ids: list[str]) -> defer.Deferred:
+        """
+        L{lookup} of many users in one script (a many-user push): a list of
+        route dicts in the order of C{user_ids}.
+        """
+        try:
+            keys = [user_route_key(user_id) for user_id in user_ids]
+        except Exception:
+            return defer.fail()
+
+        def decoded(replies) -> list[dict[int, ClientLocation]]:
+            return [self._decode_all(dict(zip(flat[::2], flat[1::2])), user_id)
+                    for flat, user_id in zip(replies, user_ids)]
+
+        return self._calls.call("lookup", lambda: self._redis.eval(_HGETALL_MANY, keys, []), decoded)
 
     def lookup_type(self, user_id: str, client_type: int) -> defer.Deferred:
         try:

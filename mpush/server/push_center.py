@@ -97,6 +97,53 @@ class GatewayReply:
         self.connection.answer_error(self.session_id, code, reason or ErrorCode(code).reason, data)
 
 
+class LocalReply:
+    """
+    Where the result of a push made in this process goes (the HTTP API's
+    push to a user bound here): no frame, no result JSON, just
+    C{done} firing the L{LocalOutcome}.  Timeouts are always reported.
+    """
+
+    __slots__ = ("done",)
+    report_timeouts = True
+
+    def __init__(self):
+        self.done = defer.Deferred()
+
+
+class LocalOutcome:
+    """
+    How an in-process push ended: the L{Outcome}, the client type, the time
+    points, and for a redirect where the user is (C{{clientType: "host:port"}}).
+    """
+
+    __slots__ = ("outcome", "client_type", "points", "routes")
+
+    def __init__(self, outcome, client_type, points, routes=None):
+        self.outcome = outcome
+        self.client_type = client_type
+        self.points = points
+        self.routes = routes
+
+    @property
+    def error_code(self):
+        """The gateway's ERROR code for this ending (spec 12.6); C{None} for success."""
+        code = _ERROR_CODES.get(self.outcome)
+        return None if code is None else int(code)
+
+
+class _LocalMessage:
+    """The fields of a GATEWAY_PUSH that L{SinglePush} reads, without a frame."""
+
+    __slots__ = ("user_id", "client_type", "timeout", "content")
+
+    def __init__(self, user_id, client_type, timeout, content):
+        self.user_id = user_id
+        self.client_type = client_type
+        self.timeout = timeout
+        self.content = content
+
+
 class SinglePush:
     """
     One single-user push in progress: its deadline and time points.
@@ -220,6 +267,37 @@ class PushCenter:
         now = node.now_ms()
         task = SinglePush(message, flags, reply, now, node.config.push.default_timeout)
         return self._attempt(task, now)
+
+    def push_local(self, user_id, client_type, content, flags, timeout_ms):
+        """
+        Push to a user bound here, for a caller in this process: the same
+        delivery, flow control and counts as a GATEWAY_PUSH, with none of the
+        gateway's framing or result JSON.
+
+        @param flags: the ack bits (L{Flags.AUTO_ACK}, L{Flags.BIZ_ACK}).
+        @param timeout_ms: the push's deadline (non-positive: the default).
+        @return: a Deferred that always fires, with a L{LocalOutcome}.
+        """
+        node = self.node
+        now = node.now_ms()
+        reply = LocalReply()
+        task = SinglePush(_LocalMessage(user_id, client_type, timeout_ms, content), flags, reply, now,
+                          node.config.push.default_timeout)
+        try:
+            waiting = self._attempt(task, now)
+        except Exception:
+            self.log.failure("in-process push to {user}", user=user_id)
+            waiting = None
+            if not reply.done.called:
+                self._finish(task, Outcome.FAILURE)
+        if isinstance(waiting, defer.Deferred):
+            waiting.addErrback(self._local_failed, task)
+        return reply.done
+
+    def _local_failed(self, failure, task):
+        self.log.failure("in-process push to {user}", failure, user=task.user_id)
+        if not task.reply.done.called:
+            self._finish(task, Outcome.FAILURE)
 
     # -- single user ---------------------------------------------------------
 
@@ -372,7 +450,9 @@ class PushCenter:
         task.points.append((outcome, self.node.now_ms() if now is None else now))
         self.node.metrics.push(_OUTCOME_METRICS[outcome, bool(task.ack_bits)])
         reply = task.reply
-        if outcome == Outcome.SUCCESS:
+        if reply.__class__ is LocalReply:
+            reply.done.callback(LocalOutcome(outcome, task.client_type, task.points, task.routes))
+        elif outcome == Outcome.SUCCESS:
             reply.ok(task.result())
         elif outcome == Outcome.TIMEOUT and not reply.report_timeouts:
             # What MPush does, and all its Java PushSender can take: nothing.
@@ -455,6 +535,7 @@ class BroadcastTask:
         self.routes = []
         self.index = 0
         self.count = 0
+        self.counted = 0
         self.reached = []
         self.started = self.node.now_ms()
         self.done = defer.Deferred()
@@ -515,6 +596,7 @@ class BroadcastTask:
         """
         delay = self.flow.delay()
         cancelled = False
+        self.count_sent()
         if self.task_id:
             self.record()
             try:
@@ -535,7 +617,14 @@ class BroadcastTask:
                 lambda f: self.log.warn("broadcast {task} not recorded: {why}", task=self.task_id, why=f.getErrorMessage())
             )
 
+    def count_sent(self):
+        """Count the pushes written since the last count (a success each)."""
+        if self.count > self.counted:
+            self.node.metrics.push("success", self.count - self.counted)
+            self.counted = self.count
+
     def finish(self):
+        self.count_sent()
         if self.task_id:
             self.record()
         data = json.dumps(
