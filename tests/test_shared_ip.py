@@ -5,16 +5,12 @@ restarted, then SIGKILLed; the other's users stay listed throughout, and
 the dead node's leave once the survivor notices it gone.
 """
 
-import os
 import signal
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
-from mpush.client.config import ClientConfig
-from mpush.client.protocol import connect_client
-
-from tests.process_support import NodeProcess
+from tests.process_support import NodeProcess, connect_device
 from tests.redis_server import start_redis_server
 from tests.test_redis_router import raw_command
 
@@ -41,16 +37,8 @@ class SharedOnlineListTests(TestCase):
         node.start()
         return node
 
-    @defer.inlineCallbacks
     def device(self, node, user_id):
-        with open(os.path.join(node.directory, "state", "rsa_public_key.x509.b64")) as stored:
-            public_key = stored.read().strip()
-        config = ClientConfig(
-            host="127.0.0.1", port=node.port, public_key=public_key, device_id=f"device-of-{user_id}", user_id=user_id
-        )
-        client = yield connect_client(config, reactor)
-        self.addCleanup(client.close)
-        return client
+        return connect_device(self, node, user_id)
 
     def listed(self):
         return {user.decode() for user in raw_command(self.redis.port, "ZRANGE", "mp:oul:127.0.0.1", "0", "-1")}
