@@ -268,9 +268,11 @@ class NetConfig:
 class RedisConfig:
     """``[redis]`` (MPush ``mp.redis``): empty ``nodes`` means in-memory stores."""
 
-    nodes: tuple[str, ...] = ()   # "host:port" as in MPush
+    nodes: tuple[str, ...] = ()   # "host:port" as in MPush; the sentinels with "sentinel"
     password: str = field(default="", repr=False)
     db: int = 0
+    cluster_model: str = "single"  # or "sentinel"
+    sentinel_master: str = ""      # the master's name, with "sentinel"
 
     def __post_init__(self) -> None:
         if not isinstance(self.nodes, tuple):
@@ -280,11 +282,28 @@ class RedisConfig:
             _need_node("[redis] nodes", index, node)
         _need_str("[redis] password", self.password)
         _need_int("[redis] db", self.db, 0)
+        if self.cluster_model == "cluster":
+            raise ConfigError("Redis Cluster is not implemented", key="[redis] cluster-model")
+        if self.cluster_model not in ("single", "sentinel"):
+            raise ConfigError(f"expected \"single\" or \"sentinel\", got {self.cluster_model!r}",
+                              key="[redis] cluster-model")
+        _need_str("[redis] sentinel-master", self.sentinel_master)
+        if self.cluster_model == "sentinel" and self.nodes and not self.sentinel_master:
+            raise ConfigError("cluster-model \"sentinel\" needs the master's name",
+                              key="[redis] sentinel-master")
 
     def url(self) -> str | None:
-        """``redis://[:password@]host:port/db`` for the first node, None without nodes."""
+        """
+        ``redis://[:password@]host:port/db`` for the first node, or with
+        Sentinel ``redis+sentinel://[:password@]sentinel,.../master/db``;
+        None without nodes.
+        """
         if not self.nodes:
             return None
+        if self.cluster_model == "sentinel":
+            from mpush.store.redis_connection import sentinel_url
+
+            return sentinel_url(self.nodes, self.sentinel_master, self.db, self.password)
         auth = f":{quote(self.password, safe='')}@" if self.password else ""
         return f"redis://{auth}{self.nodes[0]}/{self.db}"
 
@@ -739,8 +758,8 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "nodes": _Field("nodes", _node_list),
         "password": _Field("password", _same),
         "db": _Field("db", _same),
-        "cluster-model": _Only("single", "Redis Cluster and Sentinel are not implemented"),
-        "sentinel-master": _Only("", "Redis Sentinel is not implemented"),
+        "cluster-model": _Field("cluster_model", _same),
+        "sentinel-master": _Field("sentinel_master", _same),
         "write-to-zk": _ANY,
         "config": {k: _ANY for k in (
             "maxTotal", "maxIdle", "minIdle", "lifo", "fairness", "maxWaitMillis",

@@ -3,9 +3,8 @@ C{[cluster] workers = N}: the process systemd runs supervises N workers.
 
 With N > 1, C{twistd -n mpush} serves nothing itself.  Before any worker
 starts it loads (or generates) the RSA key pair, so every worker reads the
-same one, and clears the online-user list of the public IP (C{mp:oul:<ip>}),
-which the workers share and so must not clear.  Then it starts the workers
-(C{python -m mpush.worker}, see L{mpush.worker}) and:
+same one.  Then it starts the workers (C{python -m mpush.worker}, see
+L{mpush.worker}) and:
 
   - writes their log events to its own log, marked "worker-I";
   - restarts a worker that exits, after a delay that doubles while
@@ -16,9 +15,13 @@ which the workers share and so must not clear.  Then it starts the workers
     restart would fail the same way;
   - passes SIGHUP (reload) on to every worker;
   - on SIGTERM (or SIGINT) passes SIGTERM on (each worker drains), waits for
-    every worker to exit (SIGKILL after the drain timeout and a grace),
-    clears the online-user list and exits: 0 when every worker drained
-    cleanly, else 1.
+    every worker to exit (SIGKILL after the drain timeout and a grace) and
+    exits: 0 when every worker drained cleanly, else 1.
+
+The workers share the online-user list of the public IP (C{mp:oul:<ip>}):
+each takes out only its own users when it starts and stops, and a worker
+that died is cleaned up after by its restart, or by any node that notices
+it gone (L{mpush.router.redis.RedisUserEvents}).
 
 A worker stops by itself when its supervisor is gone, even SIGKILLed.
 """
@@ -50,8 +53,6 @@ STABLE_AFTER = 60.0
 #: Seconds past the drain timeout before a worker that has not exited is killed
 #: (a drain's own bounds past its deadline add up to 19 s at worst).
 STOP_GRACE = 20.0
-#: Seconds the online-user list may take to clear.
-CLEAR_TIMEOUT = 3.0
 
 
 def _level(name):
@@ -166,9 +167,7 @@ class WorkerSupervisor(service.Service):
             first=self.config.net.gateway_server_port,
             last=self.config.net.gateway_server_port + self.count - 1,
         )
-        cleared = self.clear_online_list()
-        cleared.addCallback(lambda _: self._start_all())
-        cleared.addErrback(lambda failure: log.failure("starting the workers", failure))
+        self._start_all()
 
     def _start_all(self):
         if self.stopping:
@@ -283,7 +282,6 @@ class WorkerSupervisor(service.Service):
             yield ended
             if killer.active():
                 killer.cancel()
-        yield self.clear_online_list()
         log.info("all workers have exited")
         if self.exit_code:
             _exit_with(self.exit_code)
@@ -302,29 +300,6 @@ class WorkerSupervisor(service.Service):
                     worker.transport.signalProcess("KILL")
                 except Exception:
                     pass
-
-    # -- shared state --------------------------------------------------------
-
-    def clear_online_list(self):
-        """
-        Clear C{mp:oul:<public ip>} (what a lone node does at start and
-        stop); a failure is logged, never fatal.
-        """
-        url = self.config.redis.url()
-        if url is None:
-            return defer.succeed(None)
-        from mpush.netinfo import public_ip
-        from mpush.router.redis import RedisUserEvents
-        from mpush.store.redis_connection import connect_redis
-
-        redis = connect_redis(url, self.reactor, poolsize=1, connect_timeout=CLEAR_TIMEOUT)
-        events = RedisUserEvents(redis, public_ip(self.config.net), self.reactor, timeout=CLEAR_TIMEOUT)
-        done = events.clear()
-        done.addErrback(lambda failure: log.warn("online list not cleared: {why}", why=failure.getErrorMessage()))
-        done.addBoth(lambda _: events.close())
-        done.addBoth(lambda _: redis.disconnect())
-        done.addErrback(lambda failure: None)
-        return done
 
 
 def _exit_with(code):

@@ -164,6 +164,11 @@ def registry_timing(config):
     return {"ttl": cluster.node_ttl / 1000.0, "refresh": cluster.node_refresh / 1000.0}
 
 
+def gateway_of(config) -> tuple[str, int]:
+    """A node's gateway endpoint: its identity in routes and among the nodes."""
+    return (local_ip(config.net), config.net.gateway_server_port)
+
+
 class Backends:
     """
     The shared state of a node, in memory or in Redis: sessions, routes,
@@ -192,7 +197,7 @@ class Backends:
             self.broadcasts = MemoryBroadcastControl()
             self.sessions = MemorySessionStore(clock)
             self.remote = MemoryRemoteRouter(clock, state)
-            self.events = MemoryUserEvents(public_ip(config.net), clock, state)
+            self.events = MemoryUserEvents(public_ip(config.net), clock, state, gateway=gateway_of(config))
             self.kicks = MemoryKickChannel(clock, state)
             self.registry = MemoryNodeRegistry(clock, state, **registry_timing(config))
         else:
@@ -222,7 +227,7 @@ class Backends:
                 self.redis, clock, close_connection=False, load_patience=SESSION_LOAD_PATIENCE
             )
             self.remote = RedisRemoteRouter(self.redis, clock)
-            self.events = RedisUserEvents(self.redis, public_ip(config.net), clock)
+            self.events = RedisUserEvents(self.redis, public_ip(config.net), clock, gateway=gateway_of(config))
             self.kicks = RedisKickChannel(url, clock, publisher=self.redis)
             self.nudges = RedisNudgeChannel(url, clock, publisher=self.redis)
             self.registry = RedisNodeRegistry(self.redis, clock, **registry_timing(config))
@@ -276,10 +281,6 @@ class NodeService(service.MultiService):
         self._sweeper = None
         self.drainer = None
         self.log_gate = None
-        #: Whether this node owns the online-user list of its public IP
-        #: (C{mp:oul:<ip>}) and clears it at start and stop.  Workers share
-        #: the IP with each other: their supervisor clears it instead.
-        self.clear_online = True
         #: 0-based worker number under a supervisor, None for a lone node.
         self.worker = None
 
@@ -309,8 +310,9 @@ class NodeService(service.MultiService):
             gateway=self.info.port,
             where="in Redis" if backends.redis is not None else "in memory",
         )
-        if self.clear_online:
-            self._quietly(backends.events.clear(), "online list not cleared")
+        # Only the users this endpoint put in the online list before: other
+        # nodes (workers) behind the same IP keep theirs.
+        self._quietly(backends.events.clear(), "online list not cleared")
         # Routes this endpoint left online before a crash point at no
         # connection now; a restart within node-ttl is never reported dead.
         self._quietly(
@@ -339,6 +341,7 @@ class NodeService(service.MultiService):
 
     def _node_dead(self, info):
         log.warn("node {host}:{port} is gone; marking its routes offline", host=info.host, port=info.port)
+        self._quietly(self.backends.events.release_node(info.host, info.port), "dead node's online users left listed")
         return self.backends.remote.mark_node_offline(info.host, info.port)
 
     @defer.inlineCallbacks
@@ -361,7 +364,7 @@ class NodeService(service.MultiService):
         for step, why in (
             (lambda: backends.registry.unregister(), "node not unregistered"),
             (lambda: backends.remote.mark_node_offline(self.info.host, self.info.port), "routes not marked offline"),
-            (lambda: backends.events.clear() if self.clear_online else None, "online list not cleared"),
+            (lambda: backends.events.clear(), "online list not cleared"),
         ):
             try:
                 yield step()
@@ -417,8 +420,8 @@ def build_node(config, clock, backends=None):
         "refused" if name == "refused_too_large" else name, count
     )
     delivery = OfflineDelivery(backends.offline, node.acks, clock, lease_ms=config.offline.lease)
-    host = local_ip(config.net)
-    gateway = (host, config.net.gateway_server_port)
+    gateway = gateway_of(config)
+    host = gateway[0]
     node.router_center = RouterCenter(
         node, LocalRouter(), backends.remote, backends.events, backends.kicks, validator, gateway,
         offline=delivery,
@@ -493,7 +496,6 @@ def makeService(options):
     top = NodeService(node, backends, info, api)
     if worker is not None:
         top.worker = worker
-        top.clear_online = False
     net = config.net
     connections = ConnectionFactory(node, make_dispatcher(node))
     connections.noisy = False

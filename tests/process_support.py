@@ -146,3 +146,22 @@ def run_twistd(args, timeout=30.0, cwd=None):
         text=True,
         timeout=timeout,
     )
+
+
+def connect_device(test_case, node, user_id):
+    """
+    A client of C{node} (with the key pair in its state dir) bound as
+    C{user_id}, closed in C{test_case}'s cleanup.
+    """
+    from twisted.internet import reactor
+
+    from mpush.client.config import ClientConfig
+    from mpush.client.protocol import connect_client
+
+    with open(os.path.join(node.directory, "state", "rsa_public_key.x509.b64")) as stored:
+        public_key = stored.read().strip()
+    config = ClientConfig(
+        host="127.0.0.1", port=node.port, public_key=public_key, device_id=f"device-of-{user_id}", user_id=user_id
+    )
+    connected = connect_client(config, reactor)
+    return connected.addCallback(lambda client: test_case.addCleanup(client.close) or client)

@@ -84,11 +84,14 @@ class RedisServer:
     kept by L{restart}, so clients can reconnect to the same address.
     """
 
-    def __init__(self, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, port: int | None = None, extra_args: tuple[str, ...] = (), config_text: str = "") -> None:
         self.binary = find_redis_server()
         self.port = port
         #: More redis-server options, e.g. C{("--requirepass", "secret")}.
         self.extra_args = tuple(extra_args)
+        #: A config file's text, for what only a file may hold (a sentinel's
+        #: C{sentinel monitor}, which it also rewrites).
+        self.config_text = config_text
         self._process: subprocess.Popen | None = None
         self._dir: str | None = None
         self._paused = False
@@ -125,8 +128,15 @@ class RedisServer:
 
     def _spawn(self, port: int) -> None:
         log_path = os.path.join(self._dir, "redis.log")
+        config = []
+        if self.config_text:
+            config.append(os.path.join(self._dir, "redis.conf"))
+            if not os.path.exists(config[0]):
+                with open(config[0], "w") as written:
+                    written.write(self.config_text)
         args = [
             self.binary,
+            *config,
             "--port", str(port),
             "--bind", "127.0.0.1",
             "--save", "",
@@ -228,6 +238,27 @@ class RedisServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
+
+
+def start_sentinel_set(test_case: unittest.TestCase, master_name: str = "mymaster", sentinels: int = 3):
+    """
+    A master, a replica and C{sentinels} sentinels (quorum 2, a master
+    seen down after 1 s), each stopped in C{test_case}'s cleanup:
+    C{(master, replica, [sentinel, ...])}.
+    """
+    master = start_redis_server(test_case)
+    replica = start_redis_server(test_case, ("--replicaof", "127.0.0.1", str(master.port)))
+    watch = (
+        f"sentinel monitor {master_name} 127.0.0.1 {master.port} 2\n"
+        f"sentinel down-after-milliseconds {master_name} 1000\n"
+        f"sentinel failover-timeout {master_name} 5000\n"
+    )
+    started = []
+    for _ in range(sentinels):
+        sentinel = RedisServer(extra_args=("--sentinel",), config_text=watch)
+        test_case.addCleanup(sentinel.stop)
+        started.append(sentinel.start())
+    return master, replica, started
 
 
 def start_redis_server(test_case: unittest.TestCase, extra_args: tuple[str, ...] = ()) -> RedisServer:

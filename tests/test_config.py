@@ -26,6 +26,7 @@ from mpush.config import (
     parse_redis_url,
 )
 from mpush.protocol.heartbeat import negotiate_heartbeat
+from mpush.store.redis_connection import InvalidRedisUrl, parse_redis_url as parse_address
 
 ETC_MPUSH_TOML = os.path.join(os.path.dirname(os.path.abspath(__file__)),
                               os.pardir, "etc", "mpush.toml")
@@ -76,6 +77,8 @@ http-server-bind-ip = "10.0.0.5"
 nodes = ["redis.internal:6380", "10.0.0.9:6379"]
 password = "s3cret"
 db = 3
+cluster-model = "sentinel"
+sentinel-master = "mymaster"
 
 [push]
 flow-control.global.limit = 20000
@@ -342,7 +345,8 @@ class EveryKeyTests(ConfigErrorAssertions, SynchronousTestCase):
         self.assertEqual(config.redis.nodes, ("redis.internal:6380", "10.0.0.9:6379"))
         self.assertEqual(config.redis.password, "s3cret")
         self.assertEqual(config.redis.db, 3)
-        self.assertEqual(config.redis.url(), "redis://:s3cret@redis.internal:6380/3")
+        self.assertEqual((config.redis.cluster_model, config.redis.sentinel_master), ("sentinel", "mymaster"))
+        self.assertEqual(config.redis.url(), "redis+sentinel://:s3cret@redis.internal:6380,10.0.0.9:6379/mymaster/3")
         self.assertEqual(config.push, PushConfig(
             global_limit=20000, global_max=1000000, global_duration=2000,
             broadcast_limit=500, broadcast_max=9000, broadcast_duration=500,
@@ -489,7 +493,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 44)
+        self.assertEqual(len(keys), 46)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):
@@ -515,10 +519,16 @@ class EtcMpushTomlTests(SynchronousTestCase):
         self.assertIn("NEVER USE IT IN PRODUCTION", text)
 
     def test_redis_example(self):
-        (line,), _ = self._uncommented("nodes = ")
+        (line, sentinels), _ = self._uncommented("nodes = ")
         self.assertEqual(line, 'nodes = ["127.0.0.1:6379"]')
         config = parse(f"[redis]\n{line}\n")
         self.assertEqual(config.redis.url(), "redis://127.0.0.1:6379/0")
+        model = self._uncommented("cluster-model = ")[0][0]
+        master = self._uncommented("sentinel-master = ")[0][-1]
+        config = parse(f"[redis]\n{model}\n{master}\n{sentinels}\n")
+        self.assertEqual(
+            config.redis.url(), "redis+sentinel://10.0.0.11:26379,10.0.0.12:26379,10.0.0.13:26379/mymaster/0"
+        )
 
 
 class ErrorTests(ConfigErrorAssertions, SynchronousTestCase):
@@ -694,6 +704,24 @@ class ErrorTests(ConfigErrorAssertions, SynchronousTestCase):
         self.assertConfigError('[redis]\nnodes = ["127.0.0.1:6379:pw"]\n', "[redis] nodes[0]",
                                "ip:port:password", "use [redis] password")
 
+    def test_sentinel(self):
+        config = parse_config(
+            {"redis": {"cluster-model": "sentinel", "sentinel-master": "my master", "password": "p@ss",
+                       "nodes": ["127.0.0.1:26379", "10.0.0.2:26380"], "db": 2}}
+        )
+        self.assertEqual(config.redis.url(), "redis+sentinel://:p%40ss@127.0.0.1:26379,10.0.0.2:26380/my%20master/2")
+        address = parse_address(config.redis.url())
+        self.assertEqual(address.sentinels, (("127.0.0.1", 26379), ("10.0.0.2", 26380)))
+        self.assertEqual((address.master, address.db, address.password), ("my master", 2, "p@ss"))
+        self.assertNotIn("p@ss", repr(address))
+        self.assertConfigError('[redis]\ncluster-model = "sentinel"\nnodes = ["127.0.0.1:26379"]\n',
+                               "[redis] sentinel-master", "needs the master's name")
+
+    def test_bad_sentinel_urls(self):
+        for url in ("redis+sentinel://127.0.0.1:26379", "redis+sentinel://127.0.0.1/m",
+                    "redis+sentinel://127.0.0.1:0/m", "redis+sentinel://h:1/m/x"):
+            self.assertRaises(InvalidRedisUrl, parse_address, url)
+
     def test_bad_redis_db(self):
         self.assertConfigError("[redis]\ndb = -1\n", "[redis] db", "at least 0")
 
@@ -705,8 +733,8 @@ class ErrorTests(ConfigErrorAssertions, SynchronousTestCase):
             ("net", "gateway-server-net", '"udp"', "only 'tcp'"),
             ("net", "ws-path", '"/ws"', "only '/'"),
             ("net", "public-host-mapping", '{ "10.0.0.1" = "1.2.3.4" }', "set public-ip"),
-            ("redis", "cluster-model", '"cluster"', "only 'single'"),
-            ("redis", "sentinel-master", '"mymaster"', "Sentinel"),
+            ("redis", "cluster-model", '"cluster"', "Redis Cluster is not implemented"),
+            ("redis", "cluster-model", '"ring"', "expected \"single\" or \"sentinel\""),
             ("http", "proxy-enabled", '"false"', "expected true or false"),
         ]:
             self.assertConfigError(f"[{table}]\n{key} = {value}\n", f"[{table}] {key}", needle)

@@ -69,7 +69,7 @@ class RoutingContractMixin:
     def make_router(self) -> IRemoteRouter:
         raise NotImplementedError
 
-    def make_events(self, public_ip: str) -> IUserEvents:
+    def make_events(self, public_ip: str, gateway: tuple[str, int] = ("10.0.0.9", 3001)) -> IUserEvents:
         raise NotImplementedError
 
     def make_kick_channel(self) -> IKickChannel:
@@ -88,6 +88,9 @@ class RoutingContractMixin:
         raise NotImplementedError
 
     def raw_exists(self, key: str) -> bool:
+        raise NotImplementedError
+
+    def raw_delete(self, key: str) -> None:
         raise NotImplementedError
 
     def raw_publish(self, channel: str, message: bytes) -> None:
@@ -338,12 +341,78 @@ class RoutingContractMixin:
 
     @defer.inlineCallbacks
     def test_user_events_per_ip(self):
-        here, there = self.make_events("1.1.1.1"), self.make_events("2.2.2.2")
+        here, there = self.make_events("1.1.1.1", NODE_A), self.make_events("2.2.2.2", NODE_B)
         yield here.user_online("u1")
         yield there.user_online("u2")
         yield here.clear()
         self.assertEqual((yield here.count_online()), 0)
         self.assertEqual((yield there.count_online()), 1)
+
+    @defer.inlineCallbacks
+    def test_nodes_sharing_a_list_clear_only_their_own_users(self):
+        # Two workers behind one IP: one (re)starting must not wipe the other's users.
+        a = self.make_events("1.2.3.4", NODE_A)
+        b = self.make_events("1.2.3.4", NODE_B)
+        yield a.user_online("u1")
+        yield a.user_online("both")
+        yield b.user_online("both")
+        yield b.user_online("u2")
+        yield a.clear()
+        self.assertEqual(self.raw_zmembers("mp:oul:1.2.3.4"), {b"both", b"u2"})
+        # A user still online on the other node stays listed when it leaves one.
+        yield b.user_online("u3")
+        yield a.user_online("u3")
+        yield a.user_offline("u3")
+        self.assertEqual(self.raw_zmembers("mp:oul:1.2.3.4"), {b"both", b"u2", b"u3"})
+        yield b.user_offline("u3")
+        self.assertEqual(self.raw_zmembers("mp:oul:1.2.3.4"), {b"both", b"u2"})
+        # The last node to leave takes the list (as MPush's clear) with it.
+        yield b.clear()
+        self.assertFalse(self.raw_exists("mp:oul:1.2.3.4"))
+
+    @defer.inlineCallbacks
+    def test_restart_with_another_ip_clears_the_old_list(self):
+        before = self.make_events("1.2.3.4", NODE_A)
+        yield before.user_online("u1")
+        yield self.make_events("1.2.3.4", NODE_B).user_online("u2")
+        yield self.make_events("5.6.7.8", NODE_A).clear()
+        self.assertEqual(self.raw_zmembers("mp:oul:1.2.3.4"), {b"u2"})
+
+    @defer.inlineCallbacks
+    def test_start_clears_a_list_no_node_claims(self):
+        # Written by an older version (or a Java node): nobody's, so cleared.
+        old = self.make_events("1.2.3.4", NODE_A)
+        yield old.user_online("stale")
+        self.raw_delete("mp:oulc:1.2.3.4")
+        yield self.make_events("1.2.3.4", NODE_B).clear()
+        self.assertFalse(self.raw_exists("mp:oul:1.2.3.4"))
+
+    @defer.inlineCallbacks
+    def test_dead_nodes_users_released_on_its_ip(self):
+        a = self.make_events("1.2.3.4", NODE_A)
+        b = self.make_events("1.2.3.4", NODE_B)
+        elsewhere = self.make_events("5.6.7.8", ("10.0.0.7", 3001))
+        yield a.user_online("u1")
+        yield a.user_online("both")
+        yield b.user_online("both")
+        yield elsewhere.user_online("u1")
+        # Any survivor can do it, whatever IP it serves.
+        self.assertEqual((yield elsewhere.release_node(*NODE_A)), 1)
+        self.assertEqual(self.raw_zmembers("mp:oul:1.2.3.4"), {b"both"})
+        self.assertEqual(self.raw_zmembers("mp:oul:5.6.7.8"), {b"u1"})
+        self.assertEqual((yield elsewhere.release_node(*NODE_A)), 0)
+        yield b.user_offline("both")
+        self.assertFalse(self.raw_exists("mp:oul:1.2.3.4"))
+
+    @defer.inlineCallbacks
+    def test_dead_node_back_again_keeps_its_users(self):
+        # Reported dead, but registered again by then: it cleans up itself.
+        a = self.make_events("1.2.3.4", NODE_A)
+        yield a.user_online("u1")
+        registry = self.make_registry(10, 3)
+        yield registry.register(NodeInfo(NODE_A[0], NODE_A[1], None, 3000, 1))
+        self.assertEqual((yield self.make_events("5.6.7.8", NODE_B).release_node(*NODE_A)), 0)
+        self.assertEqual(self.raw_zmembers("mp:oul:1.2.3.4"), {b"u1"})
 
     @defer.inlineCallbacks
     def test_user_events_bad_input(self):
@@ -541,8 +610,8 @@ class MemoryRoutingTests(RoutingContractMixin, TestCase):
     def make_router(self):
         return MemoryRemoteRouter(self.clock, self.state)
 
-    def make_events(self, public_ip):
-        return MemoryUserEvents(public_ip, self.clock, self.state)
+    def make_events(self, public_ip, gateway=("10.0.0.9", 3001)):
+        return MemoryUserEvents(public_ip, self.clock, self.state, gateway=gateway)
 
     def make_kick_channel(self):
         return MemoryKickChannel(self.clock, self.state)
@@ -573,6 +642,9 @@ class MemoryRoutingTests(RoutingContractMixin, TestCase):
 
     def raw_exists(self, key):
         return key in self.state.sets or key in self.state.hashes or self.state.get(key) is not None
+
+    def raw_delete(self, key):
+        self.state.delete(key)
 
     def raw_publish(self, channel, message):
         self.state.publish(channel, message.decode("utf-8", "surrogateescape"))

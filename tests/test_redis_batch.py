@@ -170,7 +170,7 @@ class RedisBatchingTests(RedisRoutingTestCase):
 
     @defer.inlineCallbacks
     def test_events_of_a_turn_keep_their_order(self):
-        events = RedisUserEvents(self.client, "10.0.0.1", reactor, timeout=CALL_TIMEOUT)
+        events = RedisUserEvents(self.client, "10.0.0.1", reactor, timeout=CALL_TIMEOUT, gateway=("10.0.0.1", 3001))
         self.addCleanup(events.close)
         before = self.calls()
         yield defer.gatherResults(

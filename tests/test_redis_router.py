@@ -150,8 +150,8 @@ class RedisRoutingContractTests(RedisRoutingTestCase, RoutingContractMixin):
         self.addCleanup(router.close)
         return router
 
-    def make_events(self, public_ip):
-        events = RedisUserEvents(self.client, public_ip, reactor, timeout=CALL_TIMEOUT)
+    def make_events(self, public_ip, gateway=("10.0.0.9", 3001)):
+        events = RedisUserEvents(self.client, public_ip, reactor, timeout=CALL_TIMEOUT, gateway=gateway)
         self.addCleanup(events.close)
         return events
 
@@ -187,6 +187,9 @@ class RedisRoutingContractTests(RedisRoutingTestCase, RoutingContractMixin):
 
     def raw_exists(self, key):
         return self.raw("EXISTS", key) == 1
+
+    def raw_delete(self, key):
+        self.raw("DEL", key)
 
     def raw_publish(self, channel, message):
         self.raw("PUBLISH", channel, message)

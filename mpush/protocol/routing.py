@@ -26,6 +26,7 @@ from mpush.protocol.client_type import ClientType, classify
 __all__ = [
     "NODES_KEY",
     "NODE_ROUTES_PREFIX",
+    "ONLINE_IPS_KEY",
     "OFFLINE_CHANNEL",
     "ONLINE_CHANNEL",
     "ClientLocation",
@@ -49,7 +50,9 @@ __all__ = [
     "encode_route_member",
     "kick_channel",
     "node_key",
+    "node_online_key",
     "node_routes_key",
+    "online_counts_key",
     "online_users_key",
     "parse_client_type_field",
     "user_route_key",
@@ -70,6 +73,14 @@ NODE_ROUTES_PREFIX = "mp:nr:"
 _NODE_PREFIX = "mp:node:"
 #: Set of C{<host>:<port>} of every registered node (ours).
 NODES_KEY = "mp:nodes"
+# Ours too: who put each user in an online list shared by several nodes
+# (every set of workers), so that one node's start or death takes out only
+# its own users.
+_ONLINE_COUNTS_PREFIX = "mp:oulc:"
+_NODE_ONLINE_PREFIX = "mp:ouln:"
+#: Hash of C{<host>:<port>} -> the public IP whose online list that node
+#: writes (ours): what a survivor needs to clean up after a dead node.
+ONLINE_IPS_KEY = "mp:oulip"
 
 _INT32_MIN = -(2**31)
 _INT32_MAX = 2**31 - 1
@@ -115,6 +126,16 @@ def user_route_key(user_id: str) -> str:
 def online_users_key(public_ip: str) -> str:
     """C{mp:oul:<publicIp>}: the sorted set of users online on servers behind that IP."""
     return _ONLINE_USERS_PREFIX + _text(public_ip, "public ip")
+
+
+def online_counts_key(public_ip: str) -> str:
+    """C{mp:oulc:<publicIp>}: how many nodes have each user of that online list online (ours)."""
+    return _ONLINE_COUNTS_PREFIX + _text(public_ip, "public ip")
+
+
+def node_online_key(host: str, port: int) -> str:
+    """C{mp:ouln:<host>:<port>}: the users that gateway endpoint's node put online (ours)."""
+    return f"{_NODE_ONLINE_PREFIX}{_text(host, 'host')}:{_port(port)}"
 
 
 def kick_channel(host: str, port: int) -> str:

@@ -117,14 +117,16 @@ class IUserEvents(Interface):
 
     def user_online(user_id):
         """
-        C{ZADD mp:oul:<publicIp> 0 <userId>}, then C{PUBLISH /mpush/online/ <userId>}.
+        C{ZADD mp:oul:<publicIp> 0 <userId>}, then C{PUBLISH /mpush/online/ <userId>};
+        and note that this node put the user there.
 
         @return: Deferred firing C{None}.
         """
 
     def user_offline(user_id):
         """
-        C{ZREM mp:oul:<publicIp> <userId>}, then C{PUBLISH /mpush/offline/ <userId>}.
+        C{ZREM mp:oul:<publicIp> <userId>} unless another node sharing the
+        list still has the user online, then C{PUBLISH /mpush/offline/ <userId>}.
 
         @return: Deferred firing C{None}.
         """
@@ -136,9 +138,19 @@ class IUserEvents(Interface):
 
     def clear():
         """
-        Delete the list (router centre start and stop).
+        Take out of the list the users this node put there and no other
+        node has online (a node's start and stop); clear the list when no
+        node has anyone in it (what is left came from older versions).
 
         @return: Deferred firing C{None}.
+        """
+
+    def release_node(host, port):
+        """
+        L{clear} for the dead node of gateway endpoint C{(host, port)}, on
+        whatever IP it had; nothing if that node is registered again.
+
+        @return: Deferred firing how many users left the list.
         """
 
     def close():

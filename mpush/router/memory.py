@@ -14,6 +14,7 @@ clock (C{callLater(0)}), as a message really published would arrive.
 from __future__ import annotations
 
 import collections
+from functools import partial
 
 from typing import Callable
 
@@ -26,6 +27,7 @@ from mpush.protocol.routing import (
     NODES_KEY,
     OFFLINE_CHANNEL,
     ONLINE_CHANNEL,
+    ONLINE_IPS_KEY,
     ClientLocation,
     InvalidLocation,
     InvalidNodeInfo,
@@ -41,7 +43,9 @@ from mpush.protocol.routing import (
     encode_route_member,
     kick_channel,
     node_key,
+    node_online_key,
     node_routes_key,
+    online_counts_key,
     online_users_key,
     parse_client_type_field,
     user_route_key,
@@ -330,14 +334,22 @@ class MemoryRemoteRouter(_Closable):
 
 @implementer(IUserEvents)
 class MemoryUserEvents(_Closable):
-    """L{IUserEvents} on a L{MemoryRoutingState}."""
+    """L{IUserEvents} on a L{MemoryRoutingState}, as L{mpush.router.redis} keeps it."""
 
     _what = "memory user events"
 
-    def __init__(self, public_ip: str, clock: IReactorTime, state: MemoryRoutingState | None = None) -> None:
+    def __init__(
+        self,
+        public_ip: str,
+        clock: IReactorTime,
+        state: MemoryRoutingState | None = None,
+        *,
+        gateway: tuple[str, int],
+    ) -> None:
         super().__init__()
         self.public_ip = public_ip
         self._key = online_users_key(public_ip)
+        self._gateway = gateway
         self.state = state if state is not None else MemoryRoutingState(clock)
 
     def user_online(self, user_id: str) -> defer.Deferred:
@@ -350,12 +362,24 @@ class MemoryUserEvents(_Closable):
         self._check_open()
         if not isinstance(user_id, str):
             raise TypeError(f"user id must be text, not {type(user_id).__name__}")
+        state = self.state
+        host, port = self._gateway
+        counts, mine = online_counts_key(self.public_ip), node_online_key(host, port)
+        state.hset(ONLINE_IPS_KEY, encode_node_member(host, port), self.public_ip)
         if online:
-            self.state.sadd(self._key, user_id)
-            self.state.publish(ONLINE_CHANNEL, user_id)
+            state.sadd(self._key, user_id)
+            if state.sadd(mine, user_id):
+                state.hset(counts, user_id, str(int(state.hget(counts, user_id) or 0) + 1))
+            state.publish(ONLINE_CHANNEL, user_id)
         else:
-            self.state.srem(self._key, user_id)
-            self.state.publish(OFFLINE_CHANNEL, user_id)
+            left = int(state.hget(counts, user_id) or 0)
+            if state.srem(mine, user_id):
+                left -= 1
+                state.hset(counts, user_id, str(left))
+            if left <= 0:
+                state.hdel(counts, user_id)
+                state.srem(self._key, user_id)
+            state.publish(OFFLINE_CHANNEL, user_id)
 
     def count_online(self) -> defer.Deferred:
         return _fired(self._count)
@@ -369,7 +393,33 @@ class MemoryUserEvents(_Closable):
 
     def _clear(self) -> None:
         self._check_open()
-        self.state.delete(self._key)
+        self._release(*self._gateway, dead=False)
+        if online_counts_key(self.public_ip) not in self.state.hashes:
+            self.state.delete(self._key)
+
+    def release_node(self, host: str, port: int) -> defer.Deferred:
+        return _fired(partial(self._release, dead=True), host, port)
+
+    def _release(self, host: str, port: int, *, dead: bool) -> int:
+        self._check_open()
+        state = self.state
+        member = encode_node_member(host, port)
+        ip = state.hget(ONLINE_IPS_KEY, member)
+        if ip is None or (dead and state.get(node_key(host, port)) is not None):
+            return 0
+        counts, listed, mine = online_counts_key(ip), online_users_key(ip), node_online_key(host, port)
+        gone = 0
+        for user_id in state.smembers(mine):
+            left = int(state.hget(counts, user_id) or 0) - 1
+            if left > 0:
+                state.hset(counts, user_id, str(left))
+                continue
+            state.hdel(counts, user_id)
+            state.srem(listed, user_id)
+            gone += 1
+        state.delete(mine)
+        state.hdel(ONLINE_IPS_KEY, member)
+        return gone
 
 
 @implementer(IKickChannel)

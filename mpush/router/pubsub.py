@@ -18,13 +18,12 @@ from typing import Callable
 
 import txredisapi
 from twisted.internet import defer, task
-from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mpush.router.interfaces import RouterUnavailable
 from mpush.store.redis_calls import check_timeout
-from mpush.store.redis_connection import parse_redis_url
+from mpush.store.redis_connection import close_endpoint, parse_redis_url, redis_endpoint
 
 __all__ = ["RedisSubscriber"]
 
@@ -115,9 +114,8 @@ class RedisSubscriber:
         self._factory = factory
         from twisted.internet import reactor
 
-        factory.startConnecting(
-            HostnameEndpoint(reactor, address.host, address.port, timeout=connect_timeout)
-        )
+        self._endpoint = redis_endpoint(reactor, address, connect_timeout)
+        factory.startConnecting(self._endpoint)
         self._ping_loop = task.LoopingCall(self._ping)
         self._ping_loop.clock = clock
         self._ping_loop.start(ping_interval, now=False)
@@ -186,6 +184,7 @@ class RedisSubscriber:
         closing = self._factory.disconnect()
         closing.addTimeout(self._timeout, self._clock)
         closing.addErrback(self._abort_remaining)
+        closing.addBoth(lambda _: close_endpoint(self._endpoint))
         closing.addBoth(lambda _: None)
         self._closing = closing
         result: defer.Deferred = defer.Deferred()

@@ -27,6 +27,7 @@ from mpush.protocol.routing import (
     NODE_ROUTES_PREFIX,
     NODES_KEY,
     OFFLINE_CHANNEL,
+    ONLINE_IPS_KEY,
     ONLINE_CHANNEL,
     ClientLocation,
     InvalidLocation,
@@ -43,7 +44,9 @@ from mpush.protocol.routing import (
     encode_route_member,
     kick_channel,
     node_key,
+    node_online_key,
     node_routes_key,
+    online_counts_key,
     online_users_key,
     parse_client_type_field,
     user_route_key,
@@ -141,20 +144,69 @@ return done
 
 # Online and offline events, in order: per user a ZADD (ARGV "1") or ZREM
 # (ARGV "0") on the online list KEYS[1], then a PUBLISH on its channel.
-#   ARGV[1], ARGV[2]: online and offline channels; then per event: op, user
+# Several nodes share a list (workers behind one IP): each keeps the users
+# it put online in its own set KEYS[3], and KEYS[2] counts, per user, the
+# nodes whose set has it; an offline event takes a user out of the list only
+# once no node has it.  KEYS[4] maps this node (ARGV[3]) to its IP (ARGV[4]),
+# for whoever cleans up after it (L{_RELEASE_NODE}).
+#   ARGV[1], ARGV[2]: online and offline channels; ARGV[3], ARGV[4]: this
+#   node's "<host>:<port>" and public IP; then per event: op, user
 _EVENTS = """
 local online, offline = ARGV[1], ARGV[2]
-for a = 3, #ARGV, 2 do
+local list, counts, mine = KEYS[1], KEYS[2], KEYS[3]
+redis.call('HSET', KEYS[4], ARGV[3], ARGV[4])
+for a = 5, #ARGV, 2 do
   local user = ARGV[a + 1]
   if ARGV[a] == '1' then
-    redis.call('ZADD', KEYS[1], 0, user)
+    redis.call('ZADD', list, 0, user)
+    if redis.call('SADD', mine, user) == 1 then redis.call('HINCRBY', counts, user, 1) end
     redis.call('PUBLISH', online, user)
   else
-    redis.call('ZREM', KEYS[1], user)
+    local left = 0
+    if redis.call('SREM', mine, user) == 1 then
+      left = redis.call('HINCRBY', counts, user, -1)
+    else
+      left = tonumber(redis.call('HGET', counts, user)) or 0
+    end
+    if left <= 0 then
+      redis.call('HDEL', counts, user)
+      redis.call('ZREM', list, user)
+    end
     redis.call('PUBLISH', offline, user)
   end
 end
-return (#ARGV - 2) / 2
+return (#ARGV - 4) / 2
+"""
+
+# Forget what one node put online (its start and stop, or its death): each
+# user of its set KEYS[3] leaves the list KEYS[1] unless another node still
+# has it (the counts KEYS[2]); then its set and its entry ARGV[1] in KEYS[4]
+# go.  Only while KEYS[4] still maps it to the IP ARGV[2] the keys were made
+# for (else -2), and with ARGV[3] "1" (a dead node) only while its
+# registration KEYS[5] is absent (else -1: it is back, and cleans up itself).
+# Returns how many users left the list.
+_RELEASE_NODE = """
+if redis.call('HGET', KEYS[4], ARGV[1]) ~= ARGV[2] then return -2 end
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[5]) == 1 then return -1 end
+local gone = 0
+for _, user in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if redis.call('HINCRBY', KEYS[2], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[2], user)
+    redis.call('ZREM', KEYS[1], user)
+    gone = gone + 1
+  end
+end
+redis.call('DEL', KEYS[3])
+redis.call('HDEL', KEYS[4], ARGV[1])
+return gone
+"""
+
+# The online list KEYS[1] when no node counts any of its users (KEYS[2]
+# absent): what is left was written before the counts existed, or by a Java
+# node, and a start clears it as MPush does.
+_SWEEP_UNCLAIMED = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # PUBLISH ARGV[2i] on channel ARGV[2i-1]: the kicks of a turn in one command.
@@ -423,7 +475,12 @@ def _disconnect(client: RedisClient | None, redis) -> defer.Deferred:
 class RedisUserEvents(RedisComponent):
     """
     L{IUserEvents} on Redis: C{mp:oul:<publicIp>} and the online/offline
-    channels, exactly as Java nodes write them.
+    channels, exactly as Java nodes write them; beside them, which node put
+    each user there (C{mp:ouln:<host>:<port>}, C{mp:oulc:<publicIp>},
+    C{mp:oulip}), so nodes sharing an IP leave each other's users alone.
+
+    @param gateway: this node's gateway endpoint C{(host, port)}, its
+        identity among the nodes sharing the list.
     """
 
     def __init__(
@@ -433,10 +490,15 @@ class RedisUserEvents(RedisComponent):
         clock: IReactorTime,
         timeout: float = 2.0,
         *,
+        gateway: tuple[str, int],
         close_connection: bool = False,
     ) -> None:
         self.public_ip = public_ip
         self._key = online_users_key(public_ip)
+        host, port = gateway
+        self._member = encode_node_member(host, port)
+        self._gateway = (host, port)
+        self._keys = [self._key, online_counts_key(public_ip), node_online_key(host, port), ONLINE_IPS_KEY]
         self._calls = BoundedRedis(redis, clock, timeout, "redis user events", RouterUnavailable)
         self._redis = self._calls.redis
         self._client = _client_of(redis)
@@ -455,20 +517,54 @@ class RedisUserEvents(RedisComponent):
         return self._events.submit(("1" if channel == ONLINE_CHANNEL else "0", user_id))
 
     def _send_events(self, events: list[tuple[str, str]]) -> defer.Deferred:
-        args = [ONLINE_CHANNEL, OFFLINE_CHANNEL]
+        args = [ONLINE_CHANNEL, OFFLINE_CHANNEL, self._member, self.public_ip]
         for event in events:
             args += event
         return self._calls.call(
             "online/offline events",
-            lambda: self._redis.eval(_EVENTS, [self._key], args),
+            lambda: self._redis.eval(_EVENTS, self._keys, args),
             lambda _: [None] * len(events),
         )
 
     def count_online(self) -> defer.Deferred:
         return self._calls.call("count_online", lambda: self._redis.zcard(self._key), int)
 
-    def clear(self) -> defer.Deferred:
-        return self._calls.call("clear", lambda: self._redis.delete(self._key), lambda _: None)
+    @defer.inlineCallbacks
+    def clear(self):
+        # Our own IP is tried first, so that at a start the first command
+        # sent is the clean-up itself, ahead of any new bind's events.
+        yield self._release(*self._gateway, dead=False, ip=self.public_ip)
+        keys = [self._key, online_counts_key(self.public_ip)]
+        yield self._calls.call("clear", lambda: self._redis.eval(_SWEEP_UNCLAIMED, keys, []), lambda _: None)
+
+    def release_node(self, host: str, port: int) -> defer.Deferred:
+        try:
+            encode_node_member(host, port)
+        except Exception:
+            return defer.fail()
+        return self._release(host, port, dead=True)
+
+    @defer.inlineCallbacks
+    def _release(self, host: str, port: int, *, dead: bool, ip: str | None = None):
+        member = encode_node_member(host, port)
+        for _ in range(_CAS_ATTEMPTS):
+            if ip is None:
+                # The IP the node wrote its users under: a dead node's, or
+                # ours before a restart with another public IP.
+                ip = yield self._calls.call("release", lambda: self._redis.hget(ONLINE_IPS_KEY, member))
+                if ip is None:
+                    return 0
+                if isinstance(ip, bytes):
+                    ip = ip.decode("utf-8", "replace")
+            keys = [online_users_key(ip), online_counts_key(ip), node_online_key(host, port), ONLINE_IPS_KEY,
+                    node_key(host, port)]
+            gone = yield self._calls.call(
+                "release", lambda: self._redis.eval(_RELEASE_NODE, keys, [member, ip, "1" if dead else "0"]), int
+            )
+            if gone != -2:
+                return max(gone, 0)
+            ip = None
+        return 0
 
     def close(self) -> defer.Deferred:
         self._calls.close()

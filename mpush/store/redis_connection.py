@@ -15,13 +15,14 @@ install a non-default reactor before importing it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import txredisapi
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from mpush.redis_status import RedisReachability
 
@@ -29,15 +30,23 @@ __all__ = [
     "InvalidRedisUrl",
     "RedisAddress",
     "RedisClient",
+    "SentinelMasterEndpoint",
+    "close_endpoint",
     "connect_redis",
     "parse_redis_url",
+    "redis_endpoint",
+    "sentinel_url",
 ]
 
 _DEFAULT_PORT = 6379
+_SENTINEL_SCHEME = "redis+sentinel"
 
 
 class InvalidRedisUrl(ValueError):
-    """The configured Redis URL is not C{redis://[[user]:password@]host[:port][/db]}."""
+    """
+    The configured Redis URL is not C{redis://[[user]:password@]host[:port][/db]}
+    nor C{redis+sentinel://[:password@]host:port,...,host:port/master[/db]}.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +58,57 @@ class RedisAddress:
     db: int = 0
     password: str | None = None
     username: str | None = None
+    #: With Redis Sentinel: the sentinels, asked for the address of the
+    #: master named C{master} (C{host:port} is then the first sentinel).
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+
+    @property
+    def label(self) -> str:
+        """What log lines call this server."""
+        if self.sentinels:
+            return f"sentinel master {self.master}"
+        return f"{self.host}:{self.port}"
 
     def __repr__(self) -> str:
         # Keep the password out of logs.
         secret = ", password=***" if self.password is not None else ""
         user = f", username={self.username!r}" if self.username else ""
-        return f"RedisAddress({self.host!r}, {self.port}, db={self.db}{user}{secret})"
+        where = f"sentinels={self.sentinels!r}, master={self.master!r}" if self.sentinels else f"{self.host!r}, {self.port}"
+        return f"RedisAddress({where}, db={self.db}{user}{secret})"
+
+
+def sentinel_url(sentinels: tuple[str, ...], master: str, db: int = 0, password: str = "") -> str:
+    """The URL of master C{master} known to C{sentinels} (C{"host:port"} each)."""
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"{_SENTINEL_SCHEME}://{auth}{','.join(sentinels)}/{quote(master, safe='')}/{db}"
+
+
+def _parse_sentinel_url(url: str) -> RedisAddress:
+    rest = url[len(_SENTINEL_SCHEME) + 3:]
+    where, _, path = rest.partition("/")
+    auth, at, hosts = where.rpartition("@")
+    password = unquote(auth.partition(":")[2]) if at else None
+    sentinels = []
+    for node in hosts.split(","):
+        host, colon, port = node.rpartition(":")
+        host = host.strip("[]")
+        if not colon or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            raise InvalidRedisUrl(f"sentinel must be host:port, got {node!r} in {_redact(url)!r}")
+        sentinels.append((host, int(port)))
+    master, _, db = path.partition("/")
+    if not master:
+        raise InvalidRedisUrl(f"sentinel url names no master: {_redact(url)!r}")
+    if db and not (db.isascii() and db.isdigit()):
+        raise InvalidRedisUrl(f"redis db must be a number, got {db!r}")
+    return RedisAddress(
+        host=sentinels[0][0],
+        port=sentinels[0][1],
+        db=int(db or 0),
+        password=password or None,
+        sentinels=tuple(sentinels),
+        master=unquote(master),
+    )
 
 
 def parse_redis_url(url: str) -> RedisAddress:
@@ -64,6 +118,8 @@ def parse_redis_url(url: str) -> RedisAddress:
     """
     if not isinstance(url, str):
         raise InvalidRedisUrl(f"redis url must be text, not {type(url).__name__}")
+    if url.startswith(_SENTINEL_SCHEME + "://"):
+        return _parse_sentinel_url(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -101,6 +157,51 @@ def _redact(url: str) -> str:
         return url
     scheme, sep, _ = head.partition("://")
     return f"{scheme}{sep}***@{tail}"
+
+
+@implementer(IStreamClientEndpoint)
+class SentinelMasterEndpoint:
+    """
+    Connects to the master the sentinels name at each attempt, so that a
+    pool reconnecting after its master died lands on the one a failover
+    promoted.  Discovery is txredisapi's L{txredisapi.Sentinel} (the first
+    sentinel to name a master not seen down wins).
+    """
+
+    def __init__(self, reactor, address: RedisAddress, timeout: float) -> None:
+        self._reactor = reactor
+        self._master = address.master
+        self._timeout = timeout
+        self._sentinel = txredisapi.Sentinel(
+            list(address.sentinels), connectTimeout=timeout, replyTimeout=timeout
+        )
+        self._sentinel.discovery_timeout = timeout
+
+    def connect(self, protocol_factory):
+        found = self._sentinel.discover_master(self._master)
+        found.addCallback(
+            lambda where: HostnameEndpoint(self._reactor, where[0], where[1], timeout=self._timeout).connect(
+                protocol_factory
+            )
+        )
+        return found
+
+    def close(self) -> defer.Deferred:
+        """Close the connections to the sentinels."""
+        return self._sentinel.disconnect().addBoth(lambda _: None)
+
+
+def redis_endpoint(reactor, address: RedisAddress, timeout: float):
+    """Where connections to C{address} go: the server, or the master the sentinels name."""
+    if address.sentinels:
+        return SentinelMasterEndpoint(reactor, address, timeout)
+    return HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
+
+
+def close_endpoint(endpoint) -> defer.Deferred:
+    """Release what an endpoint of L{redis_endpoint} holds (a sentinel's connections)."""
+    close = getattr(endpoint, "close", None)
+    return close() if close is not None else defer.succeed(None)
 
 
 class _DirectHandler(txredisapi.ConnectionHandler):
@@ -153,17 +254,18 @@ class RedisClient:
     """
 
     __slots__ = ("redis", "address", "reachability", "_factory", "_clock", "_close_timeout", "_closing",
-                 "_closed", "_waiters")
+                 "_closed", "_waiters", "endpoint")
 
     log = Logger()
 
-    def __init__(self, factory, address: RedisAddress, clock: IReactorTime, close_timeout: float):
+    def __init__(self, factory, address: RedisAddress, clock: IReactorTime, close_timeout: float, endpoint=None):
         self._factory = factory
+        self.endpoint = endpoint
         #: The txredisapi connection handler: C{get}, C{set}, C{expire}, ...
         self.redis = factory.handler
         self.address = address
         #: L{RedisReachability}: logs outages once, tells calls why they fail.
-        self.reachability = RedisReachability(f"{address.host}:{address.port}", clock)
+        self.reachability = RedisReachability(address.label, clock)
         self._clock = clock
         self._close_timeout = close_timeout
         self._closing = False
@@ -195,6 +297,7 @@ class RedisClient:
             closing = self._factory.disconnect()
             closing.addTimeout(self._close_timeout, self._clock)
             closing.addErrback(self._abort_remaining)
+            closing.addBoth(lambda _: close_endpoint(self.endpoint))
             closing.addBoth(self._closed_now)
         return waiter
 
@@ -272,8 +375,8 @@ def connect_redis(
     factory.reconnect = True
     factory.maxDelay = max_retry_delay
     factory.initialDelay = min(factory.initialDelay, max_retry_delay)
-    endpoint = HostnameEndpoint(reactor, address.host, address.port, timeout=connect_timeout)
-    client = RedisClient(factory, address, clock, close_timeout)
+    endpoint = redis_endpoint(reactor, address, connect_timeout)
+    client = RedisClient(factory, address, clock, close_timeout, endpoint)
     # A lazy pool still fails this Deferred when it gives up for good (bad
     # password, bad db); nobody else waits on it, so report it here rather
     # than as an unhandled error at garbage collection.
