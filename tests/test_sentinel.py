@@ -120,3 +120,25 @@ class SentinelTests(TestCase):
 
     def device(self, node, user_id):
         return connect_device(self, node, user_id)
+
+
+class SentinelEndpointCloseTests(TestCase):
+    @defer.inlineCallbacks
+    def test_closing_fails_a_discovery_under_way_and_leaves_no_timer(self):
+        """
+        A pool closed while it waits for the sentinels (none answers: a
+        failover under way, or all of them down) fails that wait at once
+        and leaves nothing scheduled; trial's clean-reactor check is the
+        other half of this test.
+        """
+        from mpush.store.redis_connection import SentinelMasterEndpoint, parse_redis_url
+        from tests.process_support import free_port
+
+        address = parse_redis_url(sentinel_url((f"127.0.0.1:{free_port()}",), "mymaster"))
+        endpoint = SentinelMasterEndpoint(reactor, address, 5.0)
+        found = endpoint.discover_master()
+        yield task.deferLater(reactor, 0.2, lambda: None)
+        self.assertFalse(found.called)
+        yield endpoint.close()
+        error = yield self.assertFailure(found, Exception)
+        self.assertIn("closed", str(error))

@@ -164,8 +164,10 @@ class SentinelMasterEndpoint:
     """
     Connects to the master the sentinels name at each attempt, so that a
     pool reconnecting after its master died lands on the one a failover
-    promoted.  Discovery is txredisapi's L{txredisapi.Sentinel} (the first
-    sentinel to name a master not seen down wins).
+    promoted.  The sentinels are asked through txredisapi's
+    L{txredisapi.Sentinel} connections (the first to name a master not seen
+    down wins); the wait for an answer is our own, on C{reactor}, so that
+    closing the endpoint leaves no timer behind.
     """
 
     def __init__(self, reactor, address: RedisAddress, timeout: float) -> None:
@@ -175,10 +177,40 @@ class SentinelMasterEndpoint:
         self._sentinel = txredisapi.Sentinel(
             list(address.sentinels), connectTimeout=timeout, replyTimeout=timeout
         )
-        self._sentinel.discovery_timeout = timeout
+        # Discoveries waiting for a sentinel: timer -> the Deferred to fire.
+        self._waiting: dict = {}
+
+    def discover_master(self) -> defer.Deferred:
+        """
+        C{(host, port)} of the master, or L{txredisapi.MasterNotFoundError}
+        when no sentinel names one within the timeout.
+        """
+        found: defer.Deferred = defer.Deferred()
+
+        def answered(masters) -> None:
+            state = masters.get(self._master) if isinstance(masters, dict) else None
+            if not found.called and state and self._sentinel.check_master_state(state):
+                settle()
+                found.callback((state["ip"], int(state["port"])))
+
+        def timed_out() -> None:
+            self._waiting.pop(timer, None)
+            if not found.called:
+                found.errback(txredisapi.MasterNotFoundError(f"No master found for {self._master}"))
+
+        def settle() -> None:
+            self._waiting.pop(timer, None)
+            if timer.active():
+                timer.cancel()
+
+        timer = self._reactor.callLater(self._timeout, timed_out)
+        self._waiting[timer] = found
+        for sentinel in self._sentinel.sentinels:
+            sentinel.sentinel_masters().addCallbacks(answered, lambda _: None)
+        return found
 
     def connect(self, protocol_factory):
-        found = self._sentinel.discover_master(self._master)
+        found = self.discover_master()
         found.addCallback(
             lambda where: HostnameEndpoint(self._reactor, where[0], where[1], timeout=self._timeout).connect(
                 protocol_factory
@@ -187,7 +219,13 @@ class SentinelMasterEndpoint:
         return found
 
     def close(self) -> defer.Deferred:
-        """Close the connections to the sentinels."""
+        """Stop waiting for sentinels (a discovery under way fails) and close the connections to them."""
+        waiting, self._waiting = self._waiting, {}
+        for timer, found in waiting.items():
+            if timer.active():
+                timer.cancel()
+            if not found.called:
+                found.errback(txredisapi.MasterNotFoundError(f"{self._master}: the endpoint was closed"))
         return self._sentinel.disconnect().addBoth(lambda _: None)
 
 
