@@ -6,7 +6,9 @@ C{twisted/plugins/} is found) with a config file written by the test, and is
 stopped with SIGTERM (SIGKILL after a deadline) in cleanup.
 """
 
+import collections
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -17,7 +19,28 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+#: Where L{free_port} looks: below Linux's ephemeral range (32768 and up),
+#: so no client connection's source port can take a port between the pick
+#: and the server's bind (a node listens on 0.0.0.0, which any socket using
+#: the port blocks).
+_PORT_RANGE = (20000, 32000)
+#: Ports handed out lately, never handed out again while remembered.
+_handed_out = collections.deque(maxlen=1024)
+
+
 def free_port():
+    """A TCP port free on every IPv4 address, not handed out lately."""
+    for _ in range(500):
+        port = random.randrange(*_PORT_RANGE)
+        if port in _handed_out:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.append(port)
+        return port
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
