@@ -299,11 +299,12 @@ class RouterCenter:
         _answer(connection.send(Command.KICK, KickUserMessage(connection.context.device_id, user_id), 0))
         if not close:
             return defer.succeed(None)
-        released = (
-            self.connection_closed(connection, at_once=True) if connection.context.user_id is not None else None
-        )
+        if connection.context.user_id is None:
+            released = defer.succeed(None)
+        else:
+            released = self.connection_closed(connection, at_once=True)
         connection.close(reason="kicked")
-        return released if released is not None else defer.succeed(None)
+        return released
 
     def remote_kick(self, kick):
         """

@@ -109,7 +109,6 @@ class BoundedRedis:
         what: str,
         command: Callable[[], defer.Deferred],
         on_reply: Callable[[object], object] = lambda reply: reply,
-        timeout: float | None = None,
         patience: float | None = None,
     ) -> defer.Deferred:
         """
@@ -117,8 +116,7 @@ class BoundedRedis:
         Deferred) and pass its reply through C{on_reply}.
 
         A call of several commands chains them inside C{command}: the
-        deadline covers the whole chain.  C{timeout} overrides the
-        component's deadline for this call.  A deadline is decided one turn
+        deadline covers the whole chain.  A deadline is decided one turn
         after its timer fires, so a reply read in that turn still counts.
         With C{patience} (seconds, more than the deadline), a deadline whose
         timer fires more than L{OVERLOAD_LAG} late, or whose turn takes that
@@ -134,7 +132,7 @@ class BoundedRedis:
         refused = self.refusal(what)
         if refused is not None:
             return defer.fail(refused)
-        timeout = self.timeout if timeout is None else timeout
+        timeout = self.timeout
         now = self.clock.seconds()
         call = _Call(what, timeout, now + timeout, now + max(timeout, patience or 0.0))
         call.timer = self.clock.callLater(timeout, self._deadline, call)
