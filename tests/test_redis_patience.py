@@ -5,6 +5,7 @@ at its deadline as always.  A fake clock and a command that never answers.
 """
 
 from twisted.internet import defer, task
+from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase
 
 from mpush.store.interfaces import StoreUnavailable
@@ -90,3 +91,32 @@ class DecidedAfterTheTurnTests(SynchronousTestCase):
         clock.advance(2.0)  # fires on time, but its turn is long
         clock.advance(clock.turn)
         self.assertNoResult(result)
+
+
+class _LostFactory:
+    """A txredisapi factory stand-in whose pool has lost its connections."""
+
+    def __init__(self):
+        self.handler = _Silent()
+        self.pool = []
+
+
+class ReconnectingPoolTests(SynchronousTestCase):
+    def test_a_deadline_while_the_pool_reconnects_says_nothing_more(self):
+        """
+        Redis went away and the pool is reconnecting: the client says once
+        whether it can (reachable/unreachable); a call's deadline that comes
+        first fails the call without a line of its own.
+        """
+        from mpush.store.redis_connection import RedisAddress, RedisClient
+
+        clock = task.Clock()
+        factory = _LostFactory()
+        client = RedisClient(factory, RedisAddress("127.0.0.1", 1), clock, 1.0)
+        calls = BoundedRedis(client, clock, 2.0, "redis session store", StoreUnavailable)
+        warned = []
+        calls.log = Logger(observer=lambda event: warned.append(event))
+        result = calls.call("load", lambda: factory.handler.get("k"))
+        clock.advance(2.0)
+        self.failureResultOf(result, StoreUnavailable)
+        self.assertEqual([e["log_format"] for e in warned if e["log_level"] == LogLevel.warn], [])

@@ -227,7 +227,10 @@ class BoundedRedis:
             why = client.reachability.describe()
         else:
             why = f"no answer to {call.what} within {call.timeout:g} s"
-        self._failed(why)
+        # With no connection up the pool is reconnecting, and the client
+        # says once whether it can: a deadline that beats that line to it
+        # says nothing more.
+        self._failed(why, quiet=not self._connected())
         self._finish(call, Failure(self.error(f"{self.name}: {call.what} failed: {why}")))
 
     def _finish(self, call: _Call, value) -> None:
