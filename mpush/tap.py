@@ -31,17 +31,17 @@ from mpush.metrics import PrometheusMetrics
 from mpush.node_api import NodeAPI
 from mpush.offline.delivery import OfflineDelivery
 from mpush.offline.nudge import MemoryNudgeChannel, RedisNudgeChannel, deliver_nudged
-from mpush.server.ack_handler import AckHandler
-from mpush.server.admin import AdminFactory
-from mpush.server.bind import BindHandler, UnbindHandler
-from mpush.server.bind_validator import load_bind_validator
-from mpush.server.broadcast_control import MemoryBroadcastControl, RedisBroadcastControl
-from mpush.server.client_push import ClientPushHandler
-from mpush.server.connection import ConnectionFactory
-from mpush.server.dispatcher import MessageDispatcher
-from mpush.server.fast_connect import FastConnectHandler
-from mpush.server.gateway import GATEWAY_ALLOW, GatewayFactory, SourceAllowList
-from mpush.server.lifecycle import (
+from mpush.server.device.ack_handler import AckHandler
+from mpush.server.ops.admin import AdminFactory
+from mpush.server.device.bind import BindHandler, UnbindHandler
+from mpush.server.device.bind_validator import load_bind_validator
+from mpush.store.broadcast_control import MemoryBroadcastControl, RedisBroadcastControl
+from mpush.server.device.client_push import ClientPushHandler
+from mpush.server.device.connection import ConnectionFactory
+from mpush.server.device.dispatcher import MessageDispatcher
+from mpush.server.device.fast_connect import FastConnectHandler
+from mpush.server.gateway.gateway import GATEWAY_ALLOW, GatewayFactory, SourceAllowList
+from mpush.server.ops.lifecycle import (
     Drainer,
     LogLevelGate,
     PushTracker,
@@ -50,11 +50,11 @@ from mpush.server.lifecycle import (
     install_sigterm,
     read_log_level,
 )
-from mpush.server.handshake import HandshakeHandler
-from mpush.server.heartbeat import HeartbeatHandler
+from mpush.server.device.handshake import HandshakeHandler
+from mpush.server.device.heartbeat import HeartbeatHandler
 from mpush.server.node import ServerNode
-from mpush.server.push_center import PushCenter
-from mpush.server.router_center import RouterCenter
+from mpush.server.gateway.push_center import PushCenter
+from mpush.server.routing.router_center import RouterCenter
 from mpush.tls import server_tls_options, tls_endpoint
 
 log = Logger()
@@ -429,7 +429,7 @@ def build_node(config, clock, backends=None):
     )
     node.push_center = PushCenter(node, node.router_center, backends.broadcasts)
     if config.proxy.enabled:
-        from mpush.server.http_proxy import HttpProxyHandler
+        from mpush.server.proxy.http_proxy import HttpProxyHandler
 
         node.http_proxy = HttpProxyHandler(node)
     info = NodeInfo(
@@ -529,7 +529,7 @@ def makeService(options):
                 make_http_site(node, api, reactor, draining=draining, reports=reports),
                 tls_options if tls.http_server else None, shared=shared)
     if net.ws_server_port:
-        from mpush.server.websocket import make_ws_site
+        from mpush.server.ws.websocket import make_ws_site
 
         ws_site = make_ws_site(node, reactor=reactor)
         _listen(top, reactor, net.ws_server_port, "", ws_site, tls_options if tls.ws_server else None,

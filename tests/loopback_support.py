@@ -10,8 +10,8 @@ from twisted.internet import defer, reactor, task
 from mpush.config import load_config
 from mpush.node_api import NodeAPI
 from mpush.offline.nudge import deliver_nudged
-from mpush.server.connection import ConnectionFactory
-from mpush.server.gateway import GatewayFactory
+from mpush.server.device.connection import ConnectionFactory
+from mpush.server.gateway.gateway import GatewayFactory
 from mpush.tap import Backends, build_node, make_dispatcher
 
 from tests.server_support import demo_config

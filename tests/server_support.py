@@ -65,7 +65,7 @@ def connect(node, dispatcher=None, port=40000):
     """
     A server connection of C{node} over a fresh StringTransport.
     """
-    from mpush.server.connection import ConnectionFactory
+    from mpush.server.device.connection import ConnectionFactory
 
     factory = ConnectionFactory(node, dispatcher or make_dispatcher(node))
     protocol = factory.buildProtocol(None)

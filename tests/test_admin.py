@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from mpush.config import load_config
 from mpush.node_api import PushOutcome, PushRejected, PushRequest
 from mpush.protocol.routing import ClientLocation
-from mpush.server.admin import (
+from mpush.server.ops.admin import (
     HELP,
     MAX_LINE_LENGTH,
     AdminFactory,

@@ -28,9 +28,9 @@ from mpush.protocol.routing import (
     online_users_key,
     user_route_key,
 )
-from mpush.server.bind_validator import HmacTokenValidator
-from mpush.server.context import ConnectionState
-from mpush.server.gateway import GatewayFactory
+from mpush.server.device.bind_validator import HmacTokenValidator
+from mpush.server.device.context import ConnectionState
+from mpush.server.gateway.gateway import GatewayFactory
 
 from tests.server_support import ScriptedDevice, connect, make_node
 

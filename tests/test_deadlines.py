@@ -5,7 +5,7 @@ L{Deadlines}: many connections' deadlines on one timer.
 from twisted.internet import task
 from twisted.trial.unittest import SynchronousTestCase
 
-from mpush.server.deadlines import Deadlines
+from mpush.server.device.deadlines import Deadlines
 
 
 class Owner:

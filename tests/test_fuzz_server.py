@@ -259,10 +259,10 @@ class JudgeTests(SynchronousTestCase):
 class ScanLogTests(SynchronousTestCase):
     def test_finds_unexpected_exceptions(self):
         text = (
-            "2026-01-01 [mpush.server.connection.ConnectionProtocol#info] closing 127.0.0.1:5: frame too big\n"
+            "2026-01-01 [mpush.server.device.connection.ConnectionProtocol#info] closing 127.0.0.1:5: frame too big\n"
             "2026-01-01 [-] Unhandled Error\n"
             "\tTraceback (most recent call last):\n"
-            "2026-01-01 [mpush.server.dispatcher.MessageDispatcher#critical] Unhandled error in Deferred:\n"
+            "2026-01-01 [mpush.server.device.dispatcher.MessageDispatcher#critical] Unhandled error in Deferred:\n"
         )
         found = scan_node_log(text)
         self.assertEqual(len(found), 3)

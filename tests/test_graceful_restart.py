@@ -1,6 +1,6 @@
 """
 Leaving without losing anything: the drain on SIGTERM, the reload on SIGHUP
-(L{mpush.server.lifecycle}), first on a node over StringTransport and a
+(L{mpush.server.ops.lifecycle}), first on a node over StringTransport and a
 fake clock, then on real C{twistd} processes: a drained node exits 0, and a
 node restarted under a continuous pusher loses no message and duplicates
 none.
@@ -34,10 +34,10 @@ from mpush.protocol.packet import Command, Flags, PacketDecoder, encode_packet
 from mpush.protocol.body import make_raw_packet
 from mpush.protocol.routing import NodeInfo
 from mpush.push import AckModel, PushClient, PushStatus
-from mpush.server import lifecycle
-from mpush.server.bind_validator import AcceptAll, HmacTokenValidator
-from mpush.server.gateway import GatewayFactory
-from mpush.server.lifecycle import (
+from mpush.server.ops import lifecycle
+from mpush.server.device.bind_validator import AcceptAll, HmacTokenValidator
+from mpush.server.gateway.gateway import GatewayFactory
+from mpush.server.ops.lifecycle import (
     DRAINING_REASON,
     Drainer,
     LogLevelError,

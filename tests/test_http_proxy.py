@@ -37,11 +37,11 @@ from mpush.protocol.body import decode_body, make_packet
 from mpush.protocol.fields import FieldWriter
 from mpush.protocol.messages import ErrorMessage, HttpRequestMessage, HttpResponseMessage
 from mpush.protocol.packet import Command, Flags, encode_packet
-from mpush.server.connection import ConnectionFactory
-from mpush.server.dispatcher import MessageDispatcher
-from mpush.server.handshake import HandshakeHandler
-from mpush.server.heartbeat import HeartbeatHandler
-from mpush.server.http_proxy import (
+from mpush.server.device.connection import ConnectionFactory
+from mpush.server.device.dispatcher import MessageDispatcher
+from mpush.server.device.handshake import HandshakeHandler
+from mpush.server.device.heartbeat import HeartbeatHandler
+from mpush.server.proxy.http_proxy import (
     ERROR_HEADER,
     MAX_HEADER_BYTES,
     UNREACHABLE,
@@ -59,7 +59,7 @@ from mpush.server.http_proxy import (
     request_headers,
     response_headers,
 )
-from mpush.server.ssrf import (
+from mpush.server.proxy.ssrf import (
     CGNAT,
     LINK_LOCAL,
     LOOPBACK,

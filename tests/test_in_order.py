@@ -5,7 +5,7 @@ InOrderQueue: items run one at a time, a pending Deferred holds the rest.
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 
-from mpush.server.in_order import InOrderQueue
+from mpush.server.device.in_order import InOrderQueue
 
 
 class InOrderQueueTests(SynchronousTestCase):

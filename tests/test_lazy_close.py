@@ -16,8 +16,8 @@ from mpush.protocol.messages import FastConnectMessage
 from mpush.protocol.packet import Command, encode_packet
 from mpush.protocol.body import decode_body, make_raw_packet
 from mpush.protocol.routing import online_users_key, user_route_key
-from mpush.server import router_center
-from mpush.server.errors import ConnectionClosed
+from mpush.server.routing import router_center
+from mpush.server.device.errors import ConnectionClosed
 from tests.test_bind_push import Device
 
 from tests.server_support import make_node

@@ -20,11 +20,11 @@ from mpush.config import LimitsConfig, load_config
 from mpush.protocol.body import make_packet, make_raw_packet
 from mpush.protocol.messages import BindUserMessage, GatewayPushMessage, OkMessage
 from mpush.protocol.packet import HEADER_LENGTH, HEARTBEAT_BYTE, Command, Flags, Packet, encode_packet
-from mpush.server import limits
-from mpush.server.connection import ConnectionFactory, RefusedConnection
-from mpush.server.context import ConnectionState
-from mpush.server.gateway import GatewayFactory
-from mpush.server.limits import (
+from mpush.server.device import limits
+from mpush.server.device.connection import ConnectionFactory, RefusedConnection
+from mpush.server.device.context import ConnectionState
+from mpush.server.gateway.gateway import GatewayFactory
+from mpush.server.device.limits import (
     LimitExceeded,
     NodeLimits,
     TokenBucket,

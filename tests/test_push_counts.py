@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from mpush.metrics import OFFLINE_EVENTS, PUSH_RESULTS
 from mpush.push import AckModel, PushClient
-from mpush.server.admin import AdminFactory
+from mpush.server.ops.admin import AdminFactory
 from mpush.tap import make_http_site
 
 from tests.loopback_support import LoopbackNode

@@ -5,7 +5,7 @@ The push path's shortcuts give exactly what the general code gives.
 from twisted.trial.unittest import SynchronousTestCase
 
 from mpush.protocol.routing import encode_push_result
-from mpush.server.push_center import Outcome, push_result_json
+from mpush.server.gateway.push_center import Outcome, push_result_json
 
 USER_IDS = [
     "alice",
@@ -94,7 +94,7 @@ class GatewayShortcutTests(SynchronousTestCase):
         from mpush.protocol.body import make_raw_packet
         from mpush.protocol.messages import OkMessage
         from mpush.protocol.packet import Command, encode_packet
-        from mpush.server.gateway import GatewayProtocol
+        from mpush.server.gateway.gateway import GatewayProtocol
 
         for data in ['{"a":1}', "ü" * 20000, "x" * 40000, "", None, "lone \ud800"]:
             for session_id in (1, 2**31 - 1, -(2**31), 0):
@@ -154,14 +154,14 @@ class AckTableTimerTests(SynchronousTestCase):
     def setUp(self):
         from twisted.internet.task import Clock
 
-        from mpush.server.acks import AckTable
+        from mpush.server.gateway.acks import AckTable
 
         self.clock = Clock()
         self.clock.advance(1_700_000_000.123)
         self.table = AckTable(self.clock)
 
     def test_each_wait_times_out_at_its_own_deadline(self):
-        from mpush.server.acks import AckTimeout
+        from mpush.server.gateway.acks import AckTimeout
 
         failed = {}
         timeouts = {1: 2.5, 2: 0.3, 3: 2.5, 4: 1.0, 5: 0.0001}

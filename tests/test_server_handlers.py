@@ -16,13 +16,13 @@ from mpush.protocol.crypto import AesCipher, mix_key
 from mpush.protocol.messages import FastConnectMessage
 from mpush.protocol.packet import HEARTBEAT_BYTE, Command, Flags, Packet, encode_packet
 from mpush.protocol.session import ReusableSession, decode_reusable_session
-from mpush.server.connection import MAX_PENDING_PACKETS
-from mpush.server.context import ConnectionState
-from mpush.server.dispatcher import IMessageHandler
-from mpush.server import handshake
-from mpush.server.fast_connect import FastConnectHandler
-from mpush.server.handshake import HandshakeHandler
-from mpush.server.heartbeat import HeartbeatHandler
+from mpush.server.device.connection import MAX_PENDING_PACKETS
+from mpush.server.device.context import ConnectionState
+from mpush.server.device.dispatcher import IMessageHandler
+from mpush.server.device import handshake
+from mpush.server.device.fast_connect import FastConnectHandler
+from mpush.server.device.handshake import HandshakeHandler
+from mpush.server.device.heartbeat import HeartbeatHandler
 from mpush.store.interfaces import ISessionStore, StoreUnavailable
 
 from tests.server_support import (

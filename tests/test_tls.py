@@ -51,8 +51,8 @@ from mpush.client.protocol import (
 from mpush.config import ConfigError, TlsConfig, load_config
 from mpush.node_api import NodeAPI, PushRequest
 from mpush.protocol.crypto import MPUSH_DEMO_PUBLIC_KEY
-from mpush.server.connection import ConnectionFactory
-from mpush.server.gateway import GatewayFactory
+from mpush.server.device.connection import ConnectionFactory
+from mpush.server.gateway.gateway import GatewayFactory
 from mpush.tap import Backends, build_node, make_dispatcher, make_http_site
 from mpush.tls import (
     TlsFailure,

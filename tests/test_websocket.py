@@ -38,10 +38,10 @@ from mpush.protocol.messages import (
     PushMessage,
 )
 from mpush.protocol.packet import Command, Packet
-from mpush.server.context import ConnectionState
-from mpush.server.dispatcher import IMessageHandler, MessageDispatcher
-from mpush.server.errors import ConnectionClosed
-from mpush.server.websocket import (
+from mpush.server.device.context import ConnectionState
+from mpush.server.device.dispatcher import IMessageHandler, MessageDispatcher
+from mpush.server.device.errors import ConnectionClosed
+from mpush.server.ws.websocket import (
     WS_HEARTBEAT,
     BadJson,
     JsonPacket,
@@ -748,9 +748,9 @@ class KickTests(WsNodeTestCase):
         """The page tells an operator's kick by the code the server closes with."""
         import importlib.resources
 
-        from mpush.server.websocket import KICKED_CLOSE_CODE
+        from mpush.server.ws.websocket import KICKED_CLOSE_CODE
 
-        page = importlib.resources.files("mpush.server.web").joinpath("client.js").read_text()
+        page = importlib.resources.files("mpush.server.ws.web").joinpath("client.js").read_text()
         self.assertIn(f"const KICKED_CLOSE = {KICKED_CLOSE_CODE};", page)
         self.assertNotIn("bound on another device", page)
 

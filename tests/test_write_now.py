@@ -7,7 +7,7 @@ from twisted.internet import defer, protocol, reactor
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mpush.server.write_now import write_now
+from mpush.server.device.write_now import write_now
 
 
 class Collect(protocol.Protocol):

@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import RESPONSES
 
-from mpush.server.write_now import no_delay, write_now
+from mpush.server.device.write_now import no_delay, write_now
 
 __all__ = ["FastApiChannel", "MAX_HEAD_BYTES"]
 

@@ -28,7 +28,7 @@ from twisted.logger import Logger
 from mpush.offline.interfaces import IOfflineStore, OfflineInputError
 from mpush.protocol.messages import PushMessage
 from mpush.protocol.packet import Command, Flags
-from mpush.server.acks import AckTable, AckTimeout
+from mpush.server.gateway.acks import AckTable, AckTimeout
 
 __all__ = [
     "ACK_FLAGS",

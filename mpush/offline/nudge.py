@@ -27,7 +27,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mpush.router.interfaces import RouterUnavailable
-from mpush.server.context import ConnectionState
+from mpush.server.device.context import ConnectionState
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 
 __all__ = [

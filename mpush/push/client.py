@@ -188,7 +188,7 @@ class PushClient:
     @param connector: C{(host, port, protocol) -> Deferred}, for tests.
     @param local: the push centre of the node this client runs in (its
         HTTP API): a route to that node's gateway is pushed in process
-        (L{mpush.server.push_center.PushCenter.push_local}), not through a
+        (L{mpush.server.gateway.push_center.PushCenter.push_local}), not through a
         loopback connection to its own gateway.
     """
 

@@ -12,9 +12,9 @@ import secrets
 from twisted.logger import Logger
 
 from mpush.metrics import NullMetrics
-from mpush.server.acks import AckTable
-from mpush.server.deadlines import Deadlines
-from mpush.server.limits import NodeLimits
+from mpush.server.gateway.acks import AckTable
+from mpush.server.device.deadlines import Deadlines
+from mpush.server.device.limits import NodeLimits
 
 #: Packet session ids are Java ints: the counter wraps to 1 past this.
 MAX_PACKET_ID = 2**31 - 1
@@ -30,7 +30,7 @@ class ServerNode:
     @ivar clock: an L{twisted.internet.interfaces.IReactorTime}.
     @ivar connections: live connections by connection id.
     @ivar acks: the process-wide L{AckTable}.
-    @ivar router_center: the L{mpush.server.router_center.RouterCenter}
+    @ivar router_center: the L{mpush.server.routing.router_center.RouterCenter}
         that binds users, or C{None} on a node without the push path.
     @ivar metrics: an L{mpush.metrics.IMetrics}; L{NullMetrics} unless the
         node exposes metrics.

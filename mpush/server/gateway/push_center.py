@@ -23,10 +23,10 @@ from mpush.protocol.messages import PushMessage
 from mpush.protocol.packet import Command, Flags
 from mpush.protocol.routing import encode_push_result
 from mpush.router.interfaces import RouterUnavailable
-from mpush.server.acks import AckTimeout
-from mpush.server.broadcast_control import MemoryBroadcastControl
-from mpush.server.errors import ConnectionClosed
-from mpush.server.flow_control import FlowControl, FlowDecision
+from mpush.server.gateway.acks import AckTimeout
+from mpush.store.broadcast_control import MemoryBroadcastControl
+from mpush.server.device.errors import ConnectionClosed
+from mpush.server.device.flow_control import FlowControl, FlowDecision
 
 
 class Outcome:

@@ -12,7 +12,7 @@ process-wide counter).
 
 from twisted.internet.defer import Deferred
 
-from mpush.server.deadlines import DeadlineHeap
+from mpush.server.device.deadlines import DeadlineHeap
 
 
 class AckTimeout(Exception):

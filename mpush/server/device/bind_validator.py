@@ -27,7 +27,7 @@ class IBindValidator(Interface):
         @param user_id: the user the device asks for.
         @param data: the bind's data field (MPush: "data"; the Java client's
             "alias"), C{None} when the client sends none.
-        @param context: the connection's L{mpush.server.context.SessionContext}.
+        @param context: the connection's L{mpush.server.device.context.SessionContext}.
         @return: C{bool}, or a Deferred firing one.
         """
 

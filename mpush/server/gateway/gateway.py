@@ -24,10 +24,10 @@ from mpush.protocol.body import make_raw_packet
 from mpush.protocol.errors import FramingError
 from mpush.protocol.messages import ErrorMessage, GatewayPushMessage, OkMessage
 from mpush.protocol.packet import Command, PacketDecoder, encode_packet
-from mpush.server.dispatcher import IMessageHandler, MessageDispatcher
-from mpush.server.limits import source_of
-from mpush.server.push_center import GatewayReply
-from mpush.server.write_now import no_delay, write_now
+from mpush.server.device.dispatcher import IMessageHandler, MessageDispatcher
+from mpush.server.device.limits import source_of
+from mpush.server.gateway.push_center import GatewayReply
+from mpush.server.device.write_now import no_delay, write_now
 
 
 @implementer(IMessageHandler)

@@ -9,8 +9,8 @@ from zope.interface import implementer
 
 from mpush.protocol.body import decode_body, make_raw_packet
 from mpush.protocol.packet import Command, Flags
-from mpush.server.dispatcher import IMessageHandler
-from mpush.server.errors import NotHandshaken
+from mpush.server.device.dispatcher import IMessageHandler
+from mpush.server.device.errors import NotHandshaken
 
 
 @implementer(IMessageHandler)

@@ -3,7 +3,7 @@ The WebSocket variant of the connection server (spec 15), and its page.
 
 Browsers speak MPush as JSON text frames: no keys, no compression of the
 body, no heartbeat, no fast connect.  A L{WebSocketConnection} offers the
-interface of L{mpush.server.connection.ConnectionProtocol} (send, send_raw,
+interface of L{mpush.server.device.connection.ConnectionProtocol} (send, send_raw,
 write_packet, reply_error, close, establish, context, state, conn_id, peer,
 writable...), so the router center, the push center, acks and offline
 delivery treat a browser like any other device: C{send(Command.PUSH,
@@ -51,19 +51,19 @@ from mpush.protocol.messages import (
     PushMessage,
 )
 from mpush.protocol.packet import Command, Flags, Packet
-from mpush.server.ack_handler import AckHandler
-from mpush.server.bind import BindHandler, UnbindHandler
-from mpush.server.context import ConnectionState, SessionContext
-from mpush.server.dispatcher import IMessageHandler, MessageDispatcher
-from mpush.server.errors import (
+from mpush.server.device.ack_handler import AckHandler
+from mpush.server.device.bind import BindHandler, UnbindHandler
+from mpush.server.device.context import ConnectionState, SessionContext
+from mpush.server.device.dispatcher import IMessageHandler, MessageDispatcher
+from mpush.server.device.errors import (
     ConnectionClosed,
     DispatchError,
     NotHandshaken,
     ParamInvalid,
     RepeatHandshake,
 )
-from mpush.server.in_order import InOrderQueue
-from mpush.server.limits import PENDING_PACKETS, PRE_HANDSHAKE_TIMEOUT, READ_SIZE, LimitExceeded
+from mpush.server.device.in_order import InOrderQueue
+from mpush.server.device.limits import PENDING_PACKETS, PRE_HANDSHAKE_TIMEOUT, READ_SIZE, LimitExceeded
 
 __all__ = [
     "MAX_FRAME_SIZE",
@@ -143,7 +143,7 @@ class NotJsonEncodable(TypeError):
 class PageUnavailable(RuntimeError):
     """
     The WebSocket page is not installed with mpush (package data
-    C{mpush/server/web}).
+    C{mpush/server/ws/web}).
     """
 
 
@@ -761,7 +761,7 @@ def load_pages():
         except OSError as error:
             raise PageUnavailable(
                 f"the WebSocket page {name} is not installed with mpush "
-                f"(package data mpush/server/web): {error}"
+                f"(package data mpush/server/ws/web): {error}"
             ) from None
     return files
 

@@ -11,8 +11,8 @@ from zope.interface import implementer
 from mpush.protocol.body import decode_body
 from mpush.protocol.messages import BindUserMessage
 from mpush.protocol.packet import Command
-from mpush.server.dispatcher import IMessageHandler
-from mpush.server.errors import BindFailed, InvalidParam, NotHandshaken
+from mpush.server.device.dispatcher import IMessageHandler
+from mpush.server.device.errors import BindFailed, InvalidParam, NotHandshaken
 
 
 def _decode(node, connection, packet):

@@ -18,8 +18,8 @@ from mpush.log_throttle import LogThrottle
 from mpush.protocol.messages import KickUserMessage, OkMessage
 from mpush.protocol.packet import Command
 from mpush.protocol.routing import ClientLocation, KickRequest
-from mpush.server.context import ConnectionState
-from mpush.server.errors import BindFailed, ConnectionClosed, InvalidParam, NotHandshaken
+from mpush.server.device.context import ConnectionState
+from mpush.server.device.errors import BindFailed, ConnectionClosed, InvalidParam, NotHandshaken
 
 
 #: Closes whose shared side is done at a time (L{RouterCenter.connection_closed}).

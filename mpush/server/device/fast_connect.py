@@ -16,9 +16,9 @@ from mpush.protocol.crypto import AesCipher
 from mpush.protocol.heartbeat import negotiate_heartbeat
 from mpush.protocol.messages import FastConnectMessage, FastConnectOkMessage
 from mpush.protocol.packet import Command
-from mpush.server.context import SessionContext
-from mpush.server.dispatcher import IMessageHandler
-from mpush.server.errors import ConnectionClosed, InvalidDevice, SessionExpired
+from mpush.server.device.context import SessionContext
+from mpush.server.device.dispatcher import IMessageHandler
+from mpush.server.device.errors import ConnectionClosed, InvalidDevice, SessionExpired
 from mpush.store.interfaces import StoreUnavailable
 
 

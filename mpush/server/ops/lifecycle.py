@@ -39,7 +39,7 @@ from mpush import debug_log
 from mpush.config import Config, ConfigError
 from mpush.protocol.errors import ErrorCode
 from mpush.protocol.routing import encode_push_result
-from mpush.server.bind_validator import load_bind_validator
+from mpush.server.device.bind_validator import load_bind_validator
 
 __all__ = [
     "CLOSE_GRACE",
@@ -143,7 +143,7 @@ class PushTracker:
     until it is answered, so a drain knows when the work it started is done;
     while draining, new pushes are answered at once instead.
 
-    Give it to L{mpush.server.gateway.GatewayFactory} in place of the push
+    Give it to L{mpush.server.gateway.gateway.GatewayFactory} in place of the push
     center (it has the same C{push(message, flags, reply)}).
 
     @ivar draining: set by L{Drainer}; new pushes are then refused.
@@ -263,7 +263,7 @@ class Drainer:
         offline; the router center's by default.
     @param gateway: this node's C{(host, port)} in routes; the router
         center's by default.
-    @param gateways: the L{mpush.server.gateway.GatewayFactory}: once the
+    @param gateways: the L{mpush.server.gateway.gateway.GatewayFactory}: once the
         node has left, its connections are closed when quiet (see
         L{GATEWAY_QUIET}) instead of dropped at exit under a push.
     """

@@ -8,7 +8,7 @@ thing left is the echo, for the 0xDF byte and for a framed cmd-1 packet alike.
 from zope.interface import implementer
 
 from mpush.protocol.packet import Command
-from mpush.server.dispatcher import IMessageHandler
+from mpush.server.device.dispatcher import IMessageHandler
 
 
 @implementer(IMessageHandler)

@@ -11,7 +11,7 @@ proxy makes up itself (400, 408, 502, 503, 504) go raw, as in MPush.
 
 What mpush does beyond MPush: an empty uri gets one 400 and nothing else
 (spec 21.2 item 7); https works, with certificates checked; where the proxy
-may connect is decided by L{mpush.server.ssrf} on the resolved addresses;
+may connect is decided by L{mpush.server.proxy.ssrf} on the resolved addresses;
 every way of not reaching the upstream (refused by that policy, no such
 name, connection refused, timed out) gets the same answer, so devices
 cannot map the inside with it; in-flight requests are bounded per
@@ -50,9 +50,9 @@ from mpush.config import ConfigError, split_host_port
 from mpush.protocol.body import decode_body
 from mpush.protocol.messages import HttpRequestMessage, HttpResponseMessage
 from mpush.protocol.packet import Command
-from mpush.server.dispatcher import IMessageHandler
-from mpush.server.errors import NotHandshaken
-from mpush.server.ssrf import (
+from mpush.server.device.dispatcher import IMessageHandler
+from mpush.server.device.errors import NotHandshaken
+from mpush.server.proxy.ssrf import (
     AddressPolicy,
     AddressRefused,
     GuardedEndpointFactory,
@@ -740,7 +740,7 @@ class HttpProxyHandler:
         is read once, here.
     @param reactor: connects, resolves and times out requests; the node's
         clock by default (the reactor, in a real node).
-    @param resolver: an L{mpush.server.ssrf.IHostResolver}; the reactor's.
+    @param resolver: an L{mpush.server.proxy.ssrf.IHostResolver}; the reactor's.
     @param trust_root: an C{IOpenSSLTrustRoot} for https; the platform's CAs
         by default (tests pass their own CA).
     @param choice: picks one of a domain's mapped targets.

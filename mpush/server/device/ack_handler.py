@@ -8,7 +8,7 @@ process; an ack for an unknown or expired push is ignored, as in MPush.
 from zope.interface import implementer
 
 from mpush.protocol.packet import Command
-from mpush.server.dispatcher import IMessageHandler
+from mpush.server.device.dispatcher import IMessageHandler
 
 
 @implementer(IMessageHandler)

@@ -7,7 +7,7 @@ in order while a handler waits (on Redis, say), the idle timer, and the
 cipher-aware writers the handlers call.
 
 It also enforces what one client may cost (C{[limits]}, counted per node in
-L{mpush.server.limits.NodeLimits}): the factory refuses connections over the
+L{mpush.server.device.limits.NodeLimits}): the factory refuses connections over the
 node and per-IP limits; a connection that has not handshaken in time, that
 queues too many packets or bytes behind a busy handler, or that stops
 reading for too long is aborted; and RSA work before a handshake draws on
@@ -36,12 +36,12 @@ from mpush.protocol.packet import (
     encode_frame,
     encode_packet,
 )
-from mpush.server import limits
-from mpush.server.context import ConnectionState, SessionContext
-from mpush.server.deadlines import IDeadlineOwner
-from mpush.server.errors import ConnectionClosed
-from mpush.server.in_order import InOrderQueue
-from mpush.server.write_now import no_delay, write_now
+from mpush.server.device import limits
+from mpush.server.device.context import ConnectionState, SessionContext
+from mpush.server.device.deadlines import IDeadlineOwner
+from mpush.server.device.errors import ConnectionClosed
+from mpush.server.device.in_order import InOrderQueue
+from mpush.server.device.write_now import no_delay, write_now
 
 #: The default of C{[limits] max-pending-packets}: packets one connection may
 #: have waiting behind a handler that is still busy (on Redis, say).  The

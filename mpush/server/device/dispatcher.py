@@ -4,7 +4,7 @@ Routing packets to message handlers by command code.
 Handlers implement L{IMessageHandler} and are registered once per listener;
 the dispatcher applies MPush's error policy (spec 14.3) so that no handler
 repeats it: no handler means UNSUPPORTED_CMD and a close, any failure means
-an ERROR reply chosen by L{mpush.server.errors.error_reply}.  It also
+an ERROR reply chosen by L{mpush.server.device.errors.error_reply}.  It also
 refuses a body in clear on an encrypted session, once for every handler.
 """
 
@@ -14,7 +14,7 @@ from zope.interface import Attribute, Interface
 
 from mpush.protocol.errors import ProtocolError
 from mpush.protocol.packet import Command, Flags
-from mpush.server.errors import NotEncrypted, Rejection, UnsupportedCommand, error_reply
+from mpush.server.device.errors import NotEncrypted, Rejection, UnsupportedCommand, error_reply
 
 #: The commands whose bodies MPush's clients always encrypt once they have a
 #: session cipher (the Java client's C{BaseMessage.send}).  FAST_CONNECT is
@@ -33,13 +33,13 @@ class IMessageHandler(Interface):
         """
         Act on one decoded packet.
 
-        @param connection: the L{mpush.server.connection.ConnectionProtocol}
+        @param connection: the L{mpush.server.device.connection.ConnectionProtocol}
             the packet arrived on.
         @param packet: the L{mpush.protocol.packet.Packet}, body still as
             received (compressed and/or encrypted).
         @return: C{None} when done, or a L{Deferred} that fires when the
             connection may go on to its next packet.  Raise, or errback, with
-            a L{mpush.server.errors.Rejection} to answer ERROR.
+            a L{mpush.server.device.errors.Rejection} to answer ERROR.
         """
 
 

@@ -20,9 +20,9 @@ from mpush.protocol.heartbeat import negotiate_heartbeat
 from mpush.protocol.messages import HandshakeMessage, HandshakeOkMessage
 from mpush.protocol.packet import Command
 from mpush.protocol.session import new_session_id
-from mpush.server.context import SessionContext
-from mpush.server.dispatcher import IMessageHandler
-from mpush.server.errors import ParamInvalid, RepeatHandshake
+from mpush.server.device.context import SessionContext
+from mpush.server.device.dispatcher import IMessageHandler
+from mpush.server.device.errors import ParamInvalid, RepeatHandshake
 
 
 def validate_handshake(message):
