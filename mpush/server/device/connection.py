@@ -13,8 +13,15 @@ queues too many packets or bytes behind a busy handler, or that stops
 reading for too long is aborted; and RSA work before a handshake draws on
 the node's handshake token bucket.  Each refusal is counted and logged by
 the node's limits, never more than one line a second per reason.
+
+Its life (new, handshaken, bound, closing, closed) is its
+L{ConnectionStateMachine}'s; it reads each packet's body (L{read}) for the
+dispatcher, the binary wire's way, so handlers see messages.
 """
 
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
 
 from twisted.internet.defer import fail, succeed
 from twisted.internet.interfaces import IPushProducer
@@ -23,10 +30,16 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from mpush.config import LimitsConfig
-from mpush.protocol.body import encode_body, make_packet, make_raw_packet
+from mpush.protocol.body import decode_body, encode_body, make_packet, make_raw_packet
 from mpush.protocol.errors import FramingError
 from mpush.protocol.heartbeat import IdleCheck
-from mpush.protocol.messages import ErrorMessage
+from mpush.protocol.messages import (
+    BindUserMessage,
+    ErrorMessage,
+    FastConnectMessage,
+    HandshakeMessage,
+    HttpRequestMessage,
+)
 from mpush.protocol.packet import (
     HEADER_LENGTH,
     HEARTBEAT,
@@ -37,10 +50,12 @@ from mpush.protocol.packet import (
     encode_packet,
 )
 from mpush.server.device import limits
-from mpush.server.device.context import ConnectionState, SessionContext
+from mpush.server.device.context import SessionContext
 from mpush.server.device.deadlines import IDeadlineOwner
 from mpush.server.device.errors import ConnectionClosed
 from mpush.server.device.in_order import InOrderQueue
+from mpush.server.device.interfaces import IDeviceConnection
+from mpush.server.device.state import ConnectionState, ConnectionStateMachine
 from mpush.server.device.write_now import no_delay, write_now
 
 #: The default of C{[limits] max-pending-packets}: packets one connection may
@@ -49,6 +64,28 @@ from mpush.server.device.write_now import no_delay, write_now
 MAX_PENDING_PACKETS = LimitsConfig().max_pending_packets
 
 _PUSH = int(Command.PUSH)
+_HANDSHAKE = int(Command.HANDSHAKE)
+
+
+def _as_is(body: bytes) -> bytes:
+    return body
+
+
+def _http_request(body: bytes) -> HttpRequestMessage:
+    # An empty body is a message with every field at its default (spec 4.3).
+    return HttpRequestMessage.decode(body) if body else HttpRequestMessage(0, None, None, None)
+
+
+#: How each command's body reads, once decrypted and inflated; a command
+#: not here has no body to read (HEARTBEAT, ACK).
+_BODIES: dict[int, Callable[[bytes], Any]] = {
+    _HANDSHAKE: HandshakeMessage.decode,
+    int(Command.FAST_CONNECT): FastConnectMessage.decode,
+    int(Command.BIND): BindUserMessage.decode,
+    int(Command.UNBIND): BindUserMessage.decode,
+    _PUSH: _as_is,
+    int(Command.HTTP_PROXY): _http_request,
+}
 
 
 def _wire_size(packet):
@@ -94,7 +131,7 @@ class _MeteredRsaKey:
         return self._key.encrypt(data)
 
 
-@implementer(IPushProducer, IDeadlineOwner)
+@implementer(IDeviceConnection, IPushProducer, IDeadlineOwner)
 class ConnectionProtocol(Protocol):
     """
     One client connection of the connection server.
@@ -108,7 +145,7 @@ class ConnectionProtocol(Protocol):
     L{limits.SLOW_READER_HEARTBEATS} heartbeats it is aborted.
 
     @ivar context: the L{SessionContext}; replaced whole by fast connect.
-    @ivar state: the L{ConnectionState}.
+    @ivar state_machine: its L{ConnectionStateMachine}.
     @ivar slot: the L{limits.ConnectionSlot} the factory admitted it with,
         released when it closes, or C{None}.
     """
@@ -126,7 +163,7 @@ class ConnectionProtocol(Protocol):
         "slot",
         "decoder",
         "context",
-        "state",
+        "state_machine",
         "conn_id",
         "last_read_ms",
         "writable",
@@ -136,10 +173,12 @@ class ConnectionProtocol(Protocol):
         "_handshake_due",
         "_stalled_due",
         "_pending",
-        "_closing",
     )
 
-    def __init__(self, node, dispatcher, slot=None):
+    #: Bodies are encrypted, keys agreed by the handshake.
+    encrypted = True
+
+    def __init__(self, node: Any, dispatcher: Any, slot: limits.ConnectionSlot | None = None) -> None:
         # Slots hide Protocol's class defaults: give them their values.
         self.transport = None
         self.connected = 0
@@ -150,7 +189,7 @@ class ConnectionProtocol(Protocol):
         core = node.config.core
         self.decoder = PacketDecoder(core.max_packet_size)
         self.context = SessionContext(heartbeat=core.pre_handshake_heartbeat)
-        self.state = ConnectionState.NEW
+        self.state_machine = ConnectionStateMachine()
         self.conn_id = None
         self.last_read_ms = 0
         self._idle = IdleCheck(core.max_hb_timeout_times)
@@ -162,8 +201,11 @@ class ConnectionProtocol(Protocol):
         # Made when packets arrive, dropped once they are all handled: an
         # idle connection holds no queue.
         self._pending = None
-        self._closing = False
         self.writable = True
+
+    @property
+    def state(self) -> ConnectionState:
+        return self.state_machine.state
 
     # -- Twisted's side -------------------------------------------------
 
@@ -181,8 +223,8 @@ class ConnectionProtocol(Protocol):
         self._idle_due = now + self.context.heartbeat / 1000.0
         self._schedule_deadlines()
 
-    def dataReceived(self, data):
-        if self._closing:
+    def dataReceived(self, data: bytes) -> None:
+        if not self.state_machine.is_open:
             return
         self.node.metrics.bytes_in(len(data))
         try:
@@ -200,7 +242,7 @@ class ConnectionProtocol(Protocol):
             pending.run()
             if pending.idle and self._pending is pending:
                 self._pending = None
-        if not self._closing:
+        if self.state_machine.is_open:
             self._check_backlog()
 
     def _check_backlog(self):
@@ -226,8 +268,7 @@ class ConnectionProtocol(Protocol):
 
     def connectionLost(self, reason):
         self.node.metrics.connection_closed()
-        self.state = ConnectionState.CLOSED
-        self._closing = True
+        self.state_machine.lost()
         self.writable = False
         self._drop_pending()
         self.wake_at = self._idle_due = self._handshake_due = self._stalled_due = None
@@ -286,7 +327,27 @@ class ConnectionProtocol(Protocol):
         return self.dispatcher.dispatch(self, packet)
 
     def _accepting(self):
-        return not self._closing
+        return self.state_machine.is_open
+
+    def read(self, packet: Any) -> Any:
+        """
+        L{IDeviceConnection}: C{packet}'s body as its command's message,
+        decrypted and inflated.  A HANDSHAKE is always RSA-decrypted, after
+        drawing on the node's handshake token bucket (over it, the
+        connection is closed without an answer and L{ConnectionClosed}
+        raised); any other body with the session cipher, or before a
+        session with the metered RSA key, as MPush does (spec 7.4).
+        """
+        parse = _BODIES.get(packet.cmd)
+        if parse is None:
+            return None
+        if packet.cmd == _HANDSHAKE:
+            if not self.allow_rsa(len(packet.body)):
+                raise ConnectionClosed(self.peer)
+            cipher = self.node.private_key
+        else:
+            cipher = self.decrypt_cipher
+        return parse(decode_body(packet, cipher, self.node.config.core.max_inflated_size))
 
     # -- what handlers call -----------------------------------------------
 
@@ -314,8 +375,8 @@ class ConnectionProtocol(Protocol):
         return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
     @property
-    def is_open(self):
-        return not self._closing and self.state is not ConnectionState.CLOSED
+    def is_open(self) -> bool:
+        return self.state_machine.is_open
 
     @property
     def pending_bytes(self):
@@ -383,7 +444,7 @@ class ConnectionProtocol(Protocol):
 
         @return: whether it was handed to the transport (C{False}: closed).
         """
-        if self._closing or self.state is ConnectionState.CLOSED:
+        if not self.state_machine.is_open:
             return False
         body, added = encode_body(content, self.context.cipher, self.node.config.core.compress_threshold)
         data = encode_frame(_PUSH, session_id, flags | added, body)
@@ -422,7 +483,7 @@ class ConnectionProtocol(Protocol):
         if self.context.user_id is not None:
             self.node.connection_unbound(self)
         self.context = context
-        self.state = ConnectionState.HANDSHAKEN
+        self.state_machine.establish()
         self._handshake_due = None
 
     def close(self, reason=None):
@@ -430,13 +491,12 @@ class ConnectionProtocol(Protocol):
         Close once what was written has been flushed; read nothing more.
         (C{reason} is for a WebSocket's close frame; TCP has none.)
         """
-        if not self._closing:
-            self._closing = True
+        if self.state_machine.close():
             self._drop_pending()
             self.transport.loseConnection()
 
     def _abort(self):
-        self._closing = True
+        self.state_machine.close()
         self._drop_pending()
         self.transport.abortConnection()
 
@@ -463,7 +523,7 @@ class ConnectionProtocol(Protocol):
         Ask the node's timer to wake this connection at its next deadline.
         """
         due = [d for d in (self._idle_due, self._handshake_due, self._stalled_due) if d is not None]
-        if due and not self._closing:
+        if due and self.state_machine.is_open:
             self.node.deadlines.schedule(self.conn_id, self, min(due))
 
     def deadline_reached(self, now):
@@ -479,7 +539,7 @@ class ConnectionProtocol(Protocol):
         if self._stalled_due is not None and self._stalled_due <= now:
             self._stalled_due = None
             self._stalled()
-        if self._idle_due is not None and self._idle_due <= now and not self._closing:
+        if self._idle_due is not None and self._idle_due <= now and self.state_machine.is_open:
             self._idle_due = None
             self._check_idle(now)
         self._schedule_deadlines()
