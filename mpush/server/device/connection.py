@@ -56,7 +56,7 @@ from mpush.server.device.errors import ConnectionClosed
 from mpush.server.device.in_order import InOrderQueue
 from mpush.server.device.interfaces import IDeviceConnection
 from mpush.server.device.state import ConnectionState, ConnectionStateMachine
-from mpush.server.device.write_now import no_delay, write_now
+from mpush.server.device.write_now import no_delay, unchecked_twisted_warning, write_now
 
 #: The default of C{[limits] max-pending-packets}: packets one connection may
 #: have waiting behind a handler that is still busy (on Redis, say).  The
@@ -579,11 +579,18 @@ class ConnectionFactory(ServerFactory):
     the node's connection limits.
     """
 
-    def __init__(self, node, dispatcher):
+    log = Logger()
+
+    def __init__(self, node: Any, dispatcher: Any) -> None:
         self.node = node
         self.dispatcher = dispatcher
 
-    def buildProtocol(self, addr):
+    def startFactory(self) -> None:
+        warning = unchecked_twisted_warning()
+        if warning is not None:
+            self.log.warn("{warning}", warning=warning)
+
+    def buildProtocol(self, addr: Any) -> Protocol:
         node = self.node
         try:
             slot = node.limits.admit(addr)

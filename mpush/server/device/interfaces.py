@@ -32,11 +32,13 @@ class IDeviceConnection(Interface):
         "handshake agrees differs."
     )
 
-    def read(packet, message_type):
+    def read(packet):
         """
-        The body of C{packet} as a C{message_type} (a message class of
-        L{mpush.protocol.messages}, or C{bytes} for the body as is), decoded
-        the way this connection's wire carries it; C{None} for no type.
+        The body of C{packet} as its command's message (a message of
+        L{mpush.protocol.messages}; a client PUSH's content as bytes), read
+        the way this connection's wire carries it (binary, decrypted and
+        inflated; or JSON); C{None} for a command without a body.  The
+        dispatcher calls it once per packet, so handlers receive messages.
 
         @raise Exception: the body cannot be read; the dispatcher answers it.
         """
