@@ -36,19 +36,30 @@ from mpush.store.interfaces import ISessionStore
 NO_HEARTBEAT = 2**31 - 1
 
 
-def validate_handshake(message):
+def validate_handshake(message: HandshakeMessage, keys: bool = True) -> None:
     """
-    Refuse a handshake that cannot yield a session: no device id, or an IV
-    or client key that is not 16 bytes.  (MPush answers a missing key with
-    ERROR 100 because it mixes keys before validating; the client stops
-    either way, so the clearer answer is given.)
+    Refuse a handshake that cannot yield a session: no device id, or (when
+    it agrees C{keys}) an IV or client key that is not 16 bytes.  (MPush
+    answers a missing key with ERROR 100 because it mixes keys before
+    validating; the client stops either way, so the clearer answer is given.)
     """
     if not message.device_id:
         raise ParamInvalid("handshake without a device id")
+    if not keys:
+        return
     if message.iv is None or len(message.iv) != AES_KEY_LENGTH:
         raise ParamInvalid(f"iv must be {AES_KEY_LENGTH} bytes")
     if message.client_key is None or len(message.client_key) != AES_KEY_LENGTH:
         raise ParamInvalid(f"client key must be {AES_KEY_LENGTH} bytes")
+
+
+def _refuse_repeat(connection: Any, message: HandshakeMessage) -> None:
+    """
+    A second handshake from the device already established here is
+    answered REPEAT_HANDSHAKE, and the session kept.
+    """
+    if message.device_id == connection.context.device_id:
+        raise RepeatHandshake(f"device {message.device_id} already handshaken")
 
 
 class HandshakeHandler(DeviceHandler):
@@ -78,6 +89,8 @@ class HandshakeHandler(DeviceHandler):
 
     def handle(self, connection: Any, packet: Any, message: HandshakeMessage) -> Deferred | None:
         try:
+            validate_handshake(message, keys=connection.encrypted)
+            _refuse_repeat(connection, message)
             if connection.encrypted:
                 return self._handshake(connection, packet, message)
             return self._plain_handshake(connection, packet, message)
@@ -93,9 +106,6 @@ class HandshakeHandler(DeviceHandler):
 
     def _handshake(self, connection, packet, message):
         core = self.core
-        validate_handshake(message)
-        if message.device_id == connection.context.device_id:
-            raise RepeatHandshake(f"device {message.device_id} already handshaken")
 
         server_key = random_bytes(AES_KEY_LENGTH)
         session_key = mix_key(message.client_key, server_key)
@@ -132,10 +142,6 @@ class HandshakeHandler(DeviceHandler):
         return saved
 
     def _plain_handshake(self, connection, packet, message):
-        if not message.device_id:
-            raise ParamInvalid("handshake without a device id")
-        if message.device_id == connection.context.device_id:
-            raise RepeatHandshake(f"device {message.device_id} already handshaken")
         context = SessionContext(
             heartbeat=NO_HEARTBEAT,
             device_id=message.device_id,
