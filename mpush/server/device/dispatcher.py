@@ -164,13 +164,16 @@ class MessageDispatcher:
             self._reject(connection, packet, refusal)
             return None
         try:
-            result = handler.handle(connection, packet)
+            result = self._handle(handler, connection, packet)
         except Exception as exception:
             self._reject(connection, packet, exception)
             return None
         if isinstance(result, Deferred):
             return result.addErrback(self._failed, connection, packet)
         return None
+
+    def _handle(self, handler: Any, connection: Any, packet: Any) -> Deferred | None:
+        return handler.handle(connection, packet)
 
     def _failed(self, failure, connection, packet):
         self._reject(connection, packet, failure.value, failure)
@@ -212,26 +215,15 @@ class DeviceDispatcher(MessageDispatcher):
     command code, behind the connection's state machine.
     """
 
-    def dispatch(self, connection, packet):
+    def _handle(self, handler: IDeviceHandler, connection: Any, packet: Any) -> Deferred | None:
         """
         Check the command against the connection's state, read the body,
         and hand the message to its handler.  A command the state does not
         allow is refused before its body is read (no work, no RSA, for a
         device without a session), except BIND and UNBIND, which MPush reads
         and checks first (L{READ_BEFORE_REFUSING}).
-
-        @return: C{None}, or a L{Deferred} that fires (never fails) once the
-            handler is done and any error has been answered.
         """
         cmd = packet.cmd
-        handler = self._handlers.get(cmd)
-        if handler is None:
-            self._reject(connection, packet, UnsupportedCommand())
-            return None
-        if _in_clear(connection, packet):
-            refusal = NotEncrypted(f"{_command_name(cmd)} body in clear on an encrypted session")
-            self._reject(connection, packet, refusal)
-            return None
         machine = connection.state_machine
         allowed = cmd in machine.allowed
         try:
@@ -243,13 +235,5 @@ class DeviceDispatcher(MessageDispatcher):
                 raise machine.refusal(cmd)
         except Exception as exception:
             handler.refused(exception)
-            self._reject(connection, packet, exception)
-            return None
-        try:
-            result = handler.handle(connection, packet, message)
-        except Exception as exception:
-            self._reject(connection, packet, exception)
-            return None
-        if isinstance(result, Deferred):
-            return result.addErrback(self._failed, connection, packet)
-        return None
+            raise
+        return handler.handle(connection, packet, message)
