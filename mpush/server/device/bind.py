@@ -9,6 +9,7 @@ a BIND that waits on Redis is answered before anything sent after it.
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 
 from mpush.metrics import IMetrics
 from mpush.protocol.messages import BindUserMessage
@@ -36,11 +37,11 @@ class BindHandler(DeviceHandler):
         bound = self.router_center.bind(connection, packet, message)
         return bound.addCallbacks(self._bound, self._refused)
 
-    def _bound(self, result):
+    def _bound(self, result: Any) -> Any:
         self.metrics.bind("ok")
         return result
 
-    def _refused(self, failure):
+    def _refused(self, failure: Failure) -> Failure:
         if failure.check(BindFailed):
             self.metrics.bind("refused")
         return failure

@@ -27,11 +27,13 @@ from twisted.internet.defer import fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mpush.config import LimitsConfig
 from mpush.protocol.body import decode_body, encode_body, make_packet, make_raw_packet
 from mpush.protocol.errors import FramingError
+from mpush.protocol.crypto import RsaPrivateKey
 from mpush.protocol.heartbeat import IdleCheck
 from mpush.protocol.messages import (
     BindUserMessage,
@@ -45,6 +47,7 @@ from mpush.protocol.packet import (
     HEARTBEAT,
     HEARTBEAT_BYTE,
     Command,
+    Packet,
     PacketDecoder,
     encode_frame,
     encode_packet,
@@ -88,7 +91,7 @@ _BODIES: dict[int, Callable[[bytes], Any]] = {
 }
 
 
-def _wire_size(packet):
+def _wire_size(packet: Packet) -> int:
     """
     The bytes C{packet} took on the wire: 1 for the heartbeat byte, the
     header and body for a frame.
@@ -96,7 +99,7 @@ def _wire_size(packet):
     return 1 if packet is HEARTBEAT else HEADER_LENGTH + len(packet.body)
 
 
-def _gone(failure):
+def _gone(failure: Failure) -> None:
     failure.trap(ConnectionClosed)
 
 
@@ -114,20 +117,20 @@ class _MeteredRsaKey:
 
     __slots__ = ("_connection", "_key")
 
-    def __init__(self, connection, key):
+    def __init__(self, connection: "ConnectionProtocol", key: RsaPrivateKey) -> None:
         self._connection = connection
         self._key = key
 
     @property
-    def key_size_bytes(self):
+    def key_size_bytes(self) -> int:
         return self._key.key_size_bytes
 
-    def decrypt(self, data):
+    def decrypt(self, data: bytes) -> bytes:
         if not self._connection.allow_rsa(len(data)):
             raise ConnectionClosed(self._connection.peer)
         return self._key.decrypt(data)
 
-    def encrypt(self, data):
+    def encrypt(self, data: bytes) -> bytes:
         return self._key.encrypt(data)
 
 
@@ -209,7 +212,7 @@ class ConnectionProtocol(Protocol):
 
     # -- Twisted's side -------------------------------------------------
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         self.last_read_ms = self.node.now_ms()
         self.conn_id = self.node.add_connection(self)
         self.node.metrics.connection_opened()
@@ -245,7 +248,7 @@ class ConnectionProtocol(Protocol):
         if self.state_machine.is_open:
             self._check_backlog()
 
-    def _check_backlog(self):
+    def _check_backlog(self) -> None:
         """
         Bound what this connection holds unhandled: at most
         C{max-pending-packets} packets queued behind a busy handler, and at
@@ -266,7 +269,7 @@ class ConnectionProtocol(Protocol):
                 f"{config.max_read_size})",
             )
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure | None) -> None:
         self.node.metrics.connection_closed()
         self.state_machine.lost()
         self.writable = False
@@ -278,7 +281,7 @@ class ConnectionProtocol(Protocol):
 
     # -- IPushProducer: the send buffer's high-water mark -----------------
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         """
         The send buffer passed the high-water mark: no more pushes, read
         nothing until it drains, and give the peer a bounded time to read.
@@ -294,7 +297,7 @@ class ConnectionProtocol(Protocol):
             self._stalled_due = self.node.clock.seconds() + grace
             self._schedule_deadlines()
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         self.writable = self.is_open
         self._stalled_due = None
         if self.writable:
@@ -302,11 +305,11 @@ class ConnectionProtocol(Protocol):
             if resume_reading is not None:
                 resume_reading()
 
-    def stopProducing(self):
+    def stopProducing(self) -> None:
         self.writable = False
         self._stalled_due = None
 
-    def _stalled(self):
+    def _stalled(self) -> None:
         if self.is_open and not self.writable:
             self._refuse(
                 limits.SLOW_READER,
@@ -314,7 +317,7 @@ class ConnectionProtocol(Protocol):
                 f"send buffer",
             )
 
-    def _drop_pending(self):
+    def _drop_pending(self) -> None:
         """
         Forget the packets waiting behind a handler (the connection is
         closing): a handler still running finds nothing after it.
@@ -323,10 +326,10 @@ class ConnectionProtocol(Protocol):
             self._pending.clear()
             self._pending = None
 
-    def _dispatch(self, packet):
+    def _dispatch(self, packet: Packet) -> Deferred | None:
         return self.dispatcher.dispatch(self, packet)
 
-    def _accepting(self):
+    def _accepting(self) -> bool:
         return self.state_machine.is_open
 
     def read(self, packet: Any) -> Any:
@@ -352,7 +355,7 @@ class ConnectionProtocol(Protocol):
     # -- what handlers call -----------------------------------------------
 
     @property
-    def decrypt_cipher(self):
+    def decrypt_cipher(self) -> Any:
         """
         What a non-handshake body is decrypted with: the session cipher, or
         before any handshake the server's RSA key, as MPush does (spec 7.4),
@@ -364,7 +367,7 @@ class ConnectionProtocol(Protocol):
         return _MeteredRsaKey(self, self.node.private_key)
 
     @property
-    def peer(self):
+    def peer(self) -> str:
         """
         C{host:port} of the client, for log lines: worked out when one is
         written rather than kept per connection.
@@ -379,7 +382,7 @@ class ConnectionProtocol(Protocol):
         return self.state_machine.is_open
 
     @property
-    def pending_bytes(self):
+    def pending_bytes(self) -> int:
         """
         Bytes read and not yet handled: the packets queued behind a busy
         handler, at their wire size, and the incomplete frame being read.
@@ -387,7 +390,7 @@ class ConnectionProtocol(Protocol):
         queued = 0 if self._pending is None else self._pending.bytes
         return queued + self.decoder.buffered
 
-    def allow_rsa(self, length):
+    def allow_rsa(self, length: int) -> bool:
         """
         Ask the node's handshake token bucket for the RSA work of decrypting
         C{length} bytes.  When refused, close the connection without an
@@ -406,7 +409,7 @@ class ConnectionProtocol(Protocol):
             self.close()
         return False
 
-    def write_packet(self, packet):
+    def write_packet(self, packet: Packet) -> Deferred:
         """
         Queue C{packet} on the transport.
 
@@ -422,7 +425,7 @@ class ConnectionProtocol(Protocol):
         self.node.metrics.bytes_out(len(data))
         return succeed(None)
 
-    def send(self, cmd, message, session_id, flags=0):
+    def send(self, cmd: int, message: Any, session_id: int, flags: int = 0) -> Deferred:
         """
         Write C{message} the MPush "send" way: compressed above the
         threshold, then encrypted with the session cipher.
@@ -437,7 +440,7 @@ class ConnectionProtocol(Protocol):
         )
         return self.write_packet(packet)
 
-    def send_push(self, content, session_id, flags=0):
+    def send_push(self, content: bytes, session_id: int, flags: int = 0) -> bool:
         """
         Write a PUSH of C{content} now, the way L{send} would, without the
         Deferred: the push center's synchronous path.
@@ -452,18 +455,20 @@ class ConnectionProtocol(Protocol):
         self.node.metrics.bytes_out(len(data))
         return True
 
-    def send_raw(self, cmd, message, session_id, flags=0):
+    def send_raw(self, cmd: int, message: Any, session_id: int, flags: int = 0) -> Deferred:
         """
         Write C{message} in plaintext, uncompressed ("sendRaw").
         """
         return self.write_packet(make_raw_packet(cmd, message, session_id, flags))
 
-    def write_heartbeat(self):
+    def write_heartbeat(self) -> None:
         if self.is_open:
             write_now(self.transport, HEARTBEAT_BYTE)
             self.node.metrics.bytes_out(1)
 
-    def reply_error(self, request, code, reason, data=None, close=False):
+    def reply_error(
+        self, request: Any, code: int, reason: str, data: str | None = None, close: bool = False
+    ) -> None:
         """
         Answer C{request} with ERROR (always raw), closing afterwards if asked.
         """
@@ -474,7 +479,7 @@ class ConnectionProtocol(Protocol):
         if close:
             self.close()
 
-    def establish(self, context):
+    def establish(self, context: SessionContext) -> None:
         """
         Make C{context} this connection's session: after a handshake's reply
         was written, or when fast connect adopts a cached session.  A user
@@ -486,7 +491,7 @@ class ConnectionProtocol(Protocol):
         self.state_machine.establish()
         self._handshake_due = None
 
-    def close(self, reason=None):
+    def close(self, reason: str | None = None) -> None:
         """
         Close once what was written has been flushed; read nothing more.
         (C{reason} is for a WebSocket's close frame; TCP has none.)
@@ -495,12 +500,12 @@ class ConnectionProtocol(Protocol):
             self._drop_pending()
             self.transport.loseConnection()
 
-    def _abort(self):
+    def _abort(self) -> None:
         self.state_machine.close()
         self._drop_pending()
         self.transport.abortConnection()
 
-    def _refuse(self, reason, detail):
+    def _refuse(self, reason: str, detail: str) -> None:
         """
         A limit says this connection must go: count it, log it (rate
         limited), abort.
@@ -508,7 +513,7 @@ class ConnectionProtocol(Protocol):
         self.node.limits.refused(self.node.metrics, reason, self.peer, detail)
         self._abort()
 
-    def _handshake_overdue(self):
+    def _handshake_overdue(self) -> None:
         if self.is_open and self.state is ConnectionState.NEW:
             timeout = self.node.config.limits.pre_handshake_timeout
             self._refuse(
@@ -518,7 +523,7 @@ class ConnectionProtocol(Protocol):
 
     # -- deadlines: idle checks, pre-handshake, slow reader -----------------
 
-    def _schedule_deadlines(self):
+    def _schedule_deadlines(self) -> None:
         """
         Ask the node's timer to wake this connection at its next deadline.
         """
@@ -526,7 +531,7 @@ class ConnectionProtocol(Protocol):
         if due and self.state_machine.is_open:
             self.node.deadlines.schedule(self.conn_id, self, min(due))
 
-    def deadline_reached(self, now):
+    def deadline_reached(self, now: float) -> None:
         """
         L{IDeadlineOwner}: act on every deadline that has come, in the order
         the separate timers used to fire, then wait for the next one.
@@ -544,7 +549,7 @@ class ConnectionProtocol(Protocol):
             self._check_idle(now)
         self._schedule_deadlines()
 
-    def _check_idle(self, now):
+    def _check_idle(self, now: float) -> None:
         if self._idle.expired(
             self.node.now_ms(), self.last_read_ms, self.context.heartbeat
         ):
@@ -569,7 +574,7 @@ class RefusedConnection(Protocol):
     the reactor and leaves the socket open; this works under any wrapper.
     """
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         self.transport.abortConnection()
 
 

@@ -19,6 +19,7 @@ from typing import Any, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface, implementer
 
 from mpush.protocol.errors import ProtocolError
@@ -103,14 +104,14 @@ class DeviceHandler:
         pass
 
 
-def _command_name(cmd):
+def _command_name(cmd: int) -> str:
     try:
         return Command(cmd).name
     except ValueError:
         return str(cmd)
 
 
-def _in_clear(connection, packet) -> bool:
+def _in_clear(connection: Any, packet: Any) -> bool:
     """
     Whether C{packet} carries a body in clear where a client would have
     encrypted it: knowing a session id must not be enough to act on it.
@@ -136,7 +137,7 @@ class MessageDispatcher:
         for handler in handlers:
             self.register(handler)
 
-    def register(self, handler):
+    def register(self, handler: Any) -> None:
         """
         Add C{handler}; one handler per command.
         """
@@ -145,10 +146,10 @@ class MessageDispatcher:
             raise ValueError(f"a handler for {_command_name(command)} is already registered")
         self._handlers[command] = handler
 
-    def handler_for(self, command):
+    def handler_for(self, command: int) -> Any:
         return self._handlers.get(command)
 
-    def dispatch(self, connection, packet):
+    def dispatch(self, connection: Any, packet: Any) -> Deferred | None:
         """
         Hand C{packet} to its handler.
 
@@ -175,10 +176,12 @@ class MessageDispatcher:
     def _handle(self, handler: Any, connection: Any, packet: Any) -> Deferred | None:
         return handler.handle(connection, packet)
 
-    def _failed(self, failure, connection, packet):
+    def _failed(self, failure: Failure, connection: Any, packet: Any) -> None:
         self._reject(connection, packet, failure.value, failure)
 
-    def _reject(self, connection, packet, exception, failure=None):
+    def _reject(
+        self, connection: Any, packet: Any, exception: BaseException, failure: Failure | None = None
+    ) -> None:
         reply = error_reply(exception)
         if reply is None:
             return

@@ -11,6 +11,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mpush import debug_log
 from mpush.config import CoreConfig
@@ -19,6 +20,7 @@ from mpush.protocol.crypto import AesCipher
 from mpush.protocol.heartbeat import negotiate_heartbeat
 from mpush.protocol.messages import FastConnectMessage, FastConnectOkMessage
 from mpush.protocol.packet import Command
+from mpush.protocol.session import ReusableSession
 from mpush.server.device.context import SessionContext
 from mpush.server.device.dispatcher import DeviceHandler
 from mpush.server.device.errors import ConnectionClosed, InvalidDevice, SessionExpired
@@ -54,7 +56,7 @@ class FastConnectHandler(DeviceHandler):
             self.metrics.fast_connect("error")
             raise
 
-    def _fast_connect(self, connection, packet, message):
+    def _fast_connect(self, connection: Any, packet: Any, message: FastConnectMessage) -> Deferred:
         if not message.session_id:
             raise SessionExpired("fast connect without a session id")
         looked_up = self.sessions.load(message.session_id)
@@ -66,7 +68,7 @@ class FastConnectHandler(DeviceHandler):
         )
         return looked_up.addErrback(self._count_refusal)
 
-    def _count_refusal(self, failure):
+    def _count_refusal(self, failure: Failure) -> Failure:
         if failure.check(SessionExpired):
             self.metrics.fast_connect("expired")
         elif failure.check(InvalidDevice):
@@ -75,12 +77,14 @@ class FastConnectHandler(DeviceHandler):
             self.metrics.fast_connect("error")
         return failure
 
-    def _store_failed(self, failure, message):
+    def _store_failed(self, failure: Failure, message: FastConnectMessage) -> None:
         # The store logs its outage once; the client just handshakes.
         failure.trap(StoreUnavailable)
         raise SessionExpired(f"session store unavailable: {failure.getErrorMessage()}")
 
-    def _resume(self, session, connection, packet, message):
+    def _resume(
+        self, session: ReusableSession | None, connection: Any, packet: Any, message: FastConnectMessage
+    ) -> Deferred:
         if session is None:
             raise SessionExpired(f"no session {message.session_id}")
         if session.device_id != message.device_id:
@@ -105,7 +109,7 @@ class FastConnectHandler(DeviceHandler):
         written.addCallback(self._adopt, connection, context, message)
         return written
 
-    def _adopt(self, _, connection, context, message):
+    def _adopt(self, _: object, connection: Any, context: SessionContext, message: FastConnectMessage) -> None:
         connection.establish(context)
         self.metrics.fast_connect("ok")
         if debug_log.wanted():

@@ -17,6 +17,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mpush import debug_log
 from mpush.config import CoreConfig
@@ -25,7 +26,7 @@ from mpush.protocol.body import make_packet
 from mpush.protocol.crypto import AES_KEY_LENGTH, AesCipher, mix_key, random_bytes
 from mpush.protocol.heartbeat import negotiate_heartbeat
 from mpush.protocol.messages import HandshakeMessage, HandshakeOkMessage
-from mpush.protocol.packet import Command
+from mpush.protocol.packet import Command, Packet
 from mpush.protocol.session import new_session_id
 from mpush.server.device.context import SessionContext
 from mpush.server.device.dispatcher import DeviceHandler
@@ -104,7 +105,7 @@ class HandshakeHandler(DeviceHandler):
             self.metrics.handshake("error")
             raise
 
-    def _handshake(self, connection, packet, message):
+    def _handshake(self, connection: Any, packet: Any, message: HandshakeMessage) -> Deferred:
         core = self.core
 
         server_key = random_bytes(AES_KEY_LENGTH)
@@ -141,7 +142,7 @@ class HandshakeHandler(DeviceHandler):
         saved.addCallback(self._reply, connection, reply, client_cipher, context)
         return saved
 
-    def _plain_handshake(self, connection, packet, message):
+    def _plain_handshake(self, connection: Any, packet: Any, message: HandshakeMessage) -> Deferred:
         context = SessionContext(
             heartbeat=NO_HEARTBEAT,
             device_id=message.device_id,
@@ -152,7 +153,9 @@ class HandshakeHandler(DeviceHandler):
         written = connection.send_raw(Command.HANDSHAKE, None, packet.session_id)
         return written.addCallback(self._established, connection, context)
 
-    def _reply(self, _, connection, reply, client_cipher, context):
+    def _reply(
+        self, _: object, connection: Any, reply: Packet, client_cipher: AesCipher, context: SessionContext
+    ) -> Deferred:
         # As in MPush: until the reply is out, the connection speaks
         # AES(clientKey, iv); a failed write leaves it so.
         connection.context.cipher = client_cipher
@@ -160,7 +163,7 @@ class HandshakeHandler(DeviceHandler):
         written.addCallback(self._established, connection, context)
         return written
 
-    def _established(self, _, connection, context):
+    def _established(self, _: object, connection: Any, context: SessionContext) -> None:
         connection.establish(context)
         self.metrics.handshake("ok")
         if debug_log.wanted():
@@ -172,7 +175,7 @@ class HandshakeHandler(DeviceHandler):
                 type=context.client_type.name,
             )
 
-    def _not_cached(self, failure, session_id):
+    def _not_cached(self, failure: Failure, session_id: str) -> None:
         self.log.debug(
             "session {session} not cached: {why}",
             session=session_id,

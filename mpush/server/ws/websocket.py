@@ -126,7 +126,7 @@ class BadJson(DispatchError):
     @ivar session_id: the frame's session id, when it could be read.
     """
 
-    def __init__(self, detail, cmd=0, session_id=0):
+    def __init__(self, detail: str, cmd: int = 0, session_id: int = 0) -> None:
         super().__init__(detail)
         self.cmd = cmd
         self.session_id = session_id
@@ -158,10 +158,10 @@ class JsonPacket:
     flags: int = Flags.JSON_BODY
     body: dict | None = None
 
-    def has_flag(self, mask):
+    def has_flag(self, mask: int) -> bool:
         return (self.flags & mask) != 0
 
-    def string(self, key):
+    def string(self, key: str) -> str | None:
         """
         The body's field C{key} as MPush reads it: a string, or C{None}
         when absent or null.
@@ -183,7 +183,9 @@ class JsonPacket:
         return value
 
 
-def _int_field(fields, key, default, low, high, cmd=0, session_id=0):
+def _int_field(
+    fields: dict, key: str, default: int, low: int, high: int, cmd: int = 0, session_id: int = 0
+) -> int:
     value = fields.get(key)
     if value is None:
         return default
@@ -194,7 +196,7 @@ def _int_field(fields, key, default, low, high, cmd=0, session_id=0):
     return value
 
 
-def decode_json_packet(payload):
+def decode_json_packet(payload: bytes) -> JsonPacket:
     """
     Read one inbound text frame (UTF-8 bytes) as a L{JsonPacket}: C{cmd}
     defaults to -1 (unknown), C{sessionId} to 0, C{flags} to JSON_BODY;
@@ -221,7 +223,7 @@ def decode_json_packet(payload):
     return JsonPacket(cmd, session_id, flags, body)
 
 
-def encode_json_packet(packet):
+def encode_json_packet(packet: JsonPacket) -> bytes:
     """
     One outbound text frame: keys in alphabetical order as fastjson writes
     them, C{body} left out when null, C{bodyLength} the number of body keys.
@@ -249,11 +251,11 @@ def _json_packet(cmd: int, message: Any, session_id: int, flags: int) -> JsonPac
     return JsonPacket(int(cmd), session_id, int(flags), json_body(message))
 
 
-def _present(**fields):
+def _present(**fields: Any) -> dict:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def json_body(message):
+def json_body(message: Any) -> dict | None:
     """
     The JSON body of a server message (spec 15.3), or C{None} for none.
     A PUSH's bytes become text as Java's C{new String(content, UTF_8)}
@@ -406,7 +408,7 @@ class WebSocketConnection:
         return self.state_machine.state
 
     @property
-    def transport(self):
+    def transport(self) -> Any:
         return self.channel.transport
 
     # -- the channel's side -------------------------------------------------
@@ -550,8 +552,9 @@ class WebSocketConnection:
         self.node.metrics.bytes_out(len(payload))
         return True
 
-    def reply_error(self, request: Any, code: int, reason: str, data: str | None = None,
-                    close: bool = False) -> None:
+    def reply_error(
+        self, request: Any, code: int, reason: str, data: str | None = None, close: bool = False
+    ) -> None:
         """
         Answer C{request} with a JSON ERROR, closing afterwards if asked.
         """
@@ -620,12 +623,12 @@ class _WebSocketChannel(WebSocketServerProtocol):
     the connection interface the node relies on.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self.connection = None
+        self.connection: WebSocketConnection | None = None
         self.slot = None
 
-    def onConnect(self, request):
+    def onConnect(self, request: Any) -> None:
         node = self.factory.node
         if request.path != "/":
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "MPush's WebSocket is at /")
@@ -636,23 +639,23 @@ class _WebSocketChannel(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many connections") from None
         return None  # no subprotocol (spec 15.1)
 
-    def onOpen(self):
+    def onOpen(self) -> None:
         factory = self.factory
         self.connection = WebSocketConnection(factory.node, factory.dispatcher, self)
         self.connection.opened()
 
-    def onMessage(self, payload, isBinary):
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.connection is not None:
             self.connection.message_received(payload, isBinary)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         if self.connection is not None:
             self.connection.lost()
         if self.slot is not None:
             self.slot.release()
 
-    def send_text(self, payload):
+    def send_text(self, payload: bytes) -> bool:
         """
         Send one text frame; whether the WebSocket could take it.
 
@@ -670,13 +673,13 @@ class _WebSocketChannel(WebSocketServerProtocol):
             self.maxMessagePayloadSize = limit
         return True
 
-    def refuse_binary(self):
+    def refuse_binary(self) -> None:
         self.sendCloseFrame(
             code=CLOSE_UNSUPPORTED_DATA, reasonUtf8=b"MPush packets are JSON text frames"
         )
 
 
-def _accept_deflate(offers):
+def _accept_deflate(offers: list) -> PerMessageDeflateOfferAccept | None:
     """
     permessage-deflate when offered (spec 15.1), without keeping the
     server's compression context between messages: an idle browser then
@@ -697,7 +700,7 @@ class WebSocketFactory(WebSocketServerFactory):
 
     protocol = _WebSocketChannel
 
-    def __init__(self, node, dispatcher=None, reactor=None):
+    def __init__(self, node: Any, dispatcher: DeviceDispatcher | None = None, reactor: Any = None) -> None:
         super().__init__(server="mpush", reactor=reactor)
         self.node = node
         self.dispatcher = dispatcher if dispatcher is not None else make_ws_dispatcher(node)
@@ -736,7 +739,7 @@ _PAGE_HEADERS = {
 }
 
 
-def load_pages():
+def load_pages() -> dict[bytes, tuple[bytes, bytes]]:
     """
     The page files, read once when the listener is built.
 
@@ -755,7 +758,7 @@ def load_pages():
     return files
 
 
-def _wants_websocket(request):
+def _wants_websocket(request: Any) -> bool:
     upgrade = request.getHeader(b"upgrade") or b""
     return any(token.strip().lower() == b"websocket" for token in upgrade.split(b","))
 
@@ -777,14 +780,20 @@ class WebRoot(Resource):
 
     isLeaf = True
 
-    def __init__(self, websocket, pages, origins=None, refused=None):
+    def __init__(
+        self,
+        websocket: Resource,
+        pages: dict[bytes, tuple[bytes, bytes]],
+        origins: OriginPolicy | None = None,
+        refused: Callable[[str, str], None] | None = None,
+    ) -> None:
         super().__init__()
         self.websocket = websocket
         self.pages = pages
         self.origins = origins if origins is not None else OriginPolicy()
         self.refused = refused
 
-    def render(self, request):
+    def render(self, request: Any) -> bytes | int:
         if _wants_websocket(request):
             if request.path != b"/":
                 return self._status(request, 404, b"no WebSocket here; MPush's is at /\n")
@@ -807,13 +816,13 @@ class WebRoot(Resource):
         return body
 
     @staticmethod
-    def _status(request, code, text):
+    def _status(request: Any, code: int, text: bytes) -> bytes:
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return text
 
 
-def make_ws_site(node, dispatcher=None, reactor=None):
+def make_ws_site(node: Any, dispatcher: DeviceDispatcher | None = None, reactor: Any = None) -> Site:
     """
     What the WebSocket port listens with: the page and, at C{/}, MPush's
     WebSocket for C{node}.
@@ -822,7 +831,7 @@ def make_ws_site(node, dispatcher=None, reactor=None):
     """
     factory = WebSocketFactory(node, dispatcher, reactor=reactor)
 
-    def refused(peer, detail):
+    def refused(peer: str, detail: str) -> None:
         node.limits.refused(node.metrics, WS_ORIGIN, peer, detail)
 
     origins = OriginPolicy(node.config.net.ws_allowed_origins)
