@@ -2,12 +2,14 @@
 The WebSocket variant of the connection server (spec 15), and its page.
 
 Browsers speak MPush as JSON text frames: no keys, no compression of the
-body, no heartbeat, no fast connect.  A L{WebSocketConnection} offers the
-interface of L{mpush.server.device.connection.ConnectionProtocol} (send, send_raw,
-write_packet, reply_error, close, establish, context, state, conn_id, peer,
-writable...), so the router center, the push center, acks and offline
-delivery treat a browser like any other device: C{send(Command.PUSH,
-PushMessage(content), id, flags)} becomes the JSON PUSH frame of spec 15.3.
+body, no heartbeat, no fast connect.  A L{WebSocketConnection} is an
+L{mpush.server.device.interfaces.IDeviceConnection}, as the TCP connection
+is: it reads each frame's JSON body into the message a binary body would
+give, and the same dispatcher, state machine and handlers serve it
+(HANDSHAKE takes its non-secure form, spec 8.3).  The router center, the
+push center, acks and offline delivery treat a browser like any other
+device: C{send(Command.PUSH, PushMessage(content), id, flags)} becomes the
+JSON PUSH frame of spec 15.3.
 
 The listener is a twisted.web L{Site} (L{make_ws_site}): a GET of C{/} that
 asks to upgrade becomes a WebSocket (autobahn); a plain GET of C{/} serves
