@@ -20,7 +20,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import StringTransport
 from twisted.web.http_headers import Headers
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mpush.client.config import ClientConfig
