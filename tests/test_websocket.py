@@ -53,6 +53,7 @@ from mpush.server.ws.websocket import (
     make_ws_dispatcher,
     make_ws_site,
 )
+from mpush.tap import make_dispatcher
 
 from tests.loopback_support import LoopbackNode
 from tests.server_support import make_node
@@ -199,6 +200,18 @@ class ConnectionUnitTests(SynchronousTestCase):
         verifyObject(IPushProducer, self.connection)
         for handler in make_ws_dispatcher(self.node)._handlers.values():
             verifyObject(IDeviceHandler, handler)
+
+    def test_the_tcp_listeners_handlers_serve_browsers(self):
+        """
+        No WebSocket copy of a handler: each command a browser may send is
+        handled by the class that handles it on TCP.
+        """
+        ws, tcp = make_ws_dispatcher(self.node), make_dispatcher(self.node)
+        commands = sorted(ws._handlers)
+        self.assertEqual(commands, [2, 5, 6, 15, 23])
+        self.assertEqual(
+            [type(ws.handler_for(cmd)) for cmd in commands], [type(tcp.handler_for(cmd)) for cmd in commands]
+        )
 
     def test_joins_the_node_and_takes_the_send_buffer_over(self):
         self.assertIs(self.node.connections[self.connection.conn_id], self.connection)

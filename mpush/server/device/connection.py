@@ -21,9 +21,7 @@ dispatcher, the binary wire's way, so handlers see messages.
 
 from typing import Any, Callable
 
-from twisted.internet.defer import Deferred
-
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -32,8 +30,8 @@ from zope.interface import implementer
 
 from mpush.config import LimitsConfig
 from mpush.protocol.body import decode_body, encode_body, make_packet, make_raw_packet
-from mpush.protocol.errors import FramingError
 from mpush.protocol.crypto import RsaPrivateKey
+from mpush.protocol.errors import FramingError
 from mpush.protocol.heartbeat import IdleCheck
 from mpush.protocol.messages import (
     BindUserMessage,
@@ -332,7 +330,7 @@ class ConnectionProtocol(Protocol):
     def _accepting(self) -> bool:
         return self.state_machine.is_open
 
-    def read(self, packet: Any) -> Any:
+    def read(self, packet: Packet) -> Any:
         """
         L{IDeviceConnection}: C{packet}'s body as its command's message,
         decrypted and inflated.  A HANDSHAKE is always RSA-decrypted, after
