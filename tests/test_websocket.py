@@ -497,7 +497,8 @@ class HandshakeTests(WsNodeTestCase):
         )
         self.assertEqual(context.client_type, ClientType.WEB)
         self.assertEqual(context.heartbeat, WS_HEARTBEAT)
-        self.assertIsNone(connection.decrypt_cipher)
+        self.assertIsNone(context.cipher)
+        self.assertFalse(connection.encrypted)
 
     @defer.inlineCallbacks
     def test_repeat_handshake_keeps_the_connection(self):

@@ -17,7 +17,6 @@ class IDeviceConnection(Interface):
     One connected device, whatever carries its packets.
     """
 
-    node = Attribute("The L{mpush.server.node.ServerNode} the connection belongs to.")
     context = Attribute("The L{mpush.server.device.context.SessionContext}; replaced whole by establish.")
     state_machine = Attribute(
         "The L{mpush.server.device.state.ConnectionStateMachine}: the only place its state changes."

@@ -389,7 +389,6 @@ class WebSocketConnection:
     log = Logger()
 
     #: No body is ever encrypted on a WebSocket, nor keys agreed.
-    decrypt_cipher = None
     encrypted = False
 
     def __init__(self, node: Any, dispatcher: DeviceDispatcher, channel: "_WebSocketChannel") -> None:
