@@ -38,7 +38,7 @@ from mpush.server.device.bind_validator import load_bind_validator
 from mpush.store.broadcast_control import MemoryBroadcastControl, RedisBroadcastControl
 from mpush.server.device.client_push import ClientPushHandler
 from mpush.server.device.connection import ConnectionFactory
-from mpush.server.device.dispatcher import MessageDispatcher
+from mpush.server.device.dispatcher import DeviceDispatcher
 from mpush.server.device.fast_connect import FastConnectHandler
 from mpush.server.gateway.gateway import GATEWAY_ALLOW, GatewayFactory, SourceAllowList
 from mpush.server.ops.lifecycle import (
@@ -396,12 +396,23 @@ def make_dispatcher(node):
     """
     The connection server's handlers, by command code (spec 5).
     """
-    handlers = [HeartbeatHandler(), HandshakeHandler(node), FastConnectHandler(node)]
+    core, metrics = node.config.core, node.metrics
+    handlers = [
+        HeartbeatHandler(),
+        HandshakeHandler(node.session_store, core, metrics, node.clock),
+        FastConnectHandler(node.session_store, core, metrics),
+    ]
     if node.router_center is not None:
-        handlers += [BindHandler(node), UnbindHandler(node), AckHandler(node), ClientPushHandler(node)]
+        router_center = node.router_center
+        handlers += [
+            BindHandler(router_center, metrics),
+            UnbindHandler(router_center),
+            AckHandler(node.acks),
+            ClientPushHandler(),
+        ]
     if node.http_proxy is not None:
         handlers.append(node.http_proxy)
-    return MessageDispatcher(handlers)
+    return DeviceDispatcher(handlers)
 
 
 def build_node(config, clock, backends=None):

@@ -396,18 +396,20 @@ class SinglePushTests(SynchronousTestCase):
         The wait exists before the PUSH is written, so an ACK processed right
         after the write is never lost (spec 21.2 item 19).
         """
-        original = self.device.protocol.send
+        # The Deferred path: a push to every client type the user has here.
+        laptop = Device(self.node, "laptop", os_name="windows", port=3)
+        laptop.bind("alice")
+        for device in (self.device, laptop):
+            original = device.protocol.send
 
-        def send_and_ack(cmd, message, session_id, flags=0):
-            written = original(cmd, message, session_id, flags)
-            if cmd == Command.PUSH:
-                self.device.ack(session_id)
-            return written
+            def send_and_ack(cmd, message, session_id, flags=0, device=device, original=original):
+                written = original(cmd, message, session_id, flags)
+                if cmd == Command.PUSH:
+                    device.ack(session_id)
+                return written
 
-        self.device.protocol.send = send_and_ack
-        # The Deferred path (a connection without send_push: WebSocket).
-        self.device.protocol.send_push = None
-        self.gateway.push("alice", flags=Flags.AUTO_ACK)
+            device.protocol.send = send_and_ack
+        self.gateway.push("alice", client_type=0, flags=Flags.AUTO_ACK)
         [(_, kind, _)] = self.gateway.replies()
         self.assertEqual(kind, "ok")
 
@@ -468,8 +470,7 @@ class SinglePushTests(SynchronousTestCase):
         self.assertEqual(kind, "ok")
 
     def test_closed_connection_route_dropped(self):
-        self.device.transport.loseConnection()
-        self.device.protocol._closing = True
+        self.device.protocol.close()
         self.gateway.push("alice")
         [(_, kind, error)] = self.gateway.replies()
         self.assertEqual(error.code, 1)

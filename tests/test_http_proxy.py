@@ -38,9 +38,8 @@ from mpush.protocol.fields import FieldWriter
 from mpush.protocol.messages import ErrorMessage, HttpRequestMessage, HttpResponseMessage
 from mpush.protocol.packet import Command, Flags, encode_packet
 from mpush.server.device.connection import ConnectionFactory
-from mpush.server.device.dispatcher import MessageDispatcher
-from mpush.server.device.handshake import HandshakeHandler
-from mpush.server.device.heartbeat import HeartbeatHandler
+from mpush.server.device.dispatcher import DeviceDispatcher
+from mpush.tap import make_dispatcher
 from mpush.server.proxy.http_proxy import (
     ERROR_HEADER,
     MAX_HEADER_BYTES,
@@ -79,6 +78,14 @@ from mpush.server.proxy.ssrf import (
 
 from tests.loopback_support import LoopbackNode
 from tests.server_support import ScriptedDevice, connect, make_node
+
+
+def handshake_handlers(node):
+    """
+    The node's HEARTBEAT and HANDSHAKE handlers, to put beside a proxy.
+    """
+    base = make_dispatcher(node)
+    return [base.handler_for(Command.HEARTBEAT), base.handler_for(Command.HANDSHAKE)]
 
 PEER_PORT = 40000
 
@@ -633,7 +640,7 @@ class ProxyCase(TestCase):
         self.handler = HttpProxyHandler(
             self.node, self.guard, resolver=self.resolver, trust_root=trust_root, **kwargs
         )
-        self.dispatcher = MessageDispatcher([HeartbeatHandler(), HandshakeHandler(self.node), self.handler])
+        self.dispatcher = DeviceDispatcher(handshake_handlers(self.node) + [self.handler])
         self.addCleanup(self.close_proxy)
         return self.handler
 
@@ -1415,7 +1422,7 @@ class EndToEndTests(ProxyCase):
         self.node = server.node
         self.handler = HttpProxyHandler(server.node, self.guard, resolver=self.resolver)
         self.addCleanup(self.close_proxy)
-        dispatcher = MessageDispatcher([HeartbeatHandler(), HandshakeHandler(server.node), self.handler])
+        dispatcher = DeviceDispatcher(handshake_handlers(server.node) + [self.handler])
         listening = reactor.listenTCP(0, ConnectionFactory(server.node, dispatcher), interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         device = yield self.wire_device(listening.getHost().port)

@@ -18,12 +18,10 @@ from mpush.protocol.packet import HEARTBEAT_BYTE, Command, Flags, Packet, encode
 from mpush.protocol.session import ReusableSession, decode_reusable_session
 from mpush.server.device.connection import MAX_PENDING_PACKETS
 from mpush.server.device.context import ConnectionState
-from mpush.server.device.dispatcher import IMessageHandler
+from mpush.server.device.dispatcher import IDeviceHandler
 from mpush.server.device import handshake
-from mpush.server.device.fast_connect import FastConnectHandler
-from mpush.server.device.handshake import HandshakeHandler
-from mpush.server.device.heartbeat import HeartbeatHandler
 from mpush.store.interfaces import ISessionStore, StoreUnavailable
+from mpush.tap import make_dispatcher
 
 from tests.server_support import (
     EPOCH,
@@ -61,9 +59,8 @@ class ManualStore:
 
 class HandlerInterfaceTests(SynchronousTestCase):
     def test_handlers_provide_the_interface(self):
-        node = make_node()
-        for handler in (HeartbeatHandler(), HandshakeHandler(node), FastConnectHandler(node)):
-            self.assertTrue(verifyObject(IMessageHandler, handler))
+        for handler in make_dispatcher(make_node())._handlers.values():
+            self.assertTrue(verifyObject(IDeviceHandler, handler))
 
 
 class HandshakeTests(SynchronousTestCase):
@@ -224,7 +221,9 @@ class HandshakeTests(SynchronousTestCase):
         self.assertEqual((error.cmd, error.code, error.reason), (2, 0, "Param invalid"))
         self.assertEqual(reply.flags, 0)
         self.assertTrue(self.transport.disconnecting)
-        self.assertIs(self.protocol.state, ConnectionState.NEW)
+        # Closing without ever having had a session.
+        self.assertIsNone(self.protocol.context.cipher)
+        self.assertIs(self.protocol.state, ConnectionState.CLOSING)
 
     def test_missing_device_id(self):
         self.assertParamInvalid(self.device.handshake_bytes(device_id=None))

@@ -20,7 +20,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.testing import StringTransport
 from twisted.web.http_headers import Headers
-from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mpush.client.config import ClientConfig
@@ -39,7 +38,7 @@ from mpush.protocol.messages import (
 )
 from mpush.protocol.packet import Command, Packet
 from mpush.server.device.context import ConnectionState
-from mpush.server.device.dispatcher import IMessageHandler, MessageDispatcher
+from mpush.server.device.dispatcher import DeviceDispatcher, DeviceHandler, IDeviceHandler
 from mpush.server.device.errors import ConnectionClosed
 from mpush.server.ws.websocket import (
     WS_HEARTBEAT,
@@ -47,7 +46,6 @@ from mpush.server.ws.websocket import (
     JsonPacket,
     NotJsonEncodable,
     WebSocketConnection,
-    WebSocketHandshakeHandler,
     decode_json_packet,
     encode_json_packet,
     json_body,
@@ -55,6 +53,7 @@ from mpush.server.ws.websocket import (
     make_ws_dispatcher,
     make_ws_site,
 )
+from mpush.tap import make_dispatcher
 
 from tests.loopback_support import LoopbackNode
 from tests.server_support import make_node
@@ -200,7 +199,19 @@ class ConnectionUnitTests(SynchronousTestCase):
     def test_interfaces(self):
         verifyObject(IPushProducer, self.connection)
         for handler in make_ws_dispatcher(self.node)._handlers.values():
-            verifyObject(IMessageHandler, handler)
+            verifyObject(IDeviceHandler, handler)
+
+    def test_the_tcp_listeners_handlers_serve_browsers(self):
+        """
+        No WebSocket copy of a handler: each command a browser may send is
+        handled by the class that handles it on TCP.
+        """
+        ws, tcp = make_ws_dispatcher(self.node), make_dispatcher(self.node)
+        commands = sorted(ws._handlers)
+        self.assertEqual(commands, [2, 5, 6, 15, 23])
+        self.assertEqual(
+            [type(ws.handler_for(cmd)) for cmd in commands], [type(tcp.handler_for(cmd)) for cmd in commands]
+        )
 
     def test_joins_the_node_and_takes_the_send_buffer_over(self):
         self.assertIs(self.node.connections[self.connection.conn_id], self.connection)
@@ -218,9 +229,24 @@ class ConnectionUnitTests(SynchronousTestCase):
     def test_handshake_stops_the_timer(self):
         self.frame(cmd=2, flags=16, sessionId=1, body={"deviceId": "d"})
         self.assertEqual(self.channel.sent, [{"bodyLength": 0, "cmd": 2, "flags": 16, "sessionId": 1}])
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIs(self.connection.state, ConnectionState.HANDSHAKEN)
         self.clock.advance(60)
         self.assertFalse(self.channel.dropped)
+        self.assertTrue(self.connection.is_open)
+
+    def test_pre_handshake_deadlines_share_the_node_timer(self):
+        """
+        A browser's pre-handshake deadline is an entry on the node's
+        deadline heap, as a TCP connection's is, not a timer of its own.
+        """
+        others = [WebSocketConnection(self.node, make_ws_dispatcher(self.node), FakeChannel()) for _ in range(3)]
+        for other in others:
+            other.opened()
+        self.assertEqual(len(self.node.deadlines), 4)
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(5.1)
+        self.assertEqual([other.channel.dropped for other in others], [True] * 3)
+        self.assertTrue(self.channel.dropped)
 
     def test_lost_leaves_the_node_once(self):
         self.connection.lost()
@@ -471,7 +497,8 @@ class HandshakeTests(WsNodeTestCase):
         )
         self.assertEqual(context.client_type, ClientType.WEB)
         self.assertEqual(context.heartbeat, WS_HEARTBEAT)
-        self.assertIsNone(connection.decrypt_cipher)
+        self.assertIsNone(context.cipher)
+        self.assertFalse(connection.encrypted)
 
     @defer.inlineCallbacks
     def test_repeat_handshake_keeps_the_connection(self):
@@ -851,8 +878,7 @@ class BadInputTests(WsNodeTestCase):
         self.assertEqual(client.texts.pending, [])
 
 
-@implementer(IMessageHandler)
-class GatedHandshake:
+class GatedHandshake(DeviceHandler):
     """
     The ws handshake, held until the test opens the gate.
     """
@@ -860,11 +886,11 @@ class GatedHandshake:
     command = Command.HANDSHAKE
 
     def __init__(self, node):
-        self.real = WebSocketHandshakeHandler(node)
+        self.real = make_ws_dispatcher(node).handler_for(Command.HANDSHAKE)
         self.gate = defer.Deferred()
 
-    def handle(self, connection, packet):
-        return self.gate.addCallback(lambda _: self.real.handle(connection, packet))
+    def handle(self, connection, packet, message):
+        return self.gate.addCallback(lambda _: self.real.handle(connection, packet, message))
 
 
 class OrderTests(TestCase):
@@ -876,7 +902,7 @@ class OrderTests(TestCase):
         dispatcher = make_ws_dispatcher(self.server.node)
         handlers = [gated] + [dispatcher.handler_for(cmd) for cmd in (5, 6, 15, 23)]
         # A second listener of the same node with the gated handshake.
-        site = make_ws_site(self.server.node, MessageDispatcher(handlers), reactor=reactor)
+        site = make_ws_site(self.server.node, DeviceDispatcher(handlers), reactor=reactor)
         listening = reactor.listenTCP(0, site, interface="127.0.0.1")
         self.addCleanup(listening.stopListening)
         return gated, listening.getHost().port

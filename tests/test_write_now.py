@@ -3,11 +3,17 @@ write_now: bytes reach the peer complete and in order, whether the socket
 takes them at once, in part, or not at all.
 """
 
-from twisted.internet import defer, protocol, reactor
+import twisted
+from twisted.internet import defer, protocol, reactor, tcp
 from twisted.internet.testing import StringTransport
+from twisted.logger import Logger, LogLevel
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mpush.server.device import connection as connection_module
+from mpush.server.device import write_now as write_now_module
 from mpush.server.device.write_now import write_now
+
+from tests.server_support import make_node
 
 
 class Collect(protocol.Protocol):
@@ -82,3 +88,32 @@ class OtherTransportTests(SynchronousTestCase):
         write_now(transport, b"abc")
         write_now(transport, b"def")
         self.assertEqual(transport.value(), b"abcdef")
+
+
+class TwistedVersionGuardTests(SynchronousTestCase):
+    """
+    write_now reads Twisted's internals only under the releases it was
+    checked against, and the node says when it runs under another.
+    """
+
+    def test_the_installed_release_was_checked(self):
+        self.assertIn(twisted.__version__, write_now_module.CHECKED_TWISTED_VERSIONS)
+        self.assertIsNone(write_now_module.unchecked_twisted_warning())
+        self.assertIs(write_now_module.direct_write_class(twisted.__version__), tcp.Server)
+
+    def test_an_unchecked_release_writes_through_the_transport_only(self):
+        self.assertIsNone(write_now_module.direct_write_class("99.1.0"))
+        warning = write_now_module.unchecked_twisted_warning("99.1.0")
+        self.assertIn("Twisted 99.1.0", warning)
+        for version in write_now_module.CHECKED_TWISTED_VERSIONS:
+            self.assertIn(version, warning)
+
+    def test_the_connection_server_warns_at_start(self):
+        events = []
+        self.patch(connection_module, "unchecked_twisted_warning", lambda: "Twisted 99.1.0 is not checked")
+        factory = connection_module.ConnectionFactory(make_node(), None)
+        self.patch(factory, "log", Logger(observer=events.append))
+        factory.doStart()
+        self.addCleanup(factory.doStop)
+        self.assertEqual([event["warning"] for event in events], ["Twisted 99.1.0 is not checked"])
+        self.assertEqual(events[0]["log_level"], LogLevel.warn)

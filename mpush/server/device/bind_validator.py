@@ -10,6 +10,7 @@ C{package.module:name}.
 import hashlib
 import hmac
 import importlib
+from typing import Any
 
 from zope.interface import Interface, implementer
 from zope.interface.verify import verifyObject
@@ -38,7 +39,7 @@ class AcceptAll:
     MPush's default: every bind is accepted.
     """
 
-    def validate(self, user_id, data, context):
+    def validate(self, user_id: str, data: str | None, context: Any) -> bool:
         return True
 
 
@@ -48,13 +49,13 @@ class HmacTokenValidator:
     Accept a bind whose data is the lowercase hex HMAC-SHA256 of the user id.
     """
 
-    def __init__(self, secret):
+    def __init__(self, secret: str) -> None:
         self._secret = secret.encode("utf-8")
 
-    def token_for(self, user_id):
+    def token_for(self, user_id: str) -> str:
         return hmac.new(self._secret, user_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
-    def validate(self, user_id, data, context):
+    def validate(self, user_id: str, data: str | None, context: Any) -> bool:
         if not data or not isinstance(data, str):
             return False
         # As bytes: compare_digest raises TypeError on a non-ASCII str, and
@@ -62,7 +63,7 @@ class HmacTokenValidator:
         return hmac.compare_digest(self.token_for(user_id).encode("ascii"), data.encode("utf-8"))
 
 
-def load_bind_validator(config):
+def load_bind_validator(config: Any) -> Any:
     """
     The validator C{config.bind} names.
 

@@ -2,31 +2,25 @@
 PUSH from a device ("client push", spec 12.4): logged, and acknowledged when
 the device asked for AUTO_ACK.  MPush hands it to an SPI that does nothing by
 default; so does mpush, apart from the log line.
+
+The ACK is written raw and without a body, which a WebSocket writes as its
+JSON ACK (MPush writes a binary packet there, spec 21.2 item 16).
 """
 
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from zope.interface import implementer
 
-from mpush.protocol.body import decode_body, make_raw_packet
 from mpush.protocol.packet import Command, Flags
-from mpush.server.device.dispatcher import IMessageHandler
-from mpush.server.device.errors import NotHandshaken
+from mpush.server.device.dispatcher import DeviceHandler
 
 
-@implementer(IMessageHandler)
-class ClientPushHandler:
+class ClientPushHandler(DeviceHandler):
     command = Command.PUSH
     log = Logger()
 
-    def __init__(self, node):
-        self.node = node
-
-    def handle(self, connection, packet):
-        if not connection.context.handshaken:
-            raise NotHandshaken("client push before handshake")
-        content = decode_body(
-            packet, connection.decrypt_cipher, self.node.config.core.max_inflated_size
-        )
+    def handle(self, connection: Any, packet: Any, content: bytes) -> Deferred | None:
         self.log.debug(
             "client push from {user} ({device}): {size} bytes",
             user=connection.context.user_id,
@@ -34,4 +28,5 @@ class ClientPushHandler:
             size=len(content),
         )
         if packet.has_flag(Flags.AUTO_ACK):
-            connection.write_packet(make_raw_packet(Command.ACK, None, packet.session_id))
+            return connection.send_raw(Command.ACK, None, packet.session_id)
+        return None

@@ -13,35 +13,51 @@ queues too many packets or bytes behind a busy handler, or that stops
 reading for too long is aborted; and RSA work before a handshake draws on
 the node's handshake token bucket.  Each refusal is counted and logged by
 the node's limits, never more than one line a second per reason.
+
+Its life (new, handshaken, bound, closing, closed) is its
+L{ConnectionStateMachine}'s; it reads each packet's body (L{read}) for the
+dispatcher, the binary wire's way, so handlers see messages.
 """
 
+from typing import Any, Callable
 
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mpush.config import LimitsConfig
-from mpush.protocol.body import encode_body, make_packet, make_raw_packet
+from mpush.protocol.body import decode_body, encode_body, make_packet, make_raw_packet
+from mpush.protocol.crypto import RsaPrivateKey
 from mpush.protocol.errors import FramingError
 from mpush.protocol.heartbeat import IdleCheck
-from mpush.protocol.messages import ErrorMessage
+from mpush.protocol.messages import (
+    BindUserMessage,
+    ErrorMessage,
+    FastConnectMessage,
+    HandshakeMessage,
+    HttpRequestMessage,
+)
 from mpush.protocol.packet import (
     HEADER_LENGTH,
     HEARTBEAT,
     HEARTBEAT_BYTE,
     Command,
+    Packet,
     PacketDecoder,
     encode_frame,
     encode_packet,
 )
 from mpush.server.device import limits
-from mpush.server.device.context import ConnectionState, SessionContext
+from mpush.server.device.context import SessionContext
 from mpush.server.device.deadlines import IDeadlineOwner
 from mpush.server.device.errors import ConnectionClosed
 from mpush.server.device.in_order import InOrderQueue
-from mpush.server.device.write_now import no_delay, write_now
+from mpush.server.device.interfaces import IDeviceConnection
+from mpush.server.device.state import ConnectionState, ConnectionStateMachine
+from mpush.server.device.write_now import no_delay, unchecked_twisted_warning, write_now
 
 #: The default of C{[limits] max-pending-packets}: packets one connection may
 #: have waiting behind a handler that is still busy (on Redis, say).  The
@@ -49,9 +65,31 @@ from mpush.server.device.write_now import no_delay, write_now
 MAX_PENDING_PACKETS = LimitsConfig().max_pending_packets
 
 _PUSH = int(Command.PUSH)
+_HANDSHAKE = int(Command.HANDSHAKE)
 
 
-def _wire_size(packet):
+def _as_is(body: bytes) -> bytes:
+    return body
+
+
+def _http_request(body: bytes) -> HttpRequestMessage:
+    # An empty body is a message with every field at its default (spec 4.3).
+    return HttpRequestMessage.decode(body) if body else HttpRequestMessage(0, None, None, None)
+
+
+#: How each command's body reads, once decrypted and inflated; a command
+#: not here has no body to read (HEARTBEAT, ACK).
+_BODIES: dict[int, Callable[[bytes], Any]] = {
+    _HANDSHAKE: HandshakeMessage.decode,
+    int(Command.FAST_CONNECT): FastConnectMessage.decode,
+    int(Command.BIND): BindUserMessage.decode,
+    int(Command.UNBIND): BindUserMessage.decode,
+    _PUSH: _as_is,
+    int(Command.HTTP_PROXY): _http_request,
+}
+
+
+def _wire_size(packet: Packet) -> int:
     """
     The bytes C{packet} took on the wire: 1 for the heartbeat byte, the
     header and body for a frame.
@@ -59,7 +97,7 @@ def _wire_size(packet):
     return 1 if packet is HEARTBEAT else HEADER_LENGTH + len(packet.body)
 
 
-def _gone(failure):
+def _gone(failure: Failure) -> None:
     failure.trap(ConnectionClosed)
 
 
@@ -77,24 +115,24 @@ class _MeteredRsaKey:
 
     __slots__ = ("_connection", "_key")
 
-    def __init__(self, connection, key):
+    def __init__(self, connection: "ConnectionProtocol", key: RsaPrivateKey) -> None:
         self._connection = connection
         self._key = key
 
     @property
-    def key_size_bytes(self):
+    def key_size_bytes(self) -> int:
         return self._key.key_size_bytes
 
-    def decrypt(self, data):
+    def decrypt(self, data: bytes) -> bytes:
         if not self._connection.allow_rsa(len(data)):
             raise ConnectionClosed(self._connection.peer)
         return self._key.decrypt(data)
 
-    def encrypt(self, data):
+    def encrypt(self, data: bytes) -> bytes:
         return self._key.encrypt(data)
 
 
-@implementer(IPushProducer, IDeadlineOwner)
+@implementer(IDeviceConnection, IPushProducer, IDeadlineOwner)
 class ConnectionProtocol(Protocol):
     """
     One client connection of the connection server.
@@ -108,7 +146,7 @@ class ConnectionProtocol(Protocol):
     L{limits.SLOW_READER_HEARTBEATS} heartbeats it is aborted.
 
     @ivar context: the L{SessionContext}; replaced whole by fast connect.
-    @ivar state: the L{ConnectionState}.
+    @ivar state_machine: its L{ConnectionStateMachine}.
     @ivar slot: the L{limits.ConnectionSlot} the factory admitted it with,
         released when it closes, or C{None}.
     """
@@ -126,7 +164,7 @@ class ConnectionProtocol(Protocol):
         "slot",
         "decoder",
         "context",
-        "state",
+        "state_machine",
         "conn_id",
         "last_read_ms",
         "writable",
@@ -136,10 +174,12 @@ class ConnectionProtocol(Protocol):
         "_handshake_due",
         "_stalled_due",
         "_pending",
-        "_closing",
     )
 
-    def __init__(self, node, dispatcher, slot=None):
+    #: Bodies are encrypted, keys agreed by the handshake.
+    encrypted = True
+
+    def __init__(self, node: Any, dispatcher: Any, slot: limits.ConnectionSlot | None = None) -> None:
         # Slots hide Protocol's class defaults: give them their values.
         self.transport = None
         self.connected = 0
@@ -150,7 +190,7 @@ class ConnectionProtocol(Protocol):
         core = node.config.core
         self.decoder = PacketDecoder(core.max_packet_size)
         self.context = SessionContext(heartbeat=core.pre_handshake_heartbeat)
-        self.state = ConnectionState.NEW
+        self.state_machine = ConnectionStateMachine()
         self.conn_id = None
         self.last_read_ms = 0
         self._idle = IdleCheck(core.max_hb_timeout_times)
@@ -162,12 +202,15 @@ class ConnectionProtocol(Protocol):
         # Made when packets arrive, dropped once they are all handled: an
         # idle connection holds no queue.
         self._pending = None
-        self._closing = False
         self.writable = True
+
+    @property
+    def state(self) -> ConnectionState:
+        return self.state_machine.state
 
     # -- Twisted's side -------------------------------------------------
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         self.last_read_ms = self.node.now_ms()
         self.conn_id = self.node.add_connection(self)
         self.node.metrics.connection_opened()
@@ -181,8 +224,8 @@ class ConnectionProtocol(Protocol):
         self._idle_due = now + self.context.heartbeat / 1000.0
         self._schedule_deadlines()
 
-    def dataReceived(self, data):
-        if self._closing:
+    def dataReceived(self, data: bytes) -> None:
+        if not self.state_machine.is_open:
             return
         self.node.metrics.bytes_in(len(data))
         try:
@@ -200,10 +243,10 @@ class ConnectionProtocol(Protocol):
             pending.run()
             if pending.idle and self._pending is pending:
                 self._pending = None
-        if not self._closing:
+        if self.state_machine.is_open:
             self._check_backlog()
 
-    def _check_backlog(self):
+    def _check_backlog(self) -> None:
         """
         Bound what this connection holds unhandled: at most
         C{max-pending-packets} packets queued behind a busy handler, and at
@@ -224,10 +267,9 @@ class ConnectionProtocol(Protocol):
                 f"{config.max_read_size})",
             )
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure | None) -> None:
         self.node.metrics.connection_closed()
-        self.state = ConnectionState.CLOSED
-        self._closing = True
+        self.state_machine.lost()
         self.writable = False
         self._drop_pending()
         self.wake_at = self._idle_due = self._handshake_due = self._stalled_due = None
@@ -237,7 +279,7 @@ class ConnectionProtocol(Protocol):
 
     # -- IPushProducer: the send buffer's high-water mark -----------------
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         """
         The send buffer passed the high-water mark: no more pushes, read
         nothing until it drains, and give the peer a bounded time to read.
@@ -253,7 +295,7 @@ class ConnectionProtocol(Protocol):
             self._stalled_due = self.node.clock.seconds() + grace
             self._schedule_deadlines()
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         self.writable = self.is_open
         self._stalled_due = None
         if self.writable:
@@ -261,11 +303,11 @@ class ConnectionProtocol(Protocol):
             if resume_reading is not None:
                 resume_reading()
 
-    def stopProducing(self):
+    def stopProducing(self) -> None:
         self.writable = False
         self._stalled_due = None
 
-    def _stalled(self):
+    def _stalled(self) -> None:
         if self.is_open and not self.writable:
             self._refuse(
                 limits.SLOW_READER,
@@ -273,7 +315,7 @@ class ConnectionProtocol(Protocol):
                 f"send buffer",
             )
 
-    def _drop_pending(self):
+    def _drop_pending(self) -> None:
         """
         Forget the packets waiting behind a handler (the connection is
         closing): a handler still running finds nothing after it.
@@ -282,16 +324,36 @@ class ConnectionProtocol(Protocol):
             self._pending.clear()
             self._pending = None
 
-    def _dispatch(self, packet):
+    def _dispatch(self, packet: Packet) -> Deferred | None:
         return self.dispatcher.dispatch(self, packet)
 
-    def _accepting(self):
-        return not self._closing
+    def _accepting(self) -> bool:
+        return self.state_machine.is_open
+
+    def read(self, packet: Packet) -> Any:
+        """
+        L{IDeviceConnection}: C{packet}'s body as its command's message,
+        decrypted and inflated.  A HANDSHAKE is always RSA-decrypted, after
+        drawing on the node's handshake token bucket (over it, the
+        connection is closed without an answer and L{ConnectionClosed}
+        raised); any other body with the session cipher, or before a
+        session with the metered RSA key, as MPush does (spec 7.4).
+        """
+        parse = _BODIES.get(packet.cmd)
+        if parse is None:
+            return None
+        if packet.cmd == _HANDSHAKE:
+            if not self.allow_rsa(len(packet.body)):
+                raise ConnectionClosed(self.peer)
+            cipher = self.node.private_key
+        else:
+            cipher = self.decrypt_cipher
+        return parse(decode_body(packet, cipher, self.node.config.core.max_inflated_size))
 
     # -- what handlers call -----------------------------------------------
 
     @property
-    def decrypt_cipher(self):
+    def decrypt_cipher(self) -> Any:
         """
         What a non-handshake body is decrypted with: the session cipher, or
         before any handshake the server's RSA key, as MPush does (spec 7.4),
@@ -303,7 +365,7 @@ class ConnectionProtocol(Protocol):
         return _MeteredRsaKey(self, self.node.private_key)
 
     @property
-    def peer(self):
+    def peer(self) -> str:
         """
         C{host:port} of the client, for log lines: worked out when one is
         written rather than kept per connection.
@@ -314,11 +376,11 @@ class ConnectionProtocol(Protocol):
         return f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
 
     @property
-    def is_open(self):
-        return not self._closing and self.state is not ConnectionState.CLOSED
+    def is_open(self) -> bool:
+        return self.state_machine.is_open
 
     @property
-    def pending_bytes(self):
+    def pending_bytes(self) -> int:
         """
         Bytes read and not yet handled: the packets queued behind a busy
         handler, at their wire size, and the incomplete frame being read.
@@ -326,7 +388,7 @@ class ConnectionProtocol(Protocol):
         queued = 0 if self._pending is None else self._pending.bytes
         return queued + self.decoder.buffered
 
-    def allow_rsa(self, length):
+    def allow_rsa(self, length: int) -> bool:
         """
         Ask the node's handshake token bucket for the RSA work of decrypting
         C{length} bytes.  When refused, close the connection without an
@@ -345,7 +407,7 @@ class ConnectionProtocol(Protocol):
             self.close()
         return False
 
-    def write_packet(self, packet):
+    def write_packet(self, packet: Packet) -> Deferred:
         """
         Queue C{packet} on the transport.
 
@@ -361,7 +423,7 @@ class ConnectionProtocol(Protocol):
         self.node.metrics.bytes_out(len(data))
         return succeed(None)
 
-    def send(self, cmd, message, session_id, flags=0):
+    def send(self, cmd: int, message: Any, session_id: int, flags: int = 0) -> Deferred:
         """
         Write C{message} the MPush "send" way: compressed above the
         threshold, then encrypted with the session cipher.
@@ -376,14 +438,14 @@ class ConnectionProtocol(Protocol):
         )
         return self.write_packet(packet)
 
-    def send_push(self, content, session_id, flags=0):
+    def send_push(self, content: bytes, session_id: int, flags: int = 0) -> bool:
         """
         Write a PUSH of C{content} now, the way L{send} would, without the
         Deferred: the push center's synchronous path.
 
         @return: whether it was handed to the transport (C{False}: closed).
         """
-        if self._closing or self.state is ConnectionState.CLOSED:
+        if not self.state_machine.is_open:
             return False
         body, added = encode_body(content, self.context.cipher, self.node.config.core.compress_threshold)
         data = encode_frame(_PUSH, session_id, flags | added, body)
@@ -391,18 +453,20 @@ class ConnectionProtocol(Protocol):
         self.node.metrics.bytes_out(len(data))
         return True
 
-    def send_raw(self, cmd, message, session_id, flags=0):
+    def send_raw(self, cmd: int, message: Any, session_id: int, flags: int = 0) -> Deferred:
         """
         Write C{message} in plaintext, uncompressed ("sendRaw").
         """
         return self.write_packet(make_raw_packet(cmd, message, session_id, flags))
 
-    def write_heartbeat(self):
+    def write_heartbeat(self) -> None:
         if self.is_open:
             write_now(self.transport, HEARTBEAT_BYTE)
             self.node.metrics.bytes_out(1)
 
-    def reply_error(self, request, code, reason, data=None, close=False):
+    def reply_error(
+        self, request: Any, code: int, reason: str, data: str | None = None, close: bool = False
+    ) -> None:
         """
         Answer C{request} with ERROR (always raw), closing afterwards if asked.
         """
@@ -413,7 +477,7 @@ class ConnectionProtocol(Protocol):
         if close:
             self.close()
 
-    def establish(self, context):
+    def establish(self, context: SessionContext) -> None:
         """
         Make C{context} this connection's session: after a handshake's reply
         was written, or when fast connect adopts a cached session.  A user
@@ -422,25 +486,24 @@ class ConnectionProtocol(Protocol):
         if self.context.user_id is not None:
             self.node.connection_unbound(self)
         self.context = context
-        self.state = ConnectionState.HANDSHAKEN
+        self.state_machine.establish()
         self._handshake_due = None
 
-    def close(self, reason=None):
+    def close(self, reason: str | None = None) -> None:
         """
         Close once what was written has been flushed; read nothing more.
         (C{reason} is for a WebSocket's close frame; TCP has none.)
         """
-        if not self._closing:
-            self._closing = True
+        if self.state_machine.close():
             self._drop_pending()
             self.transport.loseConnection()
 
-    def _abort(self):
-        self._closing = True
+    def _abort(self) -> None:
+        self.state_machine.close()
         self._drop_pending()
         self.transport.abortConnection()
 
-    def _refuse(self, reason, detail):
+    def _refuse(self, reason: str, detail: str) -> None:
         """
         A limit says this connection must go: count it, log it (rate
         limited), abort.
@@ -448,7 +511,7 @@ class ConnectionProtocol(Protocol):
         self.node.limits.refused(self.node.metrics, reason, self.peer, detail)
         self._abort()
 
-    def _handshake_overdue(self):
+    def _handshake_overdue(self) -> None:
         if self.is_open and self.state is ConnectionState.NEW:
             timeout = self.node.config.limits.pre_handshake_timeout
             self._refuse(
@@ -458,15 +521,15 @@ class ConnectionProtocol(Protocol):
 
     # -- deadlines: idle checks, pre-handshake, slow reader -----------------
 
-    def _schedule_deadlines(self):
+    def _schedule_deadlines(self) -> None:
         """
         Ask the node's timer to wake this connection at its next deadline.
         """
         due = [d for d in (self._idle_due, self._handshake_due, self._stalled_due) if d is not None]
-        if due and not self._closing:
+        if due and self.state_machine.is_open:
             self.node.deadlines.schedule(self.conn_id, self, min(due))
 
-    def deadline_reached(self, now):
+    def deadline_reached(self, now: float) -> None:
         """
         L{IDeadlineOwner}: act on every deadline that has come, in the order
         the separate timers used to fire, then wait for the next one.
@@ -479,12 +542,12 @@ class ConnectionProtocol(Protocol):
         if self._stalled_due is not None and self._stalled_due <= now:
             self._stalled_due = None
             self._stalled()
-        if self._idle_due is not None and self._idle_due <= now and not self._closing:
+        if self._idle_due is not None and self._idle_due <= now and self.state_machine.is_open:
             self._idle_due = None
             self._check_idle(now)
         self._schedule_deadlines()
 
-    def _check_idle(self, now):
+    def _check_idle(self, now: float) -> None:
         if self._idle.expired(
             self.node.now_ms(), self.last_read_ms, self.context.heartbeat
         ):
@@ -509,7 +572,7 @@ class RefusedConnection(Protocol):
     the reactor and leaves the socket open; this works under any wrapper.
     """
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         self.transport.abortConnection()
 
 
@@ -519,11 +582,18 @@ class ConnectionFactory(ServerFactory):
     the node's connection limits.
     """
 
-    def __init__(self, node, dispatcher):
+    log = Logger()
+
+    def __init__(self, node: Any, dispatcher: Any) -> None:
         self.node = node
         self.dispatcher = dispatcher
 
-    def buildProtocol(self, addr):
+    def startFactory(self) -> None:
+        warning = unchecked_twisted_warning()
+        if warning is not None:
+            self.log.warn("{warning}", warning=warning)
+
+    def buildProtocol(self, addr: Any) -> Protocol:
         node = self.node
         try:
             slot = node.limits.admit(addr)

@@ -1,32 +1,19 @@
 """
 What the server knows about the device at the other end of one connection.
 
-A connection's life is a small explicit state machine (L{ConnectionState});
-the L{SessionContext} is the data that a handshake establishes and that fast
-connect restores from the reusable-session cache.  Both use C{__slots__}:
-a node holds one of each per connected device.
+The L{SessionContext} is the data that a handshake establishes and that fast
+connect restores from the reusable-session cache; it uses C{__slots__}: a
+node holds one per connected device.  Where a connection is in its life is
+not here but in its L{mpush.server.device.state.ConnectionStateMachine}
+(C{ConnectionState} is imported from here too, for older callers).
 """
 
-import enum
-
 from mpush.protocol.client_type import classify
+from mpush.protocol.crypto import AesCipher
 from mpush.protocol.session import ReusableSession
+from mpush.server.device.state import ConnectionState
 
-
-class ConnectionState(enum.Enum):
-    """
-    Where a connection is in its life.
-
-    NEW: accepted, no keys agreed; only HANDSHAKE, FAST_CONNECT and
-    heartbeats make sense.  HANDSHAKEN: a session cipher is in force (by a
-    handshake or a fast connect).  BOUND: handshaken and a user bound, so
-    routes point here.  CLOSED: the transport is gone.
-    """
-
-    NEW = "new"
-    HANDSHAKEN = "handshaken"
-    BOUND = "bound"
-    CLOSED = "closed"
+__all__ = ["ConnectionState", "SessionContext"]
 
 
 class SessionContext:
@@ -52,13 +39,13 @@ class SessionContext:
 
     def __init__(
         self,
-        heartbeat,
-        cipher=None,
-        device_id=None,
-        os_name=None,
-        os_version=None,
-        client_version=None,
-    ):
+        heartbeat: int,
+        cipher: AesCipher | None = None,
+        device_id: str | None = None,
+        os_name: str | None = None,
+        os_version: str | None = None,
+        client_version: str | None = None,
+    ) -> None:
         self.heartbeat = heartbeat
         self.cipher = cipher
         self.device_id = device_id
@@ -69,14 +56,7 @@ class SessionContext:
         self.tags = None
         self.client_type = classify(os_name)
 
-    @property
-    def handshaken(self):
-        """
-        MPush's own test: a handshake sets a non-empty device id.
-        """
-        return bool(self.device_id)
-
-    def to_reusable_session(self, session_key, iv):
+    def to_reusable_session(self, session_key: bytes, iv: bytes) -> ReusableSession:
         """
         The part of this context that survives a reconnect.
         """
@@ -89,7 +69,7 @@ class SessionContext:
             iv=iv,
         )
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"<SessionContext device={self.device_id!r} os={self.os_name!r} "
             f"user={self.user_id!r} heartbeat={self.heartbeat}>"

@@ -16,6 +16,9 @@ closed connection or an answered push is not kept alive by them.
 
 import heapq
 import itertools
+from typing import Any, Callable, Hashable, Mapping
+
+from twisted.internet.interfaces import IReactorTime
 
 from zope.interface import Attribute, Interface
 
@@ -31,7 +34,7 @@ class DeadlineHeap:
 
     __slots__ = ("_clock", "_expire", "_heap", "_call", "_call_time", "_stamps")
 
-    def __init__(self, clock, expire):
+    def __init__(self, clock: IReactorTime, expire: Callable[[Hashable, float, int, float], None]) -> None:
         self._clock = clock
         self._expire = expire
         self._heap = []
@@ -39,11 +42,11 @@ class DeadlineHeap:
         self._call_time = None
         self._stamps = itertools.count()
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Entries held, stale ones included."""
         return len(self._heap)
 
-    def push(self, when, key):
+    def push(self, when: float, key: Hashable) -> int:
         """
         Expire C{key} at C{when} (clock seconds).
 
@@ -56,25 +59,25 @@ class DeadlineHeap:
             self._arm(when)
         return stamp
 
-    def clear(self):
+    def clear(self) -> None:
         """
         Forget every entry and cancel the timer.
         """
         self._heap = []
         self._disarm()
 
-    def _arm(self, when):
+    def _arm(self, when: float) -> None:
         self._disarm()
         self._call_time = when
         self._call = self._clock.callLater(max(0.0, when - self._clock.seconds()), self._fire)
 
-    def _disarm(self):
+    def _disarm(self) -> None:
         if self._call is not None and self._call.active():
             self._call.cancel()
         self._call = None
         self._call_time = None
 
-    def _fire(self):
+    def _fire(self) -> None:
         # The timer was set for _call_time; a clock's float arithmetic may
         # fire it a hair before, and that must still count as on time.
         now = self._clock.seconds()
@@ -118,15 +121,15 @@ class Deadlines:
 
     __slots__ = ("_owners", "_heap")
 
-    def __init__(self, clock, owners):
+    def __init__(self, clock: IReactorTime, owners: Mapping[Hashable, Any]) -> None:
         self._owners = owners
         self._heap = DeadlineHeap(clock, self._reached)
 
-    def __len__(self):
+    def __len__(self) -> int:
         """Entries held, stale ones included."""
         return len(self._heap)
 
-    def schedule(self, owner_id, owner, when):
+    def schedule(self, owner_id: Hashable, owner: Any, when: float) -> None:
         """
         Wake C{owner} at C{when} (clock seconds) unless it already waits for
         an earlier moment.
@@ -137,20 +140,20 @@ class Deadlines:
         owner.wake_at = when
         self._heap.push(when, owner_id)
 
-    def owner_gone(self):
+    def owner_gone(self) -> None:
         """
         An owner closed: when none is left, drop every entry and the timer.
         """
         if not self._owners:
             self._heap.clear()
 
-    def stop(self):
+    def stop(self) -> None:
         """
         Forget every entry and cancel the timer (the node is stopping).
         """
         self._heap.clear()
 
-    def _reached(self, owner_id, when, stamp, now):
+    def _reached(self, owner_id: Hashable, when: float, stamp: int, now: float) -> None:
         owner = self._owners.get(owner_id)
         if owner is None or owner.wake_at != when:
             return  # closed, or superseded by an earlier entry

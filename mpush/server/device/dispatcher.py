@@ -1,20 +1,31 @@
 """
 Routing packets to message handlers by command code.
 
-Handlers implement L{IMessageHandler} and are registered once per listener;
-the dispatcher applies MPush's error policy (spec 14.3) so that no handler
-repeats it: no handler means UNSUPPORTED_CMD and a close, any failure means
-an ERROR reply chosen by L{mpush.server.device.errors.error_reply}.  It also
-refuses a body in clear on an encrypted session, once for every handler.
+Handlers implement L{IMessageHandler} (the gateway's) or L{IDeviceHandler}
+(a device listener's) and are registered once per listener; the dispatcher
+applies MPush's error policy (spec 14.3) so that no handler repeats it: no
+handler means UNSUPPORTED_CMD and a close, any failure means an ERROR reply
+chosen by L{mpush.server.device.errors.error_reply}.  It also refuses a body
+in clear on an encrypted session, once for every handler.
+
+L{DeviceDispatcher} adds what every device packet goes through before its
+handler: the connection's state machine says whether the command is allowed
+now (one set lookup, L{mpush.server.device.state.ALLOWED}), and the
+connection reads the body once, its own wire's way, so a handler receives a
+message and serves TCP and WebSocket devices alike.
 """
+
+from typing import Any, Iterable
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from zope.interface import Attribute, Interface
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
 
 from mpush.protocol.errors import ProtocolError
 from mpush.protocol.packet import Command, Flags
 from mpush.server.device.errors import NotEncrypted, Rejection, UnsupportedCommand, error_reply
+from mpush.server.device.state import READ_BEFORE_REFUSING
 
 #: The commands whose bodies MPush's clients always encrypt once they have a
 #: session cipher (the Java client's C{BaseMessage.send}).  FAST_CONNECT is
@@ -33,8 +44,7 @@ class IMessageHandler(Interface):
         """
         Act on one decoded packet.
 
-        @param connection: the L{mpush.server.device.connection.ConnectionProtocol}
-            the packet arrived on.
+        @param connection: the connection the packet arrived on.
         @param packet: the L{mpush.protocol.packet.Packet}, body still as
             received (compressed and/or encrypted).
         @return: C{None} when done, or a L{Deferred} that fires when the
@@ -43,14 +53,65 @@ class IMessageHandler(Interface):
         """
 
 
-def _command_name(cmd):
+class IDeviceHandler(Interface):
+    """
+    Handles every packet of one command from devices, after the dispatcher
+    has checked the connection's state and read the body.
+    """
+
+    command = Attribute("The command code (an int) this handler answers.")
+
+    def validate(message):
+        """
+        Refuse, by raising a L{mpush.server.device.errors.Rejection}, a
+        message that is wrong on its own, whatever the connection's state
+        (MPush answers a BIND without a user id so even before a handshake).
+        """
+
+    def handle(connection, packet, message):
+        """
+        Act on one packet.
+
+        @param connection: the L{mpush.server.device.interfaces.IDeviceConnection}.
+        @param packet: the packet (its C{cmd}, C{session_id} and C{flags}).
+        @param message: its body as the connection read it (a message, the
+            body's bytes, or C{None} for a command without a body).
+        @return: C{None} when done, or a L{Deferred} that fires when the
+            connection may go on to its next packet.  Raise, or errback, with
+            a L{mpush.server.device.errors.Rejection} to answer ERROR.
+        """
+
+    def refused(exception):
+        """
+        The dispatcher refused a packet of this command before L{handle}
+        (an unreadable body, an invalid message, the wrong state): count it.
+        """
+
+
+@implementer(IDeviceHandler)
+class DeviceHandler:
+    """
+    What most device handlers do with a message on its own and a refusal:
+    nothing.  Subclasses set C{command} and write L{handle}.
+    """
+
+    command: int
+
+    def validate(self, message: Any) -> None:
+        pass
+
+    def refused(self, exception: Exception) -> None:
+        pass
+
+
+def _command_name(cmd: int) -> str:
     try:
         return Command(cmd).name
     except ValueError:
         return str(cmd)
 
 
-def _in_clear(connection, packet) -> bool:
+def _in_clear(connection: Any, packet: Any) -> bool:
     """
     Whether C{packet} carries a body in clear where a client would have
     encrypted it: knowing a session id must not be enough to act on it.
@@ -71,12 +132,12 @@ class MessageDispatcher:
 
     log = Logger()
 
-    def __init__(self, handlers=()):
+    def __init__(self, handlers: Iterable[Any] = ()) -> None:
         self._handlers = {}
         for handler in handlers:
             self.register(handler)
 
-    def register(self, handler):
+    def register(self, handler: Any) -> None:
         """
         Add C{handler}; one handler per command.
         """
@@ -85,10 +146,10 @@ class MessageDispatcher:
             raise ValueError(f"a handler for {_command_name(command)} is already registered")
         self._handlers[command] = handler
 
-    def handler_for(self, command):
+    def handler_for(self, command: int) -> Any:
         return self._handlers.get(command)
 
-    def dispatch(self, connection, packet):
+    def dispatch(self, connection: Any, packet: Any) -> Deferred | None:
         """
         Hand C{packet} to its handler.
 
@@ -104,7 +165,7 @@ class MessageDispatcher:
             self._reject(connection, packet, refusal)
             return None
         try:
-            result = handler.handle(connection, packet)
+            result = self._handle(handler, connection, packet)
         except Exception as exception:
             self._reject(connection, packet, exception)
             return None
@@ -112,10 +173,15 @@ class MessageDispatcher:
             return result.addErrback(self._failed, connection, packet)
         return None
 
-    def _failed(self, failure, connection, packet):
+    def _handle(self, handler: Any, connection: Any, packet: Any) -> Deferred | None:
+        return handler.handle(connection, packet)
+
+    def _failed(self, failure: Failure, connection: Any, packet: Any) -> None:
         self._reject(connection, packet, failure.value, failure)
 
-    def _reject(self, connection, packet, exception, failure=None):
+    def _reject(
+        self, connection: Any, packet: Any, exception: BaseException, failure: Failure | None = None
+    ) -> None:
         reply = error_reply(exception)
         if reply is None:
             return
@@ -144,3 +210,33 @@ class MessageDispatcher:
                 detail=str(exception),
             )
         connection.reply_error(packet, code, reason, close=close)
+
+
+class DeviceDispatcher(MessageDispatcher):
+    """
+    The L{IDeviceHandler}s of one device listener (TCP or WebSocket), by
+    command code, behind the connection's state machine.
+    """
+
+    def _handle(self, handler: IDeviceHandler, connection: Any, packet: Any) -> Deferred | None:
+        """
+        Check the command against the connection's state, read the body,
+        and hand the message to its handler.  A command the state does not
+        allow is refused before its body is read (no work, no RSA, for a
+        device without a session), except BIND and UNBIND, which MPush reads
+        and checks first (L{READ_BEFORE_REFUSING}).
+        """
+        cmd = packet.cmd
+        machine = connection.state_machine
+        allowed = cmd in machine.allowed
+        try:
+            if not allowed and cmd not in READ_BEFORE_REFUSING:
+                raise machine.refusal(cmd)
+            message = connection.read(packet)
+            handler.validate(message)
+            if not allowed:
+                raise machine.refusal(cmd)
+        except Exception as exception:
+            handler.refused(exception)
+            raise
+        return handler.handle(connection, packet, message)

@@ -28,7 +28,7 @@ class Rejection(Exception):
     reason = ErrorCode.UNKNOWN.reason
     close = True
 
-    def __init__(self, detail=None):
+    def __init__(self, detail: str | None = None) -> None:
         super().__init__(detail or self.reason)
         self.detail = detail
 
@@ -100,7 +100,7 @@ class NotEncrypted(DispatchError):
     """
 
 
-def error_reply(exception):
+def error_reply(exception: BaseException) -> tuple[int, str, bool] | None:
     """
     Map what a handler raised to C{(code, reason, close)}, or C{None} when
     there is nobody left to answer.

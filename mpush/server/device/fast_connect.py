@@ -7,51 +7,59 @@ and only in the callback of that write adopt the cached keys and device.
 Any failure before that leaves the connection exactly as it was.
 """
 
+from typing import Any
+
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
-from zope.interface import implementer
+from twisted.python.failure import Failure
 
 from mpush import debug_log
-from mpush.protocol.body import decode_body
+from mpush.config import CoreConfig
+from mpush.metrics import IMetrics
 from mpush.protocol.crypto import AesCipher
 from mpush.protocol.heartbeat import negotiate_heartbeat
 from mpush.protocol.messages import FastConnectMessage, FastConnectOkMessage
 from mpush.protocol.packet import Command
+from mpush.protocol.session import ReusableSession
 from mpush.server.device.context import SessionContext
-from mpush.server.device.dispatcher import IMessageHandler
+from mpush.server.device.dispatcher import DeviceHandler
 from mpush.server.device.errors import ConnectionClosed, InvalidDevice, SessionExpired
-from mpush.store.interfaces import StoreUnavailable
+from mpush.store.interfaces import ISessionStore, StoreUnavailable
 
 
-@implementer(IMessageHandler)
-class FastConnectHandler:
+class FastConnectHandler(DeviceHandler):
     """
     Session resumption of the TCP connection server.
+
+    @param sessions: the sessions handshakes cached.
+    @param core: the C{[core]} config (heartbeat bounds).
     """
 
     command = Command.FAST_CONNECT
     log = Logger()
 
-    def __init__(self, node):
-        self.node = node
+    def __init__(self, sessions: ISessionStore, core: CoreConfig, metrics: IMetrics) -> None:
+        self.sessions = sessions
+        self.core = core
+        self.metrics = metrics
 
-    def handle(self, connection, packet):
+    def refused(self, exception: Exception) -> None:
+        self.metrics.fast_connect("error")
+
+    def handle(self, connection: Any, packet: Any, message: FastConnectMessage) -> Deferred:
         try:
-            return self._fast_connect(connection, packet)
+            return self._fast_connect(connection, packet, message)
         except SessionExpired:
-            self.node.metrics.fast_connect("expired")
+            self.metrics.fast_connect("expired")
             raise
         except Exception:
-            self.node.metrics.fast_connect("error")
+            self.metrics.fast_connect("error")
             raise
 
-    def _fast_connect(self, connection, packet):
-        body = decode_body(
-            packet, connection.decrypt_cipher, self.node.config.core.max_inflated_size
-        )
-        message = FastConnectMessage.decode(body)
+    def _fast_connect(self, connection: Any, packet: Any, message: FastConnectMessage) -> Deferred:
         if not message.session_id:
             raise SessionExpired("fast connect without a session id")
-        looked_up = self.node.session_store.load(message.session_id)
+        looked_up = self.sessions.load(message.session_id)
         looked_up.addCallbacks(
             self._resume,
             self._store_failed,
@@ -60,28 +68,30 @@ class FastConnectHandler:
         )
         return looked_up.addErrback(self._count_refusal)
 
-    def _count_refusal(self, failure):
+    def _count_refusal(self, failure: Failure) -> Failure:
         if failure.check(SessionExpired):
-            self.node.metrics.fast_connect("expired")
+            self.metrics.fast_connect("expired")
         elif failure.check(InvalidDevice):
-            self.node.metrics.fast_connect("invalid_device")
+            self.metrics.fast_connect("invalid_device")
         elif not failure.check(ConnectionClosed):
-            self.node.metrics.fast_connect("error")
+            self.metrics.fast_connect("error")
         return failure
 
-    def _store_failed(self, failure, message):
+    def _store_failed(self, failure: Failure, message: FastConnectMessage) -> None:
         # The store logs its outage once; the client just handshakes.
         failure.trap(StoreUnavailable)
         raise SessionExpired(f"session store unavailable: {failure.getErrorMessage()}")
 
-    def _resume(self, session, connection, packet, message):
+    def _resume(
+        self, session: ReusableSession | None, connection: Any, packet: Any, message: FastConnectMessage
+    ) -> Deferred:
         if session is None:
             raise SessionExpired(f"no session {message.session_id}")
         if session.device_id != message.device_id:
             raise InvalidDevice(
                 f"session {message.session_id} belongs to another device"
             )
-        core = self.node.config.core
+        core = self.core
         heartbeat = negotiate_heartbeat(
             message.max_heartbeat, core.min_heartbeat, core.max_heartbeat
         )
@@ -99,9 +109,9 @@ class FastConnectHandler:
         written.addCallback(self._adopt, connection, context, message)
         return written
 
-    def _adopt(self, _, connection, context, message):
+    def _adopt(self, _: object, connection: Any, context: SessionContext, message: FastConnectMessage) -> None:
         connection.establish(context)
-        self.node.metrics.fast_connect("ok")
+        self.metrics.fast_connect("ok")
         if debug_log.wanted():
             self.log.debug(
                 "fast connect ok {peer} device={device} session={session}",

@@ -8,6 +8,8 @@ should shape bursts, not set the ceiling).  C{max} caps the total.
 
 import enum
 
+from twisted.internet.interfaces import IReactorTime
+
 
 class FlowDecision(enum.Enum):
     GO = "go"
@@ -26,7 +28,7 @@ class FlowControl:
 
     __slots__ = ("limit", "duration", "total", "clock", "_window_start", "_in_window", "sent")
 
-    def __init__(self, limit, duration, total, clock):
+    def __init__(self, limit: int, duration: float, total: int, clock: IReactorTime) -> None:
         self.limit = limit
         self.duration = duration / 1000.0
         self.total = total
@@ -35,7 +37,7 @@ class FlowControl:
         self._in_window = 0
         self.sent = 0
 
-    def check(self):
+    def check(self) -> FlowDecision:
         """
         Ask to send one; on C{GO} the send is counted.
         """
@@ -52,7 +54,7 @@ class FlowControl:
         self.sent += 1
         return FlowDecision.GO
 
-    def delay(self):
+    def delay(self) -> float:
         """
         Seconds until the current window ends.
         """

@@ -8,6 +8,9 @@ transport (TCP, WebSocket) queues through this one mechanism.
 """
 
 import collections
+from typing import Any, Callable, Iterable
+
+from twisted.internet.defer import Deferred
 
 
 class InOrderQueue:
@@ -21,7 +24,12 @@ class InOrderQueue:
 
     __slots__ = ("_handle", "_size_of", "_is_open", "_items", "bytes", "_busy", "_running")
 
-    def __init__(self, handle, size_of, is_open):
+    def __init__(
+        self,
+        handle: Callable[[Any], Deferred | None],
+        size_of: Callable[[Any], int],
+        is_open: Callable[[], bool],
+    ) -> None:
         self._handle = handle
         self._size_of = size_of
         self._is_open = is_open
@@ -33,27 +41,27 @@ class InOrderQueue:
         self._running = False
 
     @property
-    def idle(self):
+    def idle(self) -> bool:
         """
         Nothing waiting and no handler being waited for: the queue can go.
         """
         return not self._busy and not self._items
 
-    def __len__(self):
+    def __len__(self) -> int:
         return 0 if self._items is None else len(self._items)
 
-    def extend(self, items):
+    def extend(self, items: Iterable[Any]) -> None:
         if self._items is None:
             self._items = collections.deque(items)
         else:
             self._items.extend(items)
         self.bytes += sum(map(self._size_of, items))
 
-    def clear(self):
+    def clear(self) -> None:
         self._items = None
         self.bytes = 0
 
-    def run(self):
+    def run(self) -> None:
         """
         Handle items until one must be waited for, none is left, or the
         connection closes.
@@ -74,7 +82,7 @@ class InOrderQueue:
             if not self._items:
                 self._items = None
 
-    def _done(self, result):
+    def _done(self, result: Any) -> Any:
         self._busy = False
         if not self._running:
             self.run()

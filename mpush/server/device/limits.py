@@ -16,10 +16,14 @@ All time comes from the injected clock.
 """
 
 import ipaddress
+from typing import Any
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from mpush.config import LimitsConfig
 from mpush.log_throttle import LogThrottle
+from mpush.metrics import IMetrics
 
 __all__ = [
     "LOG_INTERVAL",
@@ -64,12 +68,12 @@ class LimitExceeded(Exception):
     @ivar reason: one of this module's reason constants.
     """
 
-    def __init__(self, reason, detail):
+    def __init__(self, reason: str, detail: str) -> None:
         super().__init__(detail)
         self.reason = reason
 
 
-def source_of(address):
+def source_of(address: object) -> str | None:
     """
     The key a connection's source address is counted under: the IP as
     text, an IPv4-mapped IPv6 address as its IPv4 (one host, however its
@@ -91,7 +95,7 @@ def source_of(address):
     return str(mapped if mapped is not None else ip)
 
 
-def rsa_blocks(key, length):
+def rsa_blocks(key: Any, length: int) -> int:
     """
     How many private-key operations decrypting C{length} bytes with C{key}
     costs: one per C{key_size_bytes} block, and at least one.  A real
@@ -116,7 +120,7 @@ class TokenBucket:
 
     __slots__ = ("rate", "capacity", "_clock", "_tokens", "_stamp")
 
-    def __init__(self, rate, capacity, clock, tokens=None):
+    def __init__(self, rate: float, capacity: float, clock: IReactorTime, tokens: float | None = None) -> None:
         """
         @param tokens: what the bucket starts with (full by default; at most
             C{capacity}).
@@ -132,14 +136,14 @@ class TokenBucket:
         self._stamp = clock.seconds()
 
     @property
-    def tokens(self):
+    def tokens(self) -> float:
         """
         The tokens there now (negative while in debt).
         """
         self._refill()
         return self._tokens
 
-    def take(self, cost=1):
+    def take(self, cost: float = 1) -> bool:
         """
         Spend C{cost} tokens if at least one is there.
 
@@ -153,7 +157,7 @@ class TokenBucket:
         self._tokens -= cost
         return True
 
-    def _refill(self):
+    def _refill(self) -> None:
         now = self._clock.seconds()
         elapsed = now - self._stamp
         self._stamp = now
@@ -169,16 +173,16 @@ class ConnectionSlot:
 
     __slots__ = ("_limits", "source", "_held")
 
-    def __init__(self, limits, source):
+    def __init__(self, limits: "NodeLimits", source: str | None) -> None:
         self._limits = limits
         self.source = source
         self._held = True
 
     @property
-    def held(self):
+    def held(self) -> bool:
         return self._held
 
-    def release(self):
+    def release(self) -> None:
         if self._held:
             self._held = False
             self._limits._release(self.source)
@@ -193,7 +197,7 @@ class NodeLimits:
 
     log = Logger()
 
-    def __init__(self, config, clock, log_interval=LOG_INTERVAL):
+    def __init__(self, config: LimitsConfig, clock: IReactorTime, log_interval: float = LOG_INTERVAL) -> None:
         self.config = config
         self.clock = clock
         self._connections = 0
@@ -202,20 +206,20 @@ class NodeLimits:
         self._throttle = LogThrottle(clock, log_interval)
 
     @property
-    def log_interval(self):
+    def log_interval(self) -> float:
         """
         Seconds between two log lines of one reason.
         """
         return self._throttle.interval
 
-    def _bucket(self, config, current):
+    def _bucket(self, config: LimitsConfig, current: TokenBucket | None) -> TokenBucket | None:
         rate = config.handshake_rate
         if not rate:
             return None
         tokens = None if current is None else current.tokens
         return TokenBucket(rate, config.handshake_burst or rate, self.clock, tokens)
 
-    def reconfigure(self, config):
+    def reconfigure(self, config: LimitsConfig) -> None:
         """
         Apply a reloaded C{[limits]}: new bounds hold for what comes next
         (connections over a lowered bound are not closed), and a new
@@ -228,19 +232,19 @@ class NodeLimits:
     # -- connection counts ---------------------------------------------------
 
     @property
-    def connections(self):
+    def connections(self) -> int:
         """
         Live admitted connections on this node.
         """
         return self._connections
 
-    def connections_from(self, source):
+    def connections_from(self, source: str | None) -> int:
         """
         Live admitted connections whose L{source_of} is C{source}.
         """
         return self._per_source.get(source, 0)
 
-    def admit(self, address):
+    def admit(self, address: object) -> ConnectionSlot:
         """
         Count a new connection from C{address}.
 
@@ -264,7 +268,7 @@ class NodeLimits:
             self._per_source[source] = self._per_source.get(source, 0) + 1
         return ConnectionSlot(self, source)
 
-    def _release(self, source):
+    def _release(self, source: str | None) -> None:
         self._connections -= 1
         if source is not None:
             left = self._per_source[source] - 1
@@ -275,7 +279,7 @@ class NodeLimits:
 
     # -- RSA work ------------------------------------------------------------
 
-    def allow_rsa(self, blocks=1):
+    def allow_rsa(self, blocks: int = 1) -> bool:
         """
         Whether C{blocks} RSA private-key operations may run now; if so they
         are charged.  Always true when C{handshake-rate} is 0.
@@ -284,7 +288,7 @@ class NodeLimits:
 
     # -- refusals ------------------------------------------------------------
 
-    def refused(self, metrics, reason, peer, detail):
+    def refused(self, metrics: IMetrics, reason: str, peer: str, detail: str) -> None:
         """
         Count a refusal in C{metrics} and log it, unless a refusal of the
         same reason was logged less than C{log_interval} ago.

@@ -316,10 +316,7 @@ class PushCenter:
                 return None
             return self._finish(task, Outcome.FAILURE, now)
         if len(connections) == 1:
-            connection = connections[0]
-            send_push = getattr(connection, "send_push", None)
-            if send_push is not None:
-                return self._deliver_now(task, connection, send_push, now)
+            return self._deliver_now(task, connections[0], connections[0].send_push, now)
         deliveries = [self._deliver(task, connection) for connection in connections]
         return defer.gatherResults(deliveries).addCallback(self._settle, task)
 

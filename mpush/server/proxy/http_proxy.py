@@ -47,11 +47,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 
 from mpush.config import ConfigError, split_host_port
-from mpush.protocol.body import decode_body
 from mpush.protocol.messages import HttpRequestMessage, HttpResponseMessage
 from mpush.protocol.packet import Command
-from mpush.server.device.dispatcher import IMessageHandler
-from mpush.server.device.errors import NotHandshaken
+from mpush.server.device.dispatcher import DeviceHandler
 from mpush.server.proxy.ssrf import (
     AddressPolicy,
     AddressRefused,
@@ -731,8 +729,7 @@ def _ignore_closed(failure):
     return None
 
 
-@implementer(IMessageHandler)
-class HttpProxyHandler:
+class HttpProxyHandler(DeviceHandler):
     """
     The HTTP proxy of one node.
 
@@ -811,14 +808,9 @@ class HttpProxyHandler:
             self._abandon(request)
         return gatherResults([pool.closeCachedConnections() for pool in self._pools.values()])
 
-    # -- IMessageHandler ------------------------------------------------------
+    # -- IDeviceHandler -------------------------------------------------------
 
-    def handle(self, connection, packet):
-        if not connection.context.handshaken:
-            raise NotHandshaken("HTTP proxy request before handshake")
-        body = decode_body(packet, connection.decrypt_cipher, self.node.config.core.max_inflated_size)
-        # An empty body is a message with every field at its default (spec 4.3).
-        message = HttpRequestMessage.decode(body) if body else HttpRequestMessage(0, None, None, None)
+    def handle(self, connection, packet, message: HttpRequestMessage) -> None:
         session_id = packet.session_id
         if not message.uri:
             # MPush goes on and also answers 502 (spec 21.2 item 7); one answer is enough.

@@ -18,8 +18,7 @@ from mpush.log_throttle import LogThrottle
 from mpush.protocol.messages import KickUserMessage, OkMessage
 from mpush.protocol.packet import Command
 from mpush.protocol.routing import ClientLocation, KickRequest
-from mpush.server.device.context import ConnectionState
-from mpush.server.device.errors import BindFailed, ConnectionClosed, InvalidParam, NotHandshaken
+from mpush.server.device.errors import BindFailed, ConnectionClosed
 
 
 #: Closes whose shared side is done at a time (L{RouterCenter.connection_closed}).
@@ -74,12 +73,10 @@ class RouterCenter:
     def bind(self, connection, packet, message):
         """
         Bind C{message.user_id} to C{connection} and answer OK (spec 11.3).
+        The dispatcher let the BIND through only on a connection with a
+        session and a user id in the message.
         """
         context = connection.context
-        if not message.user_id:
-            raise InvalidParam("bind without a user id")
-        if not context.handshaken:
-            raise NotHandshaken("bind before handshake")
         if context.user_id is not None:
             if context.user_id == message.user_id:
                 # The Java client's retry resends identical bytes: answer again.
@@ -100,7 +97,7 @@ class RouterCenter:
         replaced = self.local.register(user_id, client_type, connection)
         context.user_id = user_id
         context.tags = message.tags
-        connection.state = ConnectionState.BOUND
+        connection.state_machine.bind()
         previous = yield self._register_remote(connection, user_id, client_type)
         self._quietly(self.events.user_online(user_id), "online event of {user}", user=user_id)
         _answer(connection.send_raw(
@@ -115,12 +112,9 @@ class RouterCenter:
     def unbind(self, connection, packet, message):
         """
         Unbind the user bound on C{connection}, whatever user id the message
-        names (as MPush), and answer OK (spec 11.5).
+        names (as MPush), and answer OK (spec 11.5).  As for L{bind}, the
+        dispatcher checked the session and the user id.
         """
-        if not message.user_id:
-            raise InvalidParam("unbind without a user id")
-        if not connection.context.handshaken:
-            raise NotHandshaken("unbind before handshake")
         if connection.context.user_id is not None:
             yield self._release(connection)
         _answer(connection.send_raw(
@@ -216,8 +210,7 @@ class RouterCenter:
         user_id, client_type = context.user_id, context.client_type
         context.user_id = None
         context.tags = None
-        if connection.state is ConnectionState.BOUND:
-            connection.state = ConnectionState.HANDSHAKEN
+        connection.state_machine.unbind()
         return user_id, client_type, self.local.unregister(user_id, client_type, connection)
 
     def _release_shared(self, user_id, client_type, owned, conn_id):

@@ -2,12 +2,14 @@
 The WebSocket variant of the connection server (spec 15), and its page.
 
 Browsers speak MPush as JSON text frames: no keys, no compression of the
-body, no heartbeat, no fast connect.  A L{WebSocketConnection} offers the
-interface of L{mpush.server.device.connection.ConnectionProtocol} (send, send_raw,
-write_packet, reply_error, close, establish, context, state, conn_id, peer,
-writable...), so the router center, the push center, acks and offline
-delivery treat a browser like any other device: C{send(Command.PUSH,
-PushMessage(content), id, flags)} becomes the JSON PUSH frame of spec 15.3.
+body, no heartbeat, no fast connect.  A L{WebSocketConnection} is an
+L{mpush.server.device.interfaces.IDeviceConnection}, as the TCP connection
+is: it reads each frame's JSON body into the message a binary body would
+give, and the same dispatcher, state machine and handlers serve it
+(HANDSHAKE takes its non-secure form, spec 8.3).  The router center, the
+push center, acks and offline delivery treat a browser like any other
+device: C{send(Command.PUSH, PushMessage(content), id, flags)} becomes the
+JSON PUSH frame of spec 15.3.
 
 The listener is a twisted.web L{Site} (L{make_ws_site}): a GET of C{/} that
 asks to upgrade becomes a WebSocket (autobahn); a plain GET of C{/} serves
@@ -28,12 +30,13 @@ C{[net] ws-allowed-origins} lists it (MPush lets every page in).
 import importlib.resources
 import json
 from dataclasses import dataclass
+from typing import Any, Callable
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
 from autobahn.websocket.types import ConnectionDeny
-from twisted.internet.defer import fail, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -46,6 +49,7 @@ from mpush.protocol.messages import (
     AckMessage,
     BindUserMessage,
     ErrorMessage,
+    HandshakeMessage,
     KickUserMessage,
     OkMessage,
     PushMessage,
@@ -53,17 +57,16 @@ from mpush.protocol.messages import (
 from mpush.protocol.packet import Command, Flags, Packet
 from mpush.server.device.ack_handler import AckHandler
 from mpush.server.device.bind import BindHandler, UnbindHandler
-from mpush.server.device.context import ConnectionState, SessionContext
-from mpush.server.device.dispatcher import IMessageHandler, MessageDispatcher
-from mpush.server.device.errors import (
-    ConnectionClosed,
-    DispatchError,
-    NotHandshaken,
-    ParamInvalid,
-    RepeatHandshake,
-)
+from mpush.server.device.client_push import ClientPushHandler
+from mpush.server.device.context import SessionContext
+from mpush.server.device.deadlines import IDeadlineOwner
+from mpush.server.device.dispatcher import DeviceDispatcher
+from mpush.server.device.errors import ConnectionClosed, DispatchError
+from mpush.server.device.handshake import NO_HEARTBEAT, HandshakeHandler
 from mpush.server.device.in_order import InOrderQueue
+from mpush.server.device.interfaces import IDeviceConnection
 from mpush.server.device.limits import PENDING_PACKETS, PRE_HANDSHAKE_TIMEOUT, READ_SIZE, LimitExceeded
+from mpush.server.device.state import ConnectionState, ConnectionStateMachine
 
 __all__ = [
     "MAX_FRAME_SIZE",
@@ -74,24 +77,21 @@ __all__ = [
     "NotJsonEncodable",
     "PageUnavailable",
     "WebRoot",
-    "WebSocketBindHandler",
-    "WebSocketClientPushHandler",
     "WebSocketConnection",
     "WebSocketFactory",
-    "WebSocketHandshakeHandler",
-    "WebSocketUnbindHandler",
     "bind_message_of",
     "decode_json_packet",
     "encode_json_packet",
+    "handshake_message_of",
     "json_body",
     "load_pages",
     "make_ws_dispatcher",
     "make_ws_site",
+    "push_content_of",
 ]
 
-#: The heartbeat a WebSocket session is stored with (spec 8.3): the
-#: largest Java int, i.e. none.
-WS_HEARTBEAT = 2**31 - 1
+#: The heartbeat a WebSocket session is stored with (spec 8.3): none.
+WS_HEARTBEAT = NO_HEARTBEAT
 
 #: Largest inbound frame and message payload, after inflation (spec 15.1).
 MAX_FRAME_SIZE = 65536
@@ -128,7 +128,7 @@ class BadJson(DispatchError):
     @ivar session_id: the frame's session id, when it could be read.
     """
 
-    def __init__(self, detail, cmd=0, session_id=0):
+    def __init__(self, detail: str, cmd: int = 0, session_id: int = 0) -> None:
         super().__init__(detail)
         self.cmd = cmd
         self.session_id = session_id
@@ -160,10 +160,10 @@ class JsonPacket:
     flags: int = Flags.JSON_BODY
     body: dict | None = None
 
-    def has_flag(self, mask):
+    def has_flag(self, mask: int) -> bool:
         return (self.flags & mask) != 0
 
-    def string(self, key):
+    def string(self, key: str) -> str | None:
         """
         The body's field C{key} as MPush reads it: a string, or C{None}
         when absent or null.
@@ -185,7 +185,9 @@ class JsonPacket:
         return value
 
 
-def _int_field(fields, key, default, low, high, cmd=0, session_id=0):
+def _int_field(
+    fields: dict, key: str, default: int, low: int, high: int, cmd: int = 0, session_id: int = 0
+) -> int:
     value = fields.get(key)
     if value is None:
         return default
@@ -196,7 +198,7 @@ def _int_field(fields, key, default, low, high, cmd=0, session_id=0):
     return value
 
 
-def decode_json_packet(payload):
+def decode_json_packet(payload: bytes) -> JsonPacket:
     """
     Read one inbound text frame (UTF-8 bytes) as a L{JsonPacket}: C{cmd}
     defaults to -1 (unknown), C{sessionId} to 0, C{flags} to JSON_BODY;
@@ -223,7 +225,7 @@ def decode_json_packet(payload):
     return JsonPacket(cmd, session_id, flags, body)
 
 
-def encode_json_packet(packet):
+def encode_json_packet(packet: JsonPacket) -> bytes:
     """
     One outbound text frame: keys in alphabetical order as fastjson writes
     them, C{body} left out when null, C{bodyLength} the number of body keys.
@@ -242,11 +244,20 @@ def encode_json_packet(packet):
     return text.encode("utf-8", "replace")
 
 
-def _present(**fields):
+def _json_packet(cmd: int, message: Any, session_id: int, flags: int) -> JsonPacket:
+    """
+    C{message} as a server packet: the ack bits of C{flags} kept, no
+    encryption or compression to flag (spec 15.1).
+    """
+    flags = (flags & ~(Flags.CRYPTO | Flags.COMPRESS)) | Flags.JSON_BODY
+    return JsonPacket(int(cmd), session_id, int(flags), json_body(message))
+
+
+def _present(**fields: Any) -> dict:
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def json_body(message):
+def json_body(message: Any) -> dict | None:
     """
     The JSON body of a server message (spec 15.3), or C{None} for none.
     A PUSH's bytes become text as Java's C{new String(content, UTF_8)}
@@ -276,53 +287,10 @@ def json_body(message):
     raise NotJsonEncodable(f"{type(message).__name__} has no JSON form on a WebSocket")
 
 
-# -- handlers of the WebSocket listener (spec 5, 8.3, 11, 12.4) -------------
+# -- the WebSocket listener's handlers (spec 5, 8.3, 11, 12.4) ---------------
 
 
-@implementer(IMessageHandler)
-class WebSocketHandshakeHandler:
-    """
-    The non-secure handshake (spec 8.3): a device id and no keys; the
-    reply has no body; no reusable session, so no fast connect.
-    """
-
-    command = Command.HANDSHAKE
-    log = Logger()
-
-    def __init__(self, node):
-        self.node = node
-
-    def handle(self, connection, packet):
-        metrics = self.node.metrics
-        device_id = packet.string("deviceId")
-        if not device_id:
-            metrics.handshake("invalid")
-            raise ParamInvalid("handshake without a device id")
-        if device_id == connection.context.device_id:
-            metrics.handshake("repeat")
-            raise RepeatHandshake(f"device {device_id} already handshaken")
-        context = SessionContext(
-            heartbeat=WS_HEARTBEAT,
-            device_id=device_id,
-            os_name=packet.string("osName"),
-            os_version=packet.string("osVersion"),
-            client_version=packet.string("clientVersion"),
-        )
-        written = connection.write_packet(JsonPacket(Command.HANDSHAKE, packet.session_id))
-        return written.addCallback(self._established, connection, context)
-
-    def _established(self, _, connection, context):
-        connection.establish(context)
-        self.node.metrics.handshake("ok")
-        self.log.debug(
-            "ws handshake ok {peer} device={device} type={type}",
-            peer=connection.peer,
-            device=context.device_id,
-            type=context.client_type.name,
-        )
-
-
-def bind_message_of(packet):
+def bind_message_of(packet: JsonPacket) -> BindUserMessage:
     """
     BIND/UNBIND's body as the L{BindUserMessage} the router center takes.
     Empty strings count as absent, as on the binary wire.
@@ -334,66 +302,52 @@ def bind_message_of(packet):
     )
 
 
-class WebSocketBindHandler(BindHandler):
+def handshake_message_of(packet: JsonPacket) -> HandshakeMessage:
     """
-    BIND from a browser: the JSON body, then the same router center and
-    metrics as a TCP bind.
+    The non-secure handshake's body (spec 8.3): a device and no keys.
     """
+    return HandshakeMessage(
+        device_id=packet.string("deviceId"),
+        os_name=packet.string("osName"),
+        os_version=packet.string("osVersion"),
+        client_version=packet.string("clientVersion"),
+        iv=None,
+        client_key=None,
+        min_heartbeat=0,
+        max_heartbeat=0,
+    )
 
-    def handle(self, connection, packet):
-        bound = self.node.router_center.bind(connection, packet, bind_message_of(packet))
-        return bound.addCallbacks(self._bound, self._refused)
 
-
-class WebSocketUnbindHandler(UnbindHandler):
+def push_content_of(packet: JsonPacket) -> bytes:
     """
-    UNBIND from a browser.
+    A client PUSH's content, as the bytes a binary PUSH would carry.
     """
-
-    def handle(self, connection, packet):
-        return self.node.router_center.unbind(connection, packet, bind_message_of(packet))
+    return (packet.string("content") or "").encode("utf-8")
 
 
-@implementer(IMessageHandler)
-class WebSocketClientPushHandler:
+#: How each command's JSON body reads; a command not here has none to read.
+_BODIES: dict[int, Callable[[JsonPacket], Any]] = {
+    int(Command.HANDSHAKE): handshake_message_of,
+    int(Command.BIND): bind_message_of,
+    int(Command.UNBIND): bind_message_of,
+    int(Command.PUSH): push_content_of,
+}
+
+
+def make_ws_dispatcher(node: Any) -> DeviceDispatcher:
     """
-    PUSH from a browser (spec 12.4): logged; with AUTO_ACK, acknowledged
-    by a JSON ACK with the same session id.
+    The WebSocket listener's handlers, the TCP listener's own: HANDSHAKE
+    (its non-secure form), BIND, UNBIND, PUSH and ACK; anything else is
+    UNSUPPORTED_CMD and a close (spec 5).
     """
-
-    command = Command.PUSH
-    log = Logger()
-
-    def __init__(self, node):
-        self.node = node
-
-    def handle(self, connection, packet):
-        if not connection.context.handshaken:
-            raise NotHandshaken("client push before handshake")
-        content = packet.string("content") or ""
-        self.log.debug(
-            "ws client push from {user} ({device}): {size} characters",
-            user=connection.context.user_id,
-            device=connection.context.device_id,
-            size=len(content),
-        )
-        if packet.has_flag(Flags.AUTO_ACK):
-            return connection.write_packet(JsonPacket(Command.ACK, packet.session_id))
-        return None
-
-
-def make_ws_dispatcher(node):
-    """
-    The WebSocket listener's handlers: HANDSHAKE, BIND, UNBIND, PUSH and
-    ACK; anything else is UNSUPPORTED_CMD and a close (spec 5).
-    """
-    return MessageDispatcher(
+    metrics = node.metrics
+    return DeviceDispatcher(
         [
-            WebSocketHandshakeHandler(node),
-            WebSocketBindHandler(node),
-            WebSocketUnbindHandler(node),
-            WebSocketClientPushHandler(node),
-            AckHandler(node),
+            HandshakeHandler(node.session_store, node.config.core, metrics, node.clock),
+            BindHandler(node.router_center, metrics),
+            UnbindHandler(node.router_center),
+            ClientPushHandler(),
+            AckHandler(node.acks),
         ]
     )
 
@@ -401,15 +355,19 @@ def make_ws_dispatcher(node):
 # -- one browser connection ---------------------------------------------------
 
 
-@implementer(IPushProducer)
+@implementer(IDeviceConnection, IPushProducer, IDeadlineOwner)
 class WebSocketConnection:
     """
-    One open WebSocket, seen by the rest of the node as a connection.
+    One open WebSocket, seen by the rest of the node as a device connection
+    (L{IDeviceConnection}), a thin adapter between autobahn's frames and the
+    same dispatcher, state machine and handlers as a TCP connection.
 
     Packets run strictly in order, as on TCP: a frame that arrives while a
     handler waits (a BIND on Redis) waits behind it.  The connection is its
     transport's producer, so above the send buffer's high-water mark it is
-    not C{writable} and pushes to it fail instead of buffering.
+    not C{writable} and pushes to it fail instead of buffering.  Its
+    pre-handshake deadline is on the node's deadline heap, as a TCP
+    connection's is.
 
     @ivar channel: the autobahn protocol that carries the frames.
     """
@@ -419,65 +377,71 @@ class WebSocketConnection:
         "dispatcher",
         "channel",
         "context",
-        "state",
+        "state_machine",
         "conn_id",
         "peer",
         "writable",
+        "wake_at",
         "_pending",
-        "_closing",
-        "_handshake_timer",
+        "_handshake_due",
     )
 
     log = Logger()
 
-    #: No body is ever encrypted on a WebSocket.
-    decrypt_cipher = None
+    #: No body is ever encrypted on a WebSocket, nor keys agreed.
+    encrypted = False
 
-    def __init__(self, node, dispatcher, channel):
+    def __init__(self, node: Any, dispatcher: DeviceDispatcher, channel: "_WebSocketChannel") -> None:
         self.node = node
         self.dispatcher = dispatcher
         self.channel = channel
         self.context = SessionContext(heartbeat=WS_HEARTBEAT)
-        self.state = ConnectionState.NEW
+        self.state_machine = ConnectionStateMachine()
         self.conn_id = None
         self.peer = None
         self.writable = True
-        self._pending = InOrderQueue(self._dispatch, len, lambda: not self._closing)
-        self._closing = False
-        self._handshake_timer = None
+        self.wake_at = None
+        self._pending = InOrderQueue(self._dispatch, len, self._accepting)
+        self._handshake_due = None
 
     @property
-    def transport(self):
+    def state(self) -> ConnectionState:
+        return self.state_machine.state
+
+    @property
+    def transport(self) -> Any:
         return self.channel.transport
 
     # -- the channel's side -------------------------------------------------
 
-    def opened(self):
+    def opened(self) -> None:
         """
         The WebSocket handshake is done: join the node.
         """
         transport = self.transport
         address = transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
-        self.conn_id = self.node.add_connection(self)
-        self.node.metrics.connection_opened()
+        node = self.node
+        self.conn_id = node.add_connection(self)
+        node.metrics.connection_opened()
         if hasattr(transport, "bufferSize"):
-            transport.bufferSize = self.node.config.net.connect_server_write_high
+            transport.bufferSize = node.config.net.connect_server_write_high
         # twisted.web's channel was the transport's producer until the
         # upgrade handed the transport over; the send buffer is ours now.
         transport.unregisterProducer()
         transport.registerProducer(self, True)
-        timeout = self.node.config.limits.pre_handshake_timeout
+        timeout = node.config.limits.pre_handshake_timeout
         if timeout:
-            self._handshake_timer = self.node.clock.callLater(timeout / 1000.0, self._handshake_overdue)
+            self._handshake_due = node.clock.seconds() + timeout / 1000.0
+            node.deadlines.schedule(self.conn_id, self, self._handshake_due)
 
-    def message_received(self, payload, is_binary):
-        if self._closing:
+    def message_received(self, payload: bytes, is_binary: bool) -> None:
+        if not self.state_machine.is_open:
             return
         self.node.metrics.bytes_in(len(payload))
         if is_binary:
             self.log.info("closing {peer}: a binary frame (MPush frames are JSON text)", peer=self.peer)
-            self._closing = True
+            self.state_machine.close()
             self._pending.clear()
             self.channel.refuse_binary()
             return
@@ -491,35 +455,35 @@ class WebSocketConnection:
             return
         self._pending.run()
 
-    def lost(self):
+    def lost(self) -> None:
         """
         The transport is gone: leave the node, release the routes.
         """
-        self.state = ConnectionState.CLOSED
-        self._closing = True
+        self.state_machine.lost()
         self.writable = False
         self._pending.clear()
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        self._handshake_timer = None
+        self.wake_at = self._handshake_due = None
         if self.conn_id is not None:
             self.node.metrics.connection_closed()
             self.node.connection_lost(self)
 
     # -- IPushProducer: the send buffer's high-water mark ---------------------
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         self.writable = False
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         self.writable = self.is_open
 
-    def stopProducing(self):
+    def stopProducing(self) -> None:
         self.writable = False
 
-    def _dispatch(self, payload):
+    def _accepting(self) -> bool:
+        return self.state_machine.is_open
+
+    def _dispatch(self, payload: bytes) -> Deferred | None:
         """
-        Decode one frame and hand it to its handler; a frame that is not
+        Decode one frame and hand it to the dispatcher; a frame that is not
         MPush JSON is answered and the connection closed.
         """
         try:
@@ -530,16 +494,26 @@ class WebSocketConnection:
             return None
         return self.dispatcher.dispatch(self, packet)
 
-    # -- what handlers, the router center and the push center call ------------
+    # -- IDeviceConnection ------------------------------------------------------
 
     @property
-    def is_open(self):
-        return not self._closing and self.state is not ConnectionState.CLOSED
+    def is_open(self) -> bool:
+        return self.state_machine.is_open
 
-    def write_packet(self, packet):
+    def read(self, packet: JsonPacket) -> Any:
+        """
+        C{packet}'s JSON body as its command's message, as a TCP
+        connection reads a binary one.
+
+        @raise BadJson: a field of the wrong type.
+        """
+        parse = _BODIES.get(packet.cmd)
+        return None if parse is None else parse(packet)
+
+    def write_packet(self, packet: JsonPacket | Packet) -> Deferred:
         """
         Write C{packet} as one text frame.  A binary L{Packet} is taken
-        only without a body (an ACK written by a handler shared with TCP).
+        only without a body.
 
         @return: a L{Deferred} that fires once the frame is handed to the
             transport, or fails with L{ConnectionClosed}.
@@ -548,26 +522,40 @@ class WebSocketConnection:
             if packet.body:
                 raise NotJsonEncodable(f"the binary body of cmd {packet.cmd} has no JSON form")
             packet = JsonPacket(packet.cmd, packet.session_id, packet.flags | Flags.JSON_BODY)
-        if not self.is_open:
-            return fail(ConnectionClosed(self.peer))
-        payload = encode_json_packet(packet)
-        if not self.channel.send_text(payload):
-            return fail(ConnectionClosed(self.peer))
-        self.node.metrics.bytes_out(len(payload))
-        return succeed(None)
+        if self._write(packet):
+            return succeed(None)
+        return fail(ConnectionClosed(self.peer))
 
-    def send(self, cmd, message, session_id, flags=0):
+    def send(self, cmd: int, message: Any, session_id: int, flags: int = 0) -> Deferred:
         """
         Write C{message} as JSON.  The ack bits of C{flags} are kept; there
         is no encryption or compression to flag (spec 15.1).
         """
-        flags = (flags & ~(Flags.CRYPTO | Flags.COMPRESS)) | Flags.JSON_BODY
-        return self.write_packet(JsonPacket(int(cmd), session_id, int(flags), json_body(message)))
+        return self.write_packet(_json_packet(cmd, message, session_id, flags))
 
     #: On a WebSocket "send" and "sendRaw" are the same JSON frame.
     send_raw = send
 
-    def reply_error(self, request, code, reason, data=None, close=False):
+    def send_push(self, content: bytes, session_id: int, flags: int = 0) -> bool:
+        """
+        Write a PUSH of C{content} now: the JSON PUSH frame of spec 15.3.
+
+        @return: whether the WebSocket took it (C{False}: closed).
+        """
+        return self._write(_json_packet(Command.PUSH, PushMessage(content), session_id, flags))
+
+    def _write(self, packet: JsonPacket) -> bool:
+        if not self.state_machine.is_open:
+            return False
+        payload = encode_json_packet(packet)
+        if not self.channel.send_text(payload):
+            return False
+        self.node.metrics.bytes_out(len(payload))
+        return True
+
+    def reply_error(
+        self, request: Any, code: int, reason: str, data: str | None = None, close: bool = False
+    ) -> None:
         """
         Answer C{request} with a JSON ERROR, closing afterwards if asked.
         """
@@ -575,7 +563,7 @@ class WebSocketConnection:
         if close:
             self.close()
 
-    def establish(self, context):
+    def establish(self, context: SessionContext) -> None:
         """
         Make C{context} this connection's session (after the handshake
         reply).  A user bound before is unbound first.
@@ -583,41 +571,46 @@ class WebSocketConnection:
         if self.context.user_id is not None:
             self.node.connection_unbound(self)
         self.context = context
-        self.state = ConnectionState.HANDSHAKEN
-        if self._handshake_timer is not None and self._handshake_timer.active():
-            self._handshake_timer.cancel()
-        self._handshake_timer = None
+        self.state_machine.establish()
+        self._handshake_due = None
 
-    def close(self, reason=None):
+    def close(self, reason: str | None = None) -> None:
         """
         Close once what was written has been sent; read nothing more.  With
         a C{reason} (an operator's kick) the close frame carries code
         L{KICKED_CLOSE_CODE} and it, so a page can tell the user why.
         """
-        if not self._closing:
-            self._closing = True
+        if self.state_machine.close():
             self._pending.clear()
             if reason is None:
                 self.channel.sendClose(1000)
             else:
                 self.channel.sendClose(KICKED_CLOSE_CODE, reason)
 
-    def _abort(self):
-        self._closing = True
+    def _abort(self) -> None:
+        self.state_machine.close()
         self._pending.clear()
         self.channel.dropConnection(abort=True)
 
-    def _refuse(self, reason, detail):
+    def _refuse(self, reason: str, detail: str) -> None:
         self.node.limits.refused(self.node.metrics, reason, self.peer, detail)
         self._abort()
 
-    def _handshake_overdue(self):
-        self._handshake_timer = None
-        if self.is_open and not self.context.handshaken:
+    # -- IDeadlineOwner: the pre-handshake deadline ---------------------------
+
+    def deadline_reached(self, now: float) -> None:
+        due = self._handshake_due
+        if due is None:
+            return
+        if due > now:
+            self.node.deadlines.schedule(self.conn_id, self, due)
+            return
+        self._handshake_due = None
+        if self.state is ConnectionState.NEW and self.is_open:
             timeout = self.node.config.limits.pre_handshake_timeout
             self._refuse(PRE_HANDSHAKE_TIMEOUT, f"no handshake within {timeout} ms")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<WebSocketConnection {self.conn_id} {self.peer} {self.state.name}>"
 
 
@@ -631,12 +624,12 @@ class _WebSocketChannel(WebSocketServerProtocol):
     the connection interface the node relies on.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__()
-        self.connection = None
+        self.connection: WebSocketConnection | None = None
         self.slot = None
 
-    def onConnect(self, request):
+    def onConnect(self, request: Any) -> None:
         node = self.factory.node
         if request.path != "/":
             raise ConnectionDeny(ConnectionDeny.NOT_FOUND, "MPush's WebSocket is at /")
@@ -647,23 +640,23 @@ class _WebSocketChannel(WebSocketServerProtocol):
             raise ConnectionDeny(ConnectionDeny.SERVICE_UNAVAILABLE, "too many connections") from None
         return None  # no subprotocol (spec 15.1)
 
-    def onOpen(self):
+    def onOpen(self) -> None:
         factory = self.factory
         self.connection = WebSocketConnection(factory.node, factory.dispatcher, self)
         self.connection.opened()
 
-    def onMessage(self, payload, isBinary):
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
         if self.connection is not None:
             self.connection.message_received(payload, isBinary)
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Any) -> None:
         super().connectionLost(reason)
         if self.connection is not None:
             self.connection.lost()
         if self.slot is not None:
             self.slot.release()
 
-    def send_text(self, payload):
+    def send_text(self, payload: bytes) -> bool:
         """
         Send one text frame; whether the WebSocket could take it.
 
@@ -681,13 +674,13 @@ class _WebSocketChannel(WebSocketServerProtocol):
             self.maxMessagePayloadSize = limit
         return True
 
-    def refuse_binary(self):
+    def refuse_binary(self) -> None:
         self.sendCloseFrame(
             code=CLOSE_UNSUPPORTED_DATA, reasonUtf8=b"MPush packets are JSON text frames"
         )
 
 
-def _accept_deflate(offers):
+def _accept_deflate(offers: list) -> PerMessageDeflateOfferAccept | None:
     """
     permessage-deflate when offered (spec 15.1), without keeping the
     server's compression context between messages: an idle browser then
@@ -708,7 +701,7 @@ class WebSocketFactory(WebSocketServerFactory):
 
     protocol = _WebSocketChannel
 
-    def __init__(self, node, dispatcher=None, reactor=None):
+    def __init__(self, node: Any, dispatcher: DeviceDispatcher | None = None, reactor: Any = None) -> None:
         super().__init__(server="mpush", reactor=reactor)
         self.node = node
         self.dispatcher = dispatcher if dispatcher is not None else make_ws_dispatcher(node)
@@ -747,7 +740,7 @@ _PAGE_HEADERS = {
 }
 
 
-def load_pages():
+def load_pages() -> dict[bytes, tuple[bytes, bytes]]:
     """
     The page files, read once when the listener is built.
 
@@ -766,7 +759,7 @@ def load_pages():
     return files
 
 
-def _wants_websocket(request):
+def _wants_websocket(request: Any) -> bool:
     upgrade = request.getHeader(b"upgrade") or b""
     return any(token.strip().lower() == b"websocket" for token in upgrade.split(b","))
 
@@ -788,14 +781,20 @@ class WebRoot(Resource):
 
     isLeaf = True
 
-    def __init__(self, websocket, pages, origins=None, refused=None):
+    def __init__(
+        self,
+        websocket: Resource,
+        pages: dict[bytes, tuple[bytes, bytes]],
+        origins: OriginPolicy | None = None,
+        refused: Callable[[str, str], None] | None = None,
+    ) -> None:
         super().__init__()
         self.websocket = websocket
         self.pages = pages
         self.origins = origins if origins is not None else OriginPolicy()
         self.refused = refused
 
-    def render(self, request):
+    def render(self, request: Any) -> bytes | int:
         if _wants_websocket(request):
             if request.path != b"/":
                 return self._status(request, 404, b"no WebSocket here; MPush's is at /\n")
@@ -818,13 +817,13 @@ class WebRoot(Resource):
         return body
 
     @staticmethod
-    def _status(request, code, text):
+    def _status(request: Any, code: int, text: bytes) -> bytes:
         request.setResponseCode(code)
         request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
         return text
 
 
-def make_ws_site(node, dispatcher=None, reactor=None):
+def make_ws_site(node: Any, dispatcher: DeviceDispatcher | None = None, reactor: Any = None) -> Site:
     """
     What the WebSocket port listens with: the page and, at C{/}, MPush's
     WebSocket for C{node}.
@@ -833,7 +832,7 @@ def make_ws_site(node, dispatcher=None, reactor=None):
     """
     factory = WebSocketFactory(node, dispatcher, reactor=reactor)
 
-    def refused(peer, detail):
+    def refused(peer: str, detail: str) -> None:
         node.limits.refused(node.metrics, WS_ORIGIN, peer, detail)
 
     origins = OriginPolicy(node.config.net.ws_allowed_origins)
