@@ -38,7 +38,7 @@ from twisted.logger import Logger, LogLevel
 
 from mpush.config import ConfigError
 from mpush.keys import load_key_material
-from mpush.server.ops.lifecycle import install_sighup, install_sigterm
+from mpush.server.ops.signals import install_sighup, install_sigterm
 
 __all__ = ["WorkerSupervisor", "make_supervisor"]
 

@@ -41,15 +41,11 @@ from mpush.server.device.connection import ConnectionFactory
 from mpush.server.device.dispatcher import MessageDispatcher
 from mpush.server.device.fast_connect import FastConnectHandler
 from mpush.server.gateway.gateway import GATEWAY_ALLOW, GatewayFactory, SourceAllowList
-from mpush.server.ops.lifecycle import (
-    Drainer,
-    LogLevelGate,
-    PushTracker,
-    Reloader,
-    install_sighup,
-    install_sigterm,
-    read_log_level,
-)
+from mpush.server.ops.drain import Drainer
+from mpush.server.ops.log_gate import LogLevelGate, read_log_level
+from mpush.server.ops.push_tracking import PushTracker
+from mpush.server.ops.reload import Reloader
+from mpush.server.ops.signals import install_sighup, install_sigterm
 from mpush.server.device.handshake import HandshakeHandler
 from mpush.server.device.heartbeat import HeartbeatHandler
 from mpush.server.node import ServerNode

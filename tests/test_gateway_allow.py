@@ -14,7 +14,7 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from mpush.config import ConfigError, NetConfig, RedisConfig, load_config, parse_config
 from mpush.push import AckModel, PushClient, PushStatus
 from mpush.server.gateway.gateway import GatewayProtocol, SourceAllowList
-from mpush.server.ops.lifecycle import PushTracker
+from mpush.server.ops.push_tracking import PushTracker
 from mpush.config_warnings import gateway_warnings
 from mpush.tap import make_gateway_factory
 

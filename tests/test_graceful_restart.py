@@ -1,6 +1,6 @@
 """
 Leaving without losing anything: the drain on SIGTERM, the reload on SIGHUP
-(L{mpush.server.ops.lifecycle}), first on a node over StringTransport and a
+(L{mpush.server.ops}), first on a node over StringTransport and a
 fake clock, then on real C{twistd} processes: a drained node exits 0, and a
 node restarted under a continuous pusher loses no message and duplicates
 none.
@@ -34,22 +34,14 @@ from mpush.protocol.packet import Command, Flags, PacketDecoder, encode_packet
 from mpush.protocol.body import make_raw_packet
 from mpush.protocol.routing import NodeInfo
 from mpush.push import AckModel, PushClient, PushStatus
-from mpush.server.ops import lifecycle
+from mpush.server.ops import drain, push_tracking
 from mpush.server.device.bind_validator import AcceptAll, HmacTokenValidator
 from mpush.server.gateway.gateway import GatewayFactory
-from mpush.server.ops.lifecycle import (
-    DRAINING_REASON,
-    Drainer,
-    LogLevelError,
-    LogLevelGate,
-    PushTracker,
-    Reloader,
-    install_sighup,
-    install_sigterm,
-    parse_log_level,
-    read_log_level,
-    reload,
-)
+from mpush.server.ops.drain import Drainer
+from mpush.server.ops.log_gate import LogLevelError, LogLevelGate, parse_log_level, read_log_level
+from mpush.server.ops.push_tracking import DRAINING_REASON, PushTracker
+from mpush.server.ops.reload import Reloader, reload
+from mpush.server.ops.signals import install_sighup, install_sigterm
 from mpush.tap import Backends
 
 from tests.process_support import NodeProcess, node_environment, twistd_command
@@ -245,7 +237,7 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual(done, [])
         self.clock.advance(0.1)
         self.assertTrue(device.transport.disconnecting)
-        self.clock.advance(lifecycle.CLOSE_GRACE)  # the device never finishes closing
+        self.clock.advance(drain.CLOSE_GRACE)  # the device never finishes closing
         [report] = done
         self.assertTrue(report.timed_out)
         self.assertEqual((report.pushes_left, report.acks_left), (1, 1))
@@ -277,7 +269,7 @@ class DrainTests(SynchronousTestCase):
         harness.listeners.append(Listener(fail=True))
         done = fired(harness.drainer(remote=BrokenRemote(), registry=HangingRegistry()).drain())
         self.assertEqual(done, [])
-        self.clock.advance(lifecycle.STEP_TIMEOUT)
+        self.clock.advance(drain.STEP_TIMEOUT)
         [report] = done
         self.assertIsNone(report.routes_marked)
         self.assertFalse(report.unregistered)
@@ -340,7 +332,7 @@ class PushTrackerTests(SynchronousTestCase):
         self.assertEqual(PushMessage.decode(second).content, b"two")
         # Its result goes to the gateway, not through the tracker's Deferred:
         # counted until its deadline plus a grace at most.
-        harness.clock.advance(3.0 + lifecycle.EXPIRY_GRACE)
+        harness.clock.advance(3.0 + push_tracking.EXPIRY_GRACE)
         self.assertEqual(harness.tracker.in_flight, 0)
 
     def test_parked_push_acked_ends_when_answered(self):

@@ -526,14 +526,14 @@ class SupervisionTests(WorkersCase):
         log = node.log()
         self.assertIn("worker-0 (pid %d) exited with status 0" % pids[0], log)
         self.assertIn("worker-1 (pid %d) exited with status 0" % pids[1], log)
-        self.assertIn("[worker-1 mpush.server.ops.lifecycle.Drainer#info] drain: done", log)
+        self.assertIn("[worker-1 mpush.server.ops.drain.Drainer#info] drain: done", log)
 
     @defer.inlineCallbacks
     def test_sighup_reaches_every_worker(self):
         node = self.start()
         node.process.send_signal(signal.SIGHUP)
         yield self.wait_for(
-            lambda: all(f"[worker-{i} mpush.server.ops.lifecycle#info] SIGHUP: reloading" in node.log() for i in (0, 1))
+            lambda: all(f"[worker-{i} mpush.server.ops.signals#info] SIGHUP: reloading" in node.log() for i in (0, 1))
         )
         self.assertEqual(sorted(worker_pids(node.process.pid)), [0, 1])
 
