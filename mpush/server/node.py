@@ -12,12 +12,13 @@ import secrets
 from twisted.logger import Logger
 
 from mpush.metrics import NullMetrics
+from mpush.protocol.fields import INT32_MAX
 from mpush.server.gateway.acks import AckTable
 from mpush.server.device.deadlines import Deadlines
 from mpush.server.device.limits import NodeLimits
 
 #: Packet session ids are Java ints: the counter wraps to 1 past this.
-MAX_PACKET_ID = 2**31 - 1
+MAX_PACKET_ID = INT32_MAX
 
 
 class ServerNode:

@@ -48,6 +48,7 @@ from zope.interface import implementer
 
 from mpush.config import ConfigError, split_host_port
 from mpush.protocol.body import decode_body
+from mpush.protocol.fields import INT32_MAX
 from mpush.protocol.messages import HttpRequestMessage, HttpResponseMessage
 from mpush.protocol.packet import Command
 from mpush.server.device.dispatcher import IMessageHandler
@@ -99,7 +100,6 @@ UNREACHABLE = "upstream not reachable"
 #: Response header that says why the proxy answered an error itself.
 ERROR_HEADER = "x-mpush-proxy-error"
 
-_JAVA_INT_MAX = 2**31 - 1
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _JAVA_INT = re.compile(r"-?[0-9]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -379,7 +379,7 @@ def read_timeout_ms(headers, default, maximum=MAX_READ_TIMEOUT_MS):
         if name.lower() == READ_TIMEOUT_HEADER:
             if value is not None and _JAVA_INT.fullmatch(value):
                 number = int(value)
-                if 0 < number <= _JAVA_INT_MAX:
+                if 0 < number <= INT32_MAX:
                     return min(number, max(maximum, default))
             return default
     return default
