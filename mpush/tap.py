@@ -10,6 +10,8 @@ Redis when one is configured).
 
 import contextlib
 import os
+from dataclasses import dataclass
+from typing import Callable
 
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
@@ -18,7 +20,7 @@ from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mpush.config import ConfigError, apply_overrides, check_workers, load_config, worker_config
+from mpush.config import Config, ConfigError, apply_overrides, check_workers, load_config, worker_config
 from mpush.config_warnings import config_warnings
 from mpush.gc_tuning import tune_gc
 from mpush.keys import load_key_material
@@ -45,11 +47,11 @@ from mpush.server.ops.drain import Drainer
 from mpush.server.ops.log_gate import LogLevelGate, read_log_level
 from mpush.server.ops.push_tracking import PushTracker
 from mpush.server.ops.reload import Reloader
-from mpush.server.ops.signals import install_sighup, install_sigterm
+from mpush.server.ops.signals import ProcessSignals
 from mpush.server.device.handshake import HandshakeHandler
 from mpush.server.device.heartbeat import HeartbeatHandler
-from mpush.server.node import ServerNode
-from mpush.server.gateway.push_center import PushCenter
+from mpush.server.node import PacketIds, ServerNode
+from mpush.server.gateway.acks import AckTable
 from mpush.server.routing.router_center import RouterCenter
 from mpush.tls import server_tls_options, tls_endpoint
 
@@ -261,24 +263,72 @@ class Backends:
             yield self.redis.disconnect()
 
 
-class NodeService(service.MultiService):
+@dataclass(frozen=True)
+class NodeListeners:
     """
-    One node: its listeners as children; on start it announces itself and
-    listens for kicks and offline nudges, on stop it withdraws and releases
-    its stores.
+    What a node serves with (L{build_listeners}), before a service runs it.
+
+    @ivar services: the node's child services in start order: the ports,
+        and what publishes the node (ZooKeeper registration last).
+    @ivar accepting: those of C{services} that accept connections: what a
+        drain stops first.
+    @ivar gateway: the gateway port's factory, whose connections a drain
+        closes once quiet; C{None} without a gateway port.
     """
 
-    def __init__(self, node, backends, info, api=None):
+    services: tuple[service.IService, ...] = ()
+    accepting: tuple[service.IService, ...] = ()
+    gateway: GatewayFactory | None = None
+
+
+@dataclass(frozen=True)
+class NodeLifecycle:
+    """
+    A node's life after start (L{build_lifecycle}): the pushes its gateway
+    counts, the drain on stop, the log level gate and the signal handlers
+    its service installs when it starts.
+    """
+
+    pushes: PushTracker
+    drainer: Drainer
+    log_gate: LogLevelGate
+    signals: ProcessSignals
+
+
+class NodeService(service.MultiService):
+    """
+    One node: its listeners as children; on start it announces itself,
+    listens for kicks and offline nudges and installs its signal handlers;
+    on stop it drains, withdraws, releases its stores and gives the
+    process's signal handlers back.
+
+    @ivar worker: 0-based worker number under a supervisor, C{None} for a
+        lone node.
+    """
+
+    def __init__(
+        self,
+        node: ServerNode,
+        backends: Backends,
+        info: NodeInfo,
+        api: NodeAPI | None = None,
+        *,
+        listeners: NodeListeners = NodeListeners(),
+        lifecycle: NodeLifecycle | None = None,
+        worker: int | None = None,
+    ) -> None:
         super().__init__()
         self.node = node
         self.backends = backends
         self.info = info
         self.api = api
-        self._sweeper = None
-        self.drainer = None
-        self.log_gate = None
-        #: 0-based worker number under a supervisor, None for a lone node.
-        self.worker = None
+        self._sweeper: task.LoopingCall | None = None
+        self.drainer = lifecycle.drainer if lifecycle is not None else None
+        self.log_gate = lifecycle.log_gate if lifecycle is not None else None
+        self.signals = lifecycle.signals if lifecycle is not None else None
+        self.worker = worker
+        for child in listeners.services:
+            child.setServiceParent(self)
 
     def privilegedStartService(self):
         with _one_line_listen_errors(self.node.config):
@@ -330,6 +380,8 @@ class NodeService(service.MultiService):
             self._sweeper = task.LoopingCall(self._sweep_offline, sweep)
             self._sweeper.clock = self.node.clock
             self._sweeper.start(OFFLINE_SWEEP_INTERVAL, now=False)
+        if self.signals is not None:
+            self.signals.install()
 
     def _sweep_offline(self, sweep):
         sweep(self.node.now_ms())
@@ -342,6 +394,15 @@ class NodeService(service.MultiService):
 
     @defer.inlineCallbacks
     def stopService(self):
+        try:
+            yield self._stop()
+        finally:
+            # Last: a second SIGTERM during the drain still finds ours.
+            if self.signals is not None:
+                self.signals.uninstall()
+
+    @defer.inlineCallbacks
+    def _stop(self):
         if self.drainer is not None:
             # Stop accepting, let pushes and acks finish, close clients so
             # they fast-connect elsewhere, withdraw routes and registration.
@@ -400,34 +461,47 @@ def make_dispatcher(node):
     return MessageDispatcher(handlers)
 
 
-def build_node(config, clock, backends=None):
+def build_node(config: Config, clock, backends: Backends | None = None) -> tuple[ServerNode, Backends, NodeInfo]:
     """
-    Everything a node shares, from one config.
+    Everything a node shares, from one config: the node is built complete,
+    from its parts (metrics, acks, packet ids, router center, HTTP proxy).
 
+    @param clock: the reactor (a L{task.Clock} in tests).
     @return: C{(node, backends, info)}.
     """
     keys = load_key_material(config.security, config.state_dir)
     validator = load_bind_validator(config)
     backends = backends or Backends(config, clock)
-    node = ServerNode(config, keys.private_key, backends.sessions, clock)
-    node.metrics = PrometheusMetrics()
-    backends.observe_failures(node.metrics)
-    backends.offline.counters.listener = lambda name, count: node.metrics.offline(
+    metrics = PrometheusMetrics()
+    backends.observe_failures(metrics)
+    backends.offline.counters.listener = lambda name, count: metrics.offline(
         "refused" if name == "refused_too_large" else name, count
     )
-    delivery = OfflineDelivery(backends.offline, node.acks, clock, lease_ms=config.offline.lease)
+    acks = AckTable(clock)
+    packet_ids = PacketIds()
+    delivery = OfflineDelivery(backends.offline, acks, clock, lease_ms=config.offline.lease)
     gateway = gateway_of(config)
     host = gateway[0]
-    node.router_center = RouterCenter(
-        node, LocalRouter(), backends.remote, backends.events, backends.kicks, validator, gateway,
+    router_center = RouterCenter(
+        clock, packet_ids.next, LocalRouter(), backends.remote, backends.events, backends.kicks, validator,
+        gateway,
         offline=delivery,
         close_delay=ROUTE_CLOSE_DELAY if backends.redis is not None else 0.0,
     )
-    node.push_center = PushCenter(node, node.router_center, backends.broadcasts)
+    http_proxy = None
     if config.proxy.enabled:
         from mpush.server.proxy.http_proxy import HttpProxyHandler
 
-        node.http_proxy = HttpProxyHandler(node)
+        http_proxy = HttpProxyHandler(config.proxy, clock, max_inflated_size=config.core.max_inflated_size)
+    node = ServerNode(
+        config, keys.private_key, backends.sessions, clock,
+        metrics=metrics,
+        acks=acks,
+        packet_ids=packet_ids,
+        router_center=router_center,
+        broadcasts=backends.broadcasts,
+        http_proxy=http_proxy,
+    )
     info = NodeInfo(
         host=host,
         port=config.net.gateway_server_port,
@@ -447,29 +521,31 @@ def _endpoint(port, interface, backlog=None):
     return description
 
 
-def _listen(parent, reactor, port, interface, factory, tls_options=None, backlog=None, shared=False):
+def _listen(reactor, port, interface, factory, tls_options=None, backlog=None, shared=False) -> service.IService:
     """
-    Listen on C{port}: plain TCP through strports, or TLS with C{tls_options};
-    C{shared} (a worker's client, WebSocket and HTTP ports): with
-    C{SO_REUSEPORT}, beside the other workers.
+    A service listening on C{port}: plain TCP through strports, or TLS with
+    C{tls_options}; C{shared} (a worker's client, WebSocket and HTTP ports):
+    with C{SO_REUSEPORT}, beside the other workers.
     """
     if shared:
         from mpush.reuseport import ReusePortService
 
-        ReusePortService(
-            reactor, port, interface, factory, backlog=backlog or 50, tls_options=tls_options
-        ).setServiceParent(parent)
-        return
+        return ReusePortService(reactor, port, interface, factory, backlog=backlog or 50, tls_options=tls_options)
     if tls_options is None:
-        strports.service(_endpoint(port, interface, backlog), factory).setServiceParent(parent)
-        return
+        return strports.service(_endpoint(port, interface, backlog), factory)
     listener = StreamServerEndpointService(
         tls_endpoint(reactor, port, interface, tls_options, backlog or 50), factory)
     listener._raiseSynchronously = True  # as strports.service: a busy port stops twistd at start
-    listener.setServiceParent(parent)
+    return listener
 
 
-def makeService(options):
+def makeService(options: Options) -> service.IService:
+    """
+    The service of C{twistd mpush}, in three steps tests reuse: the node
+    (L{build_node}), its listeners (L{build_listeners}) and its life after
+    start (L{build_lifecycle}).  Nothing is listened on and no signal
+    handler installed until the service starts.
+    """
     from twisted.internet import reactor
 
     config = options.config
@@ -479,85 +555,116 @@ def makeService(options):
         from mpush.supervisor import make_supervisor
 
         return make_supervisor(options, reactor)
-    shared = worker is not None
-    tls = config.tls
     try:
-        tls_options = None
-        if tls.connect_server or tls.ws_server or tls.http_server:
-            tls_options = server_tls_options(tls)
+        tls_options = server_tls_options(config.tls) if _serves_tls(config.tls) else None
         node, backends, info = build_node(config, reactor)
     except ConfigError as error:
         raise SystemExit(f"mpush: {error.with_source(options['config'])}")
-    api = NodeAPI(node, backends, info, reactor, offline=backends.offline)
-    top = NodeService(node, backends, info, api)
-    if worker is not None:
-        top.worker = worker
-    net = config.net
-    connections = ConnectionFactory(node, make_dispatcher(node))
-    connections.noisy = False
-    _listen(top, reactor, net.connect_server_port, net.connect_server_bind_ip, connections,
-            tls_options if tls.connect_server else None, backlog=net.connect_server_backlog,
-            shared=shared)
-    pushes = PushTracker(node.push_center)
     for warning in config_warnings(config, info.host):
         log.warn("{warning}", warning=warning)
+    api = NodeAPI(node, backends, info, reactor, offline=backends.offline)
+    pushes = PushTracker(node.push_center)
+    listeners = build_listeners(node, api, info, pushes, reactor, tls_options=tls_options, worker=worker)
+    lifecycle = build_lifecycle(
+        node, backends, listeners, pushes, reactor, reload=options.reload_config, config_path=options["config"]
+    )
+    return NodeService(node, backends, info, api, listeners=listeners, lifecycle=lifecycle, worker=worker)
+
+
+def _serves_tls(tls) -> bool:
+    return bool(tls.connect_server or tls.ws_server or tls.http_server)
+
+
+def build_listeners(
+    node: ServerNode,
+    api: NodeAPI,
+    info: NodeInfo,
+    pushes: PushTracker,
+    reactor,
+    *,
+    tls_options=None,
+    worker: int | None = None,
+) -> NodeListeners:
+    """
+    The ports a node serves on, from its config: clients, gateway (pushing
+    through C{pushes}), admin console, HTTP API, WebSocket; a worker's
+    report publisher; ZooKeeper registration last (registered only once
+    every port is bound, withdrawn first).  None listens yet.
+    """
+    config = node.config
+    net, tls = config.net, config.tls
+    shared = worker is not None
+    services: list[service.IService] = []
+    accepting: list[service.IService] = []
+
+    def serve(listener: service.IService) -> None:
+        services.append(listener)
+        accepting.append(listener)
+
+    connections = ConnectionFactory(node, make_dispatcher(node))
+    connections.noisy = False
+    serve(_listen(reactor, net.connect_server_port, net.connect_server_bind_ip, connections,
+                  tls_options if tls.connect_server else None, backlog=net.connect_server_backlog,
+                  shared=shared))
     gateway = None
     if net.gateway_server_port:
         gateway = make_gateway_factory(node, pushes)
-        strports.service(
-            _endpoint(net.gateway_server_port, net.gateway_server_bind_ip), gateway
-        ).setServiceParent(top)
+        serve(strports.service(_endpoint(net.gateway_server_port, net.gateway_server_bind_ip), gateway))
     if net.admin_server_port:
         admin = AdminFactory(api, reactor, local_ip=info.host)
-        strports.service(
-            _endpoint(net.admin_server_port, net.admin_server_bind_ip), admin
-        ).setServiceParent(top)
-    draining = lambda: bool(top.drainer and top.drainer.draining)  # noqa: E731
+        serve(strports.service(_endpoint(net.admin_server_port, net.admin_server_bind_ip), admin))
+    # The tracker knows the moment a drain starts (it refuses pushes from then).
+    draining = lambda: pushes.draining  # noqa: E731
     reports = None
     if worker is not None and config.cluster.workers > 1:
         # The shared HTTP port answers for every worker of the box.
         from mpush.worker_view import ReportPublisher, WorkerReports
 
         reports = WorkerReports(os.path.join(config.state_dir, "workers"), worker, config.cluster.workers, reactor)
-        ReportPublisher(reports, node.metrics, api, lambda: health(api, draining), reactor).setServiceParent(top)
+        services.append(ReportPublisher(reports, node.metrics, api, lambda: health(api, draining), reactor))
     if net.http_server_port:
-        _listen(top, reactor, net.http_server_port, http_interface(config),
-                make_http_site(node, api, reactor, draining=draining, reports=reports),
-                tls_options if tls.http_server else None, shared=shared)
+        serve(_listen(reactor, net.http_server_port, http_interface(config),
+                      make_http_site(node, api, reactor, draining=draining, reports=reports),
+                      tls_options if tls.http_server else None, shared=shared))
     if net.ws_server_port:
         from mpush.server.ws.websocket import make_ws_site
 
         ws_site = make_ws_site(node, reactor=reactor)
-        _listen(top, reactor, net.ws_server_port, "", ws_site, tls_options if tls.ws_server else None,
-                shared=shared)
+        serve(_listen(reactor, net.ws_server_port, "", ws_site, tls_options if tls.ws_server else None,
+                      shared=shared))
     if config.zk.enabled:
-        # Last: registered only once every listener is bound, withdrawn first.
         from mpush.zk import ZkRegistration, cluster_nodes
 
         nodes = cluster_nodes(config, connect_host=info.connect_host, gateway_host=info.host)
         try:
-            ZkRegistration(config, nodes, reactor).setServiceParent(top)
+            services.append(ZkRegistration(config, nodes, reactor))
         except ConfigError as error:
             raise SystemExit(f"mpush: {error}")
-    from mpush.reuseport import ReusePortService
+    return NodeListeners(tuple(services), tuple(accepting), gateway)
 
-    listeners = [child for child in top if isinstance(child, (StreamServerEndpointService, ReusePortService))]
-    top.drainer = Drainer(
-        node, listeners, config.cluster.drain_timeout / 1000.0, pushes=pushes, registry=backends.registry,
-        gateways=gateway,
+
+def build_lifecycle(
+    node: ServerNode,
+    backends: Backends,
+    listeners: NodeListeners,
+    pushes: PushTracker,
+    reactor,
+    *,
+    reload: Callable[[], Config],
+    config_path: str | None,
+) -> NodeLifecycle:
+    """
+    A node's drain (of C{listeners}, within C{[cluster] drain-timeout}),
+    log level gate, and the signal handlers that run them: SIGTERM drains,
+    SIGHUP applies C{reload()} and the log level of C{config_path}.
+    """
+    drainer = Drainer(
+        node, listeners.accepting, node.config.cluster.drain_timeout / 1000.0, pushes=pushes,
+        registry=backends.registry, gateways=listeners.gateway,
     )
-    top.log_gate = LogLevelGate(drop=(is_retry_chatter,))
-    install_sigterm(reactor)
-    install_sighup(
-        reactor,
-        Reloader(
-            node,
-            options.reload_config,
-            log_gate=top.log_gate,
-            log_level=lambda: read_log_level(options["config"]),
-        ),
-    )
-    return top
+    log_gate = LogLevelGate(drop=(is_retry_chatter,))
+    reloader = Reloader(node, reload, log_gate=log_gate, log_level=lambda: read_log_level(config_path))
+    return NodeLifecycle(pushes, drainer, log_gate, ProcessSignals(reactor, reloader))
 
 
 def make_gateway_factory(node, pushes):

@@ -589,6 +589,12 @@ def proxy_config(**fields):
     return load_config(None).replace(proxy=ProxyConfig(**fields))
 
 
+def proxy_of(node, reactor, **kwargs):
+    """The HTTP proxy of C{node}'s config, on C{reactor}."""
+    config = node.config
+    return HttpProxyHandler(config.proxy, reactor, max_inflated_size=config.core.max_inflated_size, **kwargs)
+
+
 class ProxyCase(TestCase):
     """
     A node with the proxy on a loopback-only reactor, and upstream servers.
@@ -630,9 +636,7 @@ class ProxyCase(TestCase):
     def proxy(self, trust_root=None, choice=None, **fields):
         self.node = make_node(proxy_config(**fields))
         kwargs = {} if choice is None else {"choice": choice}
-        self.handler = HttpProxyHandler(
-            self.node, self.guard, resolver=self.resolver, trust_root=trust_root, **kwargs
-        )
+        self.handler = proxy_of(self.node, self.guard, resolver=self.resolver, trust_root=trust_root, **kwargs)
         self.dispatcher = MessageDispatcher([HeartbeatHandler(), HandshakeHandler(self.node), self.handler])
         self.addCleanup(self.close_proxy)
         return self.handler
@@ -1413,7 +1417,7 @@ class EndToEndTests(ProxyCase):
         # wires its handler (on the loopback-only reactor) into a listener.
         server = LoopbackNode(self, config=proxy_config(enabled=False))
         self.node = server.node
-        self.handler = HttpProxyHandler(server.node, self.guard, resolver=self.resolver)
+        self.handler = proxy_of(server.node, self.guard, resolver=self.resolver)
         self.addCleanup(self.close_proxy)
         dispatcher = MessageDispatcher([HeartbeatHandler(), HandshakeHandler(server.node), self.handler])
         listening = reactor.listenTCP(0, ConnectionFactory(server.node, dispatcher), interface="127.0.0.1")

@@ -736,10 +736,12 @@ class HttpProxyHandler:
     """
     The HTTP proxy of one node.
 
-    @param node: the L{mpush.server.node.ServerNode}; its C{config.proxy}
-        is read once, here.
-    @param reactor: connects, resolves and times out requests; the node's
-        clock by default (the reactor, in a real node).
+    @param config: the C{[proxy]} L{mpush.config.ProxyConfig}, read once,
+        here.
+    @param reactor: connects, resolves and times out requests (the node's
+        clock: the reactor, in a real node).
+    @param max_inflated_size: C{[core] max-inflated-size}, the largest
+        request body a compressed packet may inflate to.
     @param resolver: an L{mpush.server.proxy.ssrf.IHostResolver}; the reactor's.
     @param trust_root: an C{IOpenSSLTrustRoot} for https; the platform's CAs
         by default (tests pass their own CA).
@@ -749,11 +751,11 @@ class HttpProxyHandler:
     command = Command.HTTP_PROXY
     log = Logger()
 
-    def __init__(self, node, reactor=None, *, resolver=None, trust_root=None,
+    def __init__(self, config, reactor, *, max_inflated_size, resolver=None, trust_root=None,
                  choice=random.choice, connect_timeout=CONNECT_TIMEOUT):
-        self.node = node
-        self.config = node.config.proxy
-        self._reactor = reactor if reactor is not None else node.clock
+        self.config = config
+        self._reactor = reactor
+        self._max_inflated_size = max_inflated_size
         self._mapping = DnsMapping(self.config.dns_mapping, choice)
         resolver = resolver if resolver is not None else ReactorHostResolver(self._reactor)
         policy = AddressPolicy(self.config.allow)
@@ -816,7 +818,7 @@ class HttpProxyHandler:
     def handle(self, connection, packet):
         if not connection.context.handshaken:
             raise NotHandshaken("HTTP proxy request before handshake")
-        body = decode_body(packet, connection.decrypt_cipher, self.node.config.core.max_inflated_size)
+        body = decode_body(packet, connection.decrypt_cipher, self._max_inflated_size)
         # An empty body is a message with every field at its default (spec 4.3).
         message = HttpRequestMessage.decode(body) if body else HttpRequestMessage(0, None, None, None)
         session_id = packet.session_id

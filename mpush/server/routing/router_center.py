@@ -45,9 +45,12 @@ class RouterCenter:
     log = Logger()
 
     def __init__(
-        self, node, local, remote, events, kicks, validator, gateway, offline=None, close_delay=0.0
+        self, clock, next_packet_id, local, remote, events, kicks, validator, gateway, offline=None,
+        close_delay=0.0,
     ):
-        self.node = node
+        self.clock = clock
+        #: Draws the session id of a server-originated packet (the node's).
+        self.next_packet_id = next_packet_id
         self.offline = offline
         self.local = local
         self.remote = remote
@@ -57,7 +60,7 @@ class RouterCenter:
         self.gateway = gateway
         # A Redis outage or overload fails these side effects for every
         # device at once: one line a second per kind, with a count.
-        self._warnings = LogThrottle(node.clock)
+        self._warnings = LogThrottle(clock)
         #: Seconds the shared side of a close waits (0: done at once).
         self.close_delay = close_delay
         # (due, user_id, client_type, owned, conn_id) in the order closed.
@@ -109,7 +112,7 @@ class RouterCenter:
         self._kick_replaced(connection, user_id, client_type, replaced, previous)
         if self.offline is not None:
             # Not waited for: the acks it waits on queue behind this BIND.
-            self.offline.deliver(connection, user_id, self.node.next_packet_id)
+            self.offline.deliver(connection, user_id, self.next_packet_id)
 
     @defer.inlineCallbacks
     def unbind(self, connection, packet, message):
@@ -151,10 +154,10 @@ class RouterCenter:
             )
         if at_once or self.close_delay <= 0:
             return self._release(connection)
-        due = self.node.clock.seconds() + self.close_delay
+        due = self.clock.seconds() + self.close_delay
         self._closed.append((due,) + self._release_local(connection) + (connection.conn_id,))
         if self._closed_timer is None and not self._closes_running:
-            self._closed_timer = self.node.clock.callLater(self.close_delay, self._run_due_closes)
+            self._closed_timer = self.clock.callLater(self.close_delay, self._run_due_closes)
         return defer.succeed(None)
 
     def flush_closes(self):
@@ -175,7 +178,7 @@ class RouterCenter:
         flight, and resuming devices never queue behind it.
         """
         self._closed_timer = None
-        now = self.node.clock.seconds()
+        now = self.clock.seconds()
         chunk = []
         while self._closed and self._closed[0][0] <= now and len(chunk) < CLOSE_CHUNK:
             chunk.append(self._closed.popleft())
@@ -183,7 +186,7 @@ class RouterCenter:
             self._closes_running = False
             if self._closed:
                 wait = max(self._closed[0][0] - now, 0.0)
-                self._closed_timer = self.node.clock.callLater(wait, self._run_due_closes)
+                self._closed_timer = self.clock.callLater(wait, self._run_due_closes)
             return
         self._closes_running = True
         self._release_closed(chunk).addCallback(lambda _: self._run_due_closes())
