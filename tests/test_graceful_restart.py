@@ -46,11 +46,12 @@ from mpush.server.ops.reload import Reloader, reload
 from mpush.server.ops.signals import ProcessSignals, install_sighup, install_sigterm
 from mpush.tap import Backends
 
+from tests.polling import sleep, wait_until
 from tests.process_support import NodeProcess, free_port, node_environment
 from tests.redis_server import start_redis_server
 from tests.server_support import EPOCH, demo_config
 from tests.test_bind_push import Device
-from tests.test_faults import DEVICE_TIMEOUT, client_config, http_json, node_config, sleep, wait_until
+from tests.test_faults import DEVICE_TIMEOUT, client_config, http_json, node_config
 
 #: Seconds a test node's drain waits for in-flight pushes and acks.
 DRAIN_DEADLINE = 5.0

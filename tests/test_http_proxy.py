@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from twisted.internet import defer, reactor, ssl, task
+from twisted.internet import defer, reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeout
@@ -78,6 +78,7 @@ from mpush.server.proxy.ssrf import (
 )
 
 from tests.loopback_support import LoopbackNode
+from tests.polling import wait_until
 from tests.server_support import ScriptedDevice, connect, make_node
 
 PEER_PORT = 40000
@@ -622,16 +623,7 @@ class ProxyCase(TestCase):
         yield listening.stopListening()
         for protocol in list(wrapper.protocols):
             protocol.transport.abortConnection()
-        yield self.until(lambda: not wrapper.protocols)
-
-    @defer.inlineCallbacks
-    def until(self, condition):
-        # Bounded by turns of the reactor, not by time.
-        for _ in range(10000):
-            if condition():
-                return
-            yield task.deferLater(reactor, 0.001, lambda: None)
-        self.fail("condition never became true")
+        yield wait_until(lambda: not wrapper.protocols)
 
     def proxy(self, trust_root=None, choice=None, **fields):
         self.node = make_node(proxy_config(**fields))
@@ -645,7 +637,7 @@ class ProxyCase(TestCase):
     def close_proxy(self):
         yield self.handler.close()
         self.assertEqual(self.guard.outside, [])
-        yield self.until(lambda: all(c.state == "disconnected" for c in self.guard.connectors))
+        yield wait_until(lambda: all(c.state == "disconnected" for c in self.guard.connectors))
 
     @defer.inlineCallbacks
     def closed_port(self):
@@ -809,7 +801,7 @@ class ForwardingTests(ProxyCase):
         self.assertIsNone((yield pending.finished))
         self.assertEqual(device.replies(), [], f"abandoned request {slow} is not answered")
         self.assertEqual(self.handler.in_flight, 0)
-        yield self.until(lambda: all(d.called for d in self.upstream.hanging))
+        yield wait_until(lambda: all(d.called for d in self.upstream.hanging))
 
 
 class ProxyErrorTests(ProxyCase):
@@ -850,7 +842,7 @@ class ProxyErrorTests(ProxyCase):
         self.assertRaw(flags, message, 408, "Request Timeout")
         self.assertEqual(self.handler.in_flight, 0)
         # The upstream request is dropped, not left hanging.
-        yield self.until(lambda: all(d.called for d in self.upstream.hanging))
+        yield wait_until(lambda: all(d.called for d in self.upstream.hanging))
         self.assertEqual(device.replies(), [])
 
     @defer.inlineCallbacks
