@@ -658,9 +658,12 @@ def build_lifecycle(
     log level gate, and the signal handlers that run them: SIGTERM drains,
     SIGHUP applies C{reload()} and the log level of C{config_path}.
     """
+    center = node.router_center
     drainer = Drainer(
-        node, listeners.accepting, node.config.cluster.drain_timeout / 1000.0, pushes=pushes,
-        registry=backends.registry, gateways=listeners.gateway,
+        listeners.accepting, node.config.cluster.drain_timeout / 1000.0,
+        connections=node.connections, acks=node.acks, clock=node.clock, pushes=pushes,
+        registry=backends.registry, remote=center.remote, gateway=lambda: center.gateway,
+        gateways=listeners.gateway,
     )
     log_gate = LogLevelGate(drop=(is_retry_chatter,))
     reloader = Reloader(node, reload, log_gate=log_gate, log_level=lambda: read_log_level(config_path))

@@ -148,13 +148,20 @@ class NodeHarness:
         if kwargs:
             kwargs.setdefault("pushes", self.tracker)
             kwargs.setdefault("registry", self.backends.registry)
-            return Drainer(self.node, self.listeners, DRAIN_DEADLINE, **kwargs)
+            kwargs.setdefault("remote", self.node.router_center.remote)
+            return Drainer(self.listeners, DRAIN_DEADLINE, **self.node_parts(), **kwargs)
         listeners = tap.NodeListeners(accepting=tuple(self.listeners))
         lifecycle = tap.build_lifecycle(
             self.node, self.backends, listeners, self.tracker, self.clock,
             reload=lambda: self.config, config_path=None,
         )
         return lifecycle.drainer
+
+    def node_parts(self):
+        """What a L{Drainer} drains of this node."""
+        node = self.node
+        return {"connections": node.connections, "acks": node.acks, "clock": self.clock,
+                "gateway": lambda: node.router_center.gateway}
 
     def device(self, user_id, port=40000):
         device = Device(self.node, f"dev-of-{user_id}", port=port)
@@ -294,7 +301,7 @@ class DrainTests(SynchronousTestCase):
         harness = self.harness
         device = harness.device("alice")
         harness.gateway.push("alice", b"x", flags=Flags.AUTO_ACK)
-        done = fired(Drainer(self.node, [], 1.0).drain())
+        done = fired(Drainer([], 1.0, **harness.node_parts()).drain())
         self.clock.advance(1.0)
         self.assertTrue(device.transport.disconnecting)
         lose(device)
@@ -304,9 +311,10 @@ class DrainTests(SynchronousTestCase):
         self.assertFalse(report.unregistered)
 
     def test_bad_settings_refused(self):
+        parts = self.harness.node_parts()
         for bad in (0, -1, float("inf"), "5", True, None):
-            self.assertRaises(ValueError, Drainer, self.node, [], bad)
-        self.assertRaises(ValueError, Drainer, self.node, [], 1, close_grace_s=0)
+            self.assertRaises(ValueError, Drainer, [], bad, **parts)
+        self.assertRaises(ValueError, Drainer, [], 1, close_grace_s=0, **parts)
 
 
 class PushTrackerTests(SynchronousTestCase):

@@ -12,9 +12,17 @@ L{mpush.server.ops.push_tracking.PushTracker}.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sized
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+if TYPE_CHECKING:
+    from mpush.router.interfaces import INodeRegistry, IRemoteRouter
+    from mpush.server.gateway.gateway import GatewayFactory
+    from mpush.server.ops.push_tracking import PushTracker
 
 __all__ = [
     "CLOSE_GRACE",
@@ -62,7 +70,7 @@ class DrainReport:
     gateway_connections_closed: int = 0
 
 
-def _positive_seconds(value, name):
+def _positive_seconds(value: object, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
         raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
     return float(value)
@@ -72,17 +80,22 @@ class Drainer:
     """
     Takes a node out of service without losing what it was doing.
 
-    @param node: the L{mpush.server.node.ServerNode}.
     @param listening_ports: what accepts connections: listening ports
         (C{stopListening}) or services (C{stopService}, e.g. strports).
     @param deadline_s: how long in-flight pushes and ack waits may take.
+    @param connections: the node's live client connections by id (closed,
+        and watched until they have gone).
+    @param acks: the node's ack waits (L{mpush.server.gateway.acks.AckTable}):
+        waited for until empty.
+    @param clock: the node's L{IReactorTime}.
     @param pushes: the L{PushTracker} the gateway pushes through; without it
         only ack waits are waited for and new pushes are not turned away.
     @param registry: the node registry to leave (L{INodeRegistry}).
     @param remote: the remote router whose routes of this node are marked
-        offline; the router center's by default.
-    @param gateway: this node's C{(host, port)} in routes; the router
-        center's by default.
+        offline (L{IRemoteRouter}); none are without it.
+    @param gateway: returns this node's C{(host, port)} in routes, read
+        when the drain runs (a test node learns its gateway port after it is
+        built).
     @param gateways: the L{mpush.server.gateway.gateway.GatewayFactory}: once the
         node has left, its connections are closed when quiet (see
         L{GATEWAY_QUIET}) instead of dropped at exit under a push.
@@ -92,23 +105,25 @@ class Drainer:
 
     def __init__(
         self,
-        node,
-        listening_ports,
-        deadline_s,
+        listening_ports: Iterable[Any],
+        deadline_s: float,
         *,
-        pushes=None,
-        registry=None,
-        remote=None,
-        gateway=None,
-        clock=None,
-        close_grace_s=CLOSE_GRACE,
-        step_timeout_s=STEP_TIMEOUT,
-        poll_interval_s=POLL_INTERVAL,
-        gateways=None,
-        gateway_quiet_s=GATEWAY_QUIET,
-        gateway_grace_s=GATEWAY_GRACE,
-    ):
-        self.node = node
+        connections: Mapping[str, Any],
+        acks: Sized,
+        clock: IReactorTime,
+        pushes: PushTracker | None = None,
+        registry: INodeRegistry | None = None,
+        remote: IRemoteRouter | None = None,
+        gateway: Callable[[], tuple[str, int] | None] = lambda: None,
+        close_grace_s: float = CLOSE_GRACE,
+        step_timeout_s: float = STEP_TIMEOUT,
+        poll_interval_s: float = POLL_INTERVAL,
+        gateways: GatewayFactory | None = None,
+        gateway_quiet_s: float = GATEWAY_QUIET,
+        gateway_grace_s: float = GATEWAY_GRACE,
+    ) -> None:
+        self.connections = connections
+        self.acks = acks
         self.listening_ports = list(listening_ports)
         self.deadline_s = _positive_seconds(deadline_s, "deadline_s")
         self.close_grace_s = _positive_seconds(close_grace_s, "close_grace_s")
@@ -119,24 +134,23 @@ class Drainer:
         self.gateway_quiet_s = _positive_seconds(gateway_quiet_s, "gateway_quiet_s")
         self.gateway_grace_s = _positive_seconds(gateway_grace_s, "gateway_grace_s")
         self.registry = registry
-        center = node.router_center
-        self.remote = remote if remote is not None else getattr(center, "remote", None)
-        self._gateway = tuple(gateway) if gateway is not None else None
-        self.clock = clock if clock is not None else node.clock
+        self.remote = remote
+        self._gateway = gateway
+        self.clock = clock
         self._started = False
         self._finished = False
-        self._report = None
-        self._waiters = []
+        self._report: DrainReport | None = None
+        self._waiters: list[defer.Deferred] = []
 
     @property
-    def draining(self):
+    def draining(self) -> bool:
         """
         Whether a drain has started (for health checks: a draining node is
         not one to send new clients to).
         """
         return self._started
 
-    def drain(self):
+    def drain(self) -> defer.Deferred:
         """
         Drain once; a later call gets the same outcome.
 
@@ -156,17 +170,17 @@ class Drainer:
             running.addCallback(self._done)
         return waiter
 
-    def _unexpected(self, failure):
+    def _unexpected(self, failure: Failure) -> None:
         self.log.failure("drain failed unexpectedly", failure)
         return None
 
-    def _done(self, report):
+    def _done(self, report: DrainReport | None) -> None:
         self._finished, self._report = True, report
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.callback(report)
 
-    async def _run(self):
+    async def _run(self) -> DrainReport:
         started = self.clock.seconds()
         if self.pushes is not None:
             self.pushes.draining = True
@@ -174,13 +188,13 @@ class Drainer:
             "drain: no longer accepting on {n} listener(s); {connections} client connection(s), "
             "{pushes} push(es) in flight, {acks} ack wait(s)",
             n=len(self.listening_ports),
-            connections=len(self.node.connections),
+            connections=len(self.connections),
             pushes=self._pushes_in_flight(),
-            acks=len(self.node.acks),
+            acks=len(self.acks),
         )
         await self._stop_listening()
         timed_out = await self._wait_idle(started + self.deadline_s)
-        pushes_left, acks_left = self._pushes_in_flight(), len(self.node.acks)
+        pushes_left, acks_left = self._pushes_in_flight(), len(self.acks)
         if timed_out:
             self.log.warn(
                 "drain: deadline of {deadline}s passed with {pushes} push(es) and {acks} ack wait(s) "
@@ -221,10 +235,10 @@ class Drainer:
         )
         return report
 
-    def _pushes_in_flight(self):
+    def _pushes_in_flight(self) -> int:
         return self.pushes.in_flight if self.pushes is not None else 0
 
-    async def _stop_listening(self):
+    async def _stop_listening(self) -> None:
         stopping = []
         for port in self.listening_ports:
             if hasattr(port, "stopListening"):
@@ -236,24 +250,24 @@ class Drainer:
             if not ok:
                 self.log.warn("drain: a listener did not stop: {why}", why=value.getErrorMessage())
 
-    def _sleep(self, seconds):
+    def _sleep(self, seconds: float) -> defer.Deferred:
         waiting = defer.Deferred()
         self.clock.callLater(seconds, waiting.callback, None)
         return waiting
 
-    async def _wait_idle(self, deadline):
+    async def _wait_idle(self, deadline: float) -> bool:
         """
         Wait until nothing is in flight; C{True} if the deadline came first.
         """
-        while self._pushes_in_flight() or len(self.node.acks):
+        while self._pushes_in_flight() or len(self.acks):
             now = self.clock.seconds()
             if now >= deadline:
                 return True
             await self._sleep(min(self.poll_interval_s, deadline - now))
         return False
 
-    async def _close_connections(self):
-        connections = list(self.node.connections.values())
+    async def _close_connections(self) -> tuple[int, int]:
+        connections = list(self.connections.values())
         for connection in connections:
             try:
                 connection.close()
@@ -276,7 +290,7 @@ class Drainer:
         )
         return len(connections), len(lingering)
 
-    async def _close_gateways(self):
+    async def _close_gateways(self) -> int:
         """
         Keep reading and answering (OFFLINE) on the gateway connections
         until they have read nothing for C{gateway_quiet_s} with no push
@@ -315,10 +329,10 @@ class Drainer:
         )
         return len(closing)
 
-    def _still_open(self, connection):
-        return self.node.connections.get(getattr(connection, "conn_id", None)) is connection
+    def _still_open(self, connection: Any) -> bool:
+        return self.connections.get(getattr(connection, "conn_id", None)) is connection
 
-    async def _bounded(self, what, call):
+    async def _bounded(self, what: str, call: Callable[[], Any]) -> tuple[bool, Any]:
         try:
             step = defer.maybeDeferred(call)
             step.addTimeout(self.step_timeout_s, self.clock)
@@ -328,17 +342,15 @@ class Drainer:
             return False, None
 
     @property
-    def gateway(self):
+    def gateway(self) -> tuple[str, int] | None:
         """
         The C{(host, port)} this node's routes carry, read when the drain
-        runs (a test node learns its gateway port after it is built).
+        runs.
         """
-        if self._gateway is not None:
-            return self._gateway
-        center = self.node.router_center
-        return tuple(center.gateway) if center is not None else None
+        gateway = self._gateway()
+        return tuple(gateway) if gateway is not None else None
 
-    async def _mark_routes_offline(self):
+    async def _mark_routes_offline(self) -> int | None:
         gateway = self.gateway
         if self.remote is None or gateway is None:
             return None
@@ -351,7 +363,7 @@ class Drainer:
         self.log.info("drain: marked {n} route(s) of {host}:{port} offline", n=count, host=host, port=port)
         return count
 
-    async def _unregister(self):
+    async def _unregister(self) -> bool:
         if self.registry is None:
             return False
         ok, _ = await self._bounded("unregistering from the node registry", self.registry.unregister)
