@@ -7,6 +7,7 @@ gate in front of twistd's log observers that can change it at run time
 from __future__ import annotations
 
 import tomllib
+from typing import Callable, Iterable
 
 from twisted.logger import (
     FilteringLogObserver,
@@ -49,7 +50,7 @@ _LEVEL_NAMES = {
 DEFAULT_LOG_LEVEL = LogLevel.info
 
 
-def parse_log_level(name):
+def parse_log_level(name: object) -> LogLevel:
     """
     A L{LogLevel} from MPush's C{[mpush] log-level} words (log4j's, with
     "trace" as debug and "fatal" as critical), in any case.
@@ -64,7 +65,7 @@ def parse_log_level(name):
     return level
 
 
-def read_log_level(path):
+def read_log_level(path: str | None) -> LogLevel:
     """
     The C{[mpush] log-level} of the TOML file at C{path} (the config schema
     accepts the key, this reads it); L{DEFAULT_LOG_LEVEL} when absent or no
@@ -89,7 +90,7 @@ class LogLevelGate:
     C{drop} predicates (chatter said better elsewhere) matches.
     """
 
-    def __init__(self, level=LogLevel.debug, drop=()):
+    def __init__(self, level: LogLevel = LogLevel.debug, drop: Iterable[Callable[[dict], bool]] = ()) -> None:
         self.level = level
         self.drop = tuple(drop)
         self._publisher = None
@@ -97,10 +98,10 @@ class LogLevelGate:
         self._filter = None
 
     @property
-    def installed(self):
+    def installed(self) -> bool:
         return self._publisher is not None
 
-    def __call__(self, event):
+    def __call__(self, event: dict) -> PredicateResult:
         """
         The predicate: C{no} for an event below the level.
         """
@@ -111,16 +112,16 @@ class LogLevelGate:
             return PredicateResult.no
         return PredicateResult.maybe
 
-    def set_level(self, level):
+    def set_level(self, level: LogLevel) -> None:
         if level not in _LEVELS:
             raise LogLevelError(f"not a log level: {level!r}")
         self.level = level
         self._tell_hot_paths()
 
-    def _tell_hot_paths(self):
+    def _tell_hot_paths(self) -> None:
         debug_log.set_wanted(self._publisher is None or self.level == LogLevel.debug)
 
-    def install(self, publisher=None):
+    def install(self, publisher: LogPublisher | None = None) -> None:
         """
         Put the observers of C{publisher} behind this gate.
 
@@ -141,7 +142,7 @@ class LogLevelGate:
         self._publisher, self._moved = publisher, moved
         self._tell_hot_paths()
 
-    def uninstall(self):
+    def uninstall(self) -> None:
         """
         Give the publisher its observers back.
         """

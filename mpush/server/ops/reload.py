@@ -9,12 +9,16 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
-from twisted.logger import Logger
+from twisted.logger import LogLevel, Logger
 
 from mpush.config import Config, ConfigError
 from mpush.server.device.bind_validator import load_bind_validator
-from mpush.server.ops.log_gate import LogLevelError
+from mpush.server.ops.log_gate import LogLevelError, LogLevelGate
+
+if TYPE_CHECKING:
+    from mpush.server.node import ServerNode
 
 __all__ = ["RELOADABLE", "ReloadReport", "Reloader", "reload"]
 
@@ -28,9 +32,9 @@ class ReloadReport:
     file but need a restart, and what could not be applied (kept as it was).
     """
 
-    applied: tuple
-    needs_restart: tuple
-    errors: tuple
+    applied: tuple[str, ...]
+    needs_restart: tuple[str, ...]
+    errors: tuple[str, ...]
 
 
 #: Config tables a reload applies; every other change needs a restart.
@@ -39,11 +43,11 @@ RELOADABLE = ("push", "limits", "bind")
 _LIMITS_BUCKET_KEYS = ("handshake_rate", "handshake_burst")
 
 
-def _label(name):
+def _label(name: str) -> str:
     return "[mpush] state-dir" if name == "state_dir" else f"[{name}]"
 
 
-def _changed_keys(old, new):
+def _changed_keys(old: object, new: object) -> list[str]:
     return [
         field.name.replace("_", "-")
         for field in dataclasses.fields(old)
@@ -51,7 +55,13 @@ def _changed_keys(old, new):
     ]
 
 
-def reload(node, new_config, *, log_gate=None, log_level=None):
+def reload(
+    node: ServerNode,
+    new_config: Config,
+    *,
+    log_gate: LogLevelGate | None = None,
+    log_level: LogLevel | None = None,
+) -> ReloadReport:
     """
     Apply to C{node} what can change at run time, from C{new_config}:
     [push] flow-control limits, tag-match and default-timeout, [limits],
@@ -123,7 +133,7 @@ def reload(node, new_config, *, log_gate=None, log_level=None):
     return report
 
 
-def _log_report(report):
+def _log_report(report: ReloadReport) -> None:
     if report.applied:
         log.info("reload: applied {what}", what="; ".join(report.applied))
     else:
@@ -146,13 +156,20 @@ class Reloader:
 
     log = Logger()
 
-    def __init__(self, node, load, *, log_gate=None, log_level=None):
+    def __init__(
+        self,
+        node: ServerNode,
+        load: Callable[[], Config],
+        *,
+        log_gate: LogLevelGate | None = None,
+        log_level: Callable[[], LogLevel | None] | None = None,
+    ) -> None:
         self.node = node
         self.load = load
         self.log_gate = log_gate
         self.log_level = log_level
 
-    def __call__(self):
+    def __call__(self) -> ReloadReport | None:
         """
         @return: the L{ReloadReport}, or C{None} when the file was refused
             (the node keeps running on what it has).
