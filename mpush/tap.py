@@ -8,19 +8,23 @@ gateway server, and the stores and routers they share (in memory, or in
 Redis when one is configured).
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mpush.config import Config, ConfigError, apply_overrides, check_workers, load_config, worker_config
+from mpush.config import Config, ConfigError, TlsConfig, apply_overrides, check_workers, load_config, worker_config
 from mpush.config_warnings import config_warnings
 from mpush.gc_tuning import tune_gc
 from mpush.keys import load_key_material
@@ -55,20 +59,23 @@ from mpush.server.gateway.acks import AckTable
 from mpush.server.routing.router_center import RouterCenter
 from mpush.tls import server_tls_options, tls_endpoint
 
+if TYPE_CHECKING:
+    from twisted.web.server import Site
+
 log = Logger()
 
 #: Seconds between sweeps of expired offline messages kept in memory.
 OFFLINE_SWEEP_INTERVAL = 60.0
 
 
-def _port(text):
+def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"port out of range: {value}")
     return value
 
 
-def _workers(text):
+def _workers(text: str) -> int:
     try:
         return int(text)
     except ValueError:
@@ -100,7 +107,7 @@ class Options(usage.Options):
     #: runs that worker's config (its own gateway and console ports).
     worker_index = None
 
-    def postOptions(self):
+    def postOptions(self) -> None:
         try:
             config = self._read()
             # Checked on what the whole box runs, before any worker is started.
@@ -114,7 +121,7 @@ class Options(usage.Options):
             config = worker_config(config, self.worker_index)
         self.config = config
 
-    def _read(self):
+    def _read(self) -> Config:
         config = apply_overrides(
             load_config(self["config"]),
             connect_port=self["connect-port"],
@@ -126,7 +133,7 @@ class Options(usage.Options):
         )
         return config.replace(state_dir=self["state-dir"]) if self["state-dir"] else config
 
-    def reload_config(self):
+    def reload_config(self) -> Config:
         """
         The config as the command line gives it, read again (SIGHUP);
         raises ConfigError, never exits.
@@ -136,7 +143,7 @@ class Options(usage.Options):
             config = worker_config(config, self.worker_index)
         return config
 
-    def command_line(self):
+    def command_line(self) -> list[str]:
         """
         The options given, as arguments that give the same configuration
         (a worker process is started with them).
@@ -157,12 +164,12 @@ class Options(usage.Options):
 NODE_REDIS_REPLY_TIMEOUT = 15.0
 
 
-def registry_timing(config):
+def registry_timing(config: Config) -> dict[str, float]:
     cluster = config.cluster
     return {"ttl": cluster.node_ttl / 1000.0, "refresh": cluster.node_refresh / 1000.0}
 
 
-def gateway_of(config) -> tuple[str, int]:
+def gateway_of(config: Config) -> tuple[str, int]:
     """A node's gateway endpoint: its identity in routes and among the nodes."""
     return (local_ip(config.net), config.net.gateway_server_port)
 
@@ -330,15 +337,15 @@ class NodeService(service.MultiService):
         for child in listeners.services:
             child.setServiceParent(self)
 
-    def privilegedStartService(self):
+    def privilegedStartService(self) -> None:
         with _one_line_listen_errors(self.node.config):
             super().privilegedStartService()
 
-    def startService(self):
+    def startService(self) -> None:
         with _one_line_listen_errors(self.node.config):
             self._start()
 
-    def _start(self):
+    def _start(self) -> None:
         tune_gc()
         if self.log_gate is not None:
             level = read_log_level(self.node.config.source)
@@ -383,17 +390,17 @@ class NodeService(service.MultiService):
         if self.signals is not None:
             self.signals.install()
 
-    def _sweep_offline(self, sweep):
+    def _sweep_offline(self, sweep: Callable[[int], object]) -> None:
         sweep(self.node.now_ms())
         self.node.metrics.offline_queue_size(self.backends.offline.queued())
 
-    def _node_dead(self, info):
+    def _node_dead(self, info: NodeInfo) -> defer.Deferred:
         log.warn("node {host}:{port} is gone; marking its routes offline", host=info.host, port=info.port)
         self._quietly(self.backends.events.release_node(info.host, info.port), "dead node's online users left listed")
         return self.backends.remote.mark_node_offline(info.host, info.port)
 
     @defer.inlineCallbacks
-    def stopService(self):
+    def stopService(self) -> defer.Deferred:
         try:
             yield self._stop()
         finally:
@@ -402,7 +409,7 @@ class NodeService(service.MultiService):
                 self.signals.uninstall()
 
     @defer.inlineCallbacks
-    def _stop(self):
+    def _stop(self) -> defer.Deferred:
         if self.drainer is not None:
             # Stop accepting, let pushes and acks finish, close clients so
             # they fast-connect elsewhere, withdraw routes and registration.
@@ -429,7 +436,7 @@ class NodeService(service.MultiService):
                 log.warn(why + ": {why}", why=error)
         yield backends.close()
 
-    def _quietly(self, result, why):
+    def _quietly(self, result: object, why: str) -> None:
         if isinstance(result, defer.Deferred):
             result.addErrback(lambda failure: log.warn(why + ": {why}", why=failure.getErrorMessage()))
 
@@ -441,7 +448,7 @@ ROUTE_CLOSE_DELAY = 2.0
 
 
 @contextlib.contextmanager
-def _one_line_listen_errors(config):
+def _one_line_listen_errors(config: Config) -> Iterator[None]:
     """A port that cannot be listened on stops twistd with one line, not a traceback."""
     try:
         yield
@@ -449,7 +456,7 @@ def _one_line_listen_errors(config):
         raise SystemExit(f"mpush: {describe_listen_error(error, listen_keys(config.net))}") from None
 
 
-def make_dispatcher(node):
+def make_dispatcher(node: ServerNode) -> MessageDispatcher:
     """
     The connection server's handlers, by command code (spec 5).
     """
@@ -461,7 +468,9 @@ def make_dispatcher(node):
     return MessageDispatcher(handlers)
 
 
-def build_node(config: Config, clock, backends: Backends | None = None) -> tuple[ServerNode, Backends, NodeInfo]:
+def build_node(
+    config: Config, clock: IReactorTime, backends: Backends | None = None
+) -> tuple[ServerNode, Backends, NodeInfo]:
     """
     Everything a node shares, from one config: the node is built complete,
     from its parts (metrics, acks, packet ids, router center, HTTP proxy).
@@ -512,7 +521,7 @@ def build_node(config: Config, clock, backends: Backends | None = None) -> tuple
     return node, backends, info
 
 
-def _endpoint(port, interface, backlog=None):
+def _endpoint(port: int, interface: str, backlog: int | None = None) -> str:
     description = f"tcp:{port}"
     if backlog:
         description += f":backlog={backlog}"
@@ -521,7 +530,15 @@ def _endpoint(port, interface, backlog=None):
     return description
 
 
-def _listen(reactor, port, interface, factory, tls_options=None, backlog=None, shared=False) -> service.IService:
+def _listen(
+    reactor: Any,
+    port: int,
+    interface: str,
+    factory: ServerFactory,
+    tls_options: Any = None,
+    backlog: int | None = None,
+    shared: bool = False,
+) -> service.IService:
     """
     A service listening on C{port}: plain TCP through strports, or TLS with
     C{tls_options}; C{shared} (a worker's client, WebSocket and HTTP ports):
@@ -571,7 +588,7 @@ def makeService(options: Options) -> service.IService:
     return NodeService(node, backends, info, api, listeners=listeners, lifecycle=lifecycle, worker=worker)
 
 
-def _serves_tls(tls) -> bool:
+def _serves_tls(tls: TlsConfig) -> bool:
     return bool(tls.connect_server or tls.ws_server or tls.http_server)
 
 
@@ -580,9 +597,9 @@ def build_listeners(
     api: NodeAPI,
     info: NodeInfo,
     pushes: PushTracker,
-    reactor,
+    reactor: Any,
     *,
-    tls_options=None,
+    tls_options: Any = None,
     worker: int | None = None,
 ) -> NodeListeners:
     """
@@ -648,7 +665,7 @@ def build_lifecycle(
     backends: Backends,
     listeners: NodeListeners,
     pushes: PushTracker,
-    reactor,
+    reactor: Any,
     *,
     reload: Callable[[], Config],
     config_path: str | None,
@@ -670,7 +687,7 @@ def build_lifecycle(
     return NodeLifecycle(pushes, drainer, log_gate, ProcessSignals(reactor, reloader))
 
 
-def make_gateway_factory(node, pushes):
+def make_gateway_factory(node: ServerNode, pushes: PushTracker) -> GatewayFactory:
     """
     The gateway port's factory: sources outside C{[net] gateway-allow} are
     closed at accept, counted and logged (at most a line a second).
@@ -678,13 +695,13 @@ def make_gateway_factory(node, pushes):
     config = node.config
     allow = SourceAllowList(config.net.gateway_allow) if config.net.gateway_allow else None
 
-    def refused(peer, detail):
+    def refused(peer: str, detail: str) -> None:
         node.limits.refused(node.metrics, GATEWAY_ALLOW, peer, detail)
 
     return GatewayFactory(pushes, config.core.max_gateway_packet_size, allow=allow, refused=refused)
 
 
-def http_interface(config):
+def http_interface(config: Config) -> str:
     """
     Where the HTTP API listens: anywhere configured when it has a token,
     loopback only when it has none (anyone who reaches it could push).
@@ -698,7 +715,13 @@ def http_interface(config):
     return "127.0.0.1"
 
 
-def make_http_site(node, api, clock, draining=lambda: False, reports=None):
+def make_http_site(
+    node: ServerNode,
+    api: NodeAPI,
+    clock: IReactorTime,
+    draining: Callable[[], bool] = lambda: False,
+    reports: Any = None,
+) -> Site:
     """
     The HTTP API with /metrics and /healthz beside it; with C{reports} (a
     worker of several), /metrics, /healthz and /v1/stats answer for them all.
@@ -734,7 +757,7 @@ def make_http_site(node, api, clock, draining=lambda: False, reports=None):
 
 
 @defer.inlineCallbacks
-def health(api, draining=lambda: False):
+def health(api: NodeAPI, draining: Callable[[], bool] = lambda: False) -> defer.Deferred:
     """
     Healthy when the node can reach its shared state (Redis, when it has
     one) and is not draining for a shutdown.
