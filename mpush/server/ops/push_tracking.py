@@ -8,11 +8,18 @@ bind.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from mpush.protocol.errors import ErrorCode
 from mpush.protocol.routing import encode_push_result
+
+if TYPE_CHECKING:
+    from mpush.protocol.messages import GatewayPushMessage
+    from mpush.server.gateway.push_center import PushCenter
 
 __all__ = ["DRAINING_REASON", "EXPIRY_GRACE", "PushTracker"]
 
@@ -32,38 +39,38 @@ class _TrackedReply:
 
     __slots__ = ("_reply", "_tracker", "settled", "_timer")
 
-    def __init__(self, reply, tracker):
+    def __init__(self, reply: Any, tracker: PushTracker) -> None:
         self._reply = reply
         self._tracker = tracker
         self.settled = False
         self._timer = None
 
     @property
-    def report_timeouts(self):
+    def report_timeouts(self) -> bool:
         return self._reply.report_timeouts
 
     @property
-    def connection(self):
+    def connection(self) -> Any:
         return self._reply.connection
 
     @property
-    def session_id(self):
+    def session_id(self) -> int:
         return self._reply.session_id
 
-    def ok(self, data):
+    def ok(self, data: bytes | None) -> None:
         try:
             self._reply.ok(data)
         finally:
             if not self.settled:
                 self.settle()
 
-    def error(self, code, data, reason=None):
+    def error(self, code: int, data: bytes | None, reason: str | None = None) -> None:
         try:
             self._reply.error(code, data, reason)
         finally:
             self.settle()
 
-    def settle(self, result=None):
+    def settle(self, result: object = None) -> object:
         if not self.settled:
             self.settled = True
             if self._timer is not None:
@@ -73,7 +80,7 @@ class _TrackedReply:
             self._tracker._in_flight -= 1
         return result
 
-    def expire_after(self, clock, seconds):
+    def expire_after(self, clock: IReactorTime, seconds: float) -> None:
         self._timer = clock.callLater(seconds, self.settle)
 
 
@@ -92,7 +99,7 @@ class PushTracker:
 
     log = Logger()
 
-    def __init__(self, push_center, clock=None):
+    def __init__(self, push_center: PushCenter, clock: IReactorTime | None = None) -> None:
         self.push_center = push_center
         self.node = push_center.node
         self.clock = clock if clock is not None else self.node.clock
@@ -101,13 +108,13 @@ class PushTracker:
         self._in_flight = 0
 
     @property
-    def in_flight(self):
+    def in_flight(self) -> int:
         """
         Pushes started and not answered yet.
         """
         return self._in_flight
 
-    def push(self, message, flags, reply):
+    def push(self, message: GatewayPushMessage, flags: int, reply: Any) -> object:
         if self.draining:
             self._refuse(message, reply)
             return None
@@ -135,7 +142,7 @@ class PushTracker:
                 tracked.settle()
         return result
 
-    def _refuse(self, message, reply):
+    def _refuse(self, message: GatewayPushMessage, reply: Any) -> None:
         """
         A push reaching a draining node: OFFLINE (the device is about to
         leave; a pusher with an offline TTL stores it for the next bind), or
@@ -152,6 +159,3 @@ class PushTracker:
         )
         reply.error(int(ErrorCode.OFFLINE), data, DRAINING_REASON)
         self.node.metrics.push("offline")
-
-    def _finished(self):
-        self._in_flight -= 1
