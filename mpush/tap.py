@@ -580,12 +580,23 @@ def makeService(options: Options) -> service.IService:
     for warning in config_warnings(config, info.host):
         log.warn("{warning}", warning=warning)
     api = NodeAPI(node, backends, info, reactor, offline=backends.offline)
-    pushes = PushTracker(node.push_center)
+    pushes = track_pushes(node)
     listeners = build_listeners(node, api, info, pushes, reactor, tls_options=tls_options, worker=worker)
     lifecycle = build_lifecycle(
         node, backends, listeners, pushes, reactor, reload=options.reload_config, config_path=options["config"]
     )
     return NodeService(node, backends, info, api, listeners=listeners, lifecycle=lifecycle, worker=worker)
+
+
+def track_pushes(node: ServerNode) -> PushTracker:
+    """
+    The node's push centre as its gateway sees it: pushes counted until
+    answered, refused once a drain starts.
+    """
+    return PushTracker(
+        node.push_center, clock=node.clock, metrics=node.metrics,
+        default_timeout_ms=lambda: node.config.push.default_timeout,
+    )
 
 
 def _serves_tls(tls: TlsConfig) -> bool:

@@ -25,7 +25,6 @@ from mpush.server.ops.admin import (
     format_java_date,
     format_local_date_time,
 )
-from mpush.server.ops.push_tracking import PushTracker
 
 from tests.server_support import demo_config
 
@@ -194,7 +193,7 @@ class GreetingTests(ConsoleTestsMixin, SynchronousTestCase):
         config = config.replace(net=dataclasses.replace(config.net, local_ip="10.9.8.7"))
         node, backends, info = tap.build_node(config, self.clock)
         api = NodeAPI(node, backends, info, self.clock, offline=backends.offline)
-        listeners = tap.build_listeners(node, api, info, PushTracker(node.push_center), self.clock)
+        listeners = tap.build_listeners(node, api, info, tap.track_pushes(node), self.clock)
         [factory] = [
             listener.factory for listener in listeners.services
             if isinstance(getattr(listener, "factory", None), AdminFactory)

@@ -136,7 +136,7 @@ class NodeHarness:
         host, port = self.node.router_center.gateway
         self.info = NodeInfo(host=host, port=port, connect_host=host, connect_port=3000, started_ms=0)
         self.backends.registry.register(self.info)
-        self.tracker = PushTracker(self.node.push_center)
+        self.tracker = tap.track_pushes(self.node)
         self.gateway = GatewayLink(self.tracker)
         self.listeners = [Listener(), ListenerService()]
 
@@ -371,12 +371,11 @@ class PushTrackerTests(SynchronousTestCase):
 
     def test_push_center_error_is_not_counted(self):
         class Exploding:
-            node = self.harness.node
-
             def push(self, message, flags, reply):
                 raise RuntimeError("bug")
 
-        tracker = PushTracker(Exploding())
+        node = self.harness.node
+        tracker = PushTracker(Exploding(), clock=node.clock, metrics=node.metrics, default_timeout_ms=lambda: 1000)
         message = GatewayPushMessage("alice", 1, 1000, b"x")
         self.assertRaises(RuntimeError, tracker.push, message, 0, None)
         self.assertEqual(tracker.in_flight, 0)

@@ -8,7 +8,7 @@ bind.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -18,6 +18,7 @@ from mpush.protocol.errors import ErrorCode
 from mpush.protocol.routing import encode_push_result
 
 if TYPE_CHECKING:
+    from mpush.metrics import IMetrics
     from mpush.protocol.messages import GatewayPushMessage
     from mpush.server.gateway.push_center import PushCenter
 
@@ -99,10 +100,22 @@ class PushTracker:
 
     log = Logger()
 
-    def __init__(self, push_center: PushCenter, clock: IReactorTime | None = None) -> None:
+    def __init__(
+        self,
+        push_center: PushCenter,
+        *,
+        clock: IReactorTime,
+        metrics: IMetrics,
+        default_timeout_ms: Callable[[], int],
+    ) -> None:
+        """
+        @param default_timeout_ms: the node's C{[push] default-timeout} as it
+            is now (a reload changes it).
+        """
         self.push_center = push_center
-        self.node = push_center.node
-        self.clock = clock if clock is not None else self.node.clock
+        self.clock = clock
+        self.metrics = metrics
+        self.default_timeout_ms = default_timeout_ms
         self.draining = False
         self.refused = 0
         self._in_flight = 0
@@ -136,7 +149,7 @@ class PushTracker:
             if result is None and message.user_id is not None:
                 # Parked by flow control: its retry's result goes nowhere we
                 # see, but it ends by its own deadline at the latest.
-                timeout = message.timeout if message.timeout > 0 else self.node.config.push.default_timeout
+                timeout = message.timeout if message.timeout > 0 else self.default_timeout_ms()
                 tracked.expire_after(self.clock, timeout / 1000.0 + EXPIRY_GRACE)
             else:
                 tracked.settle()
@@ -151,11 +164,11 @@ class PushTracker:
         self.refused += 1
         if message.user_id is None:
             reply.error(int(ErrorCode.PUSH_CLIENT_FAILURE), None, DRAINING_REASON)
-            self.node.metrics.push("failure")
+            self.metrics.push("failure")
             return
-        now = self.node.now_ms()
+        now = int(self.clock.seconds() * 1000)
         data = encode_push_result(
             message.user_id, message.client_type, [("push-center-begin", now), ("offline-end", now)]
         )
         reply.error(int(ErrorCode.OFFLINE), data, DRAINING_REASON)
-        self.node.metrics.push("offline")
+        self.metrics.push("offline")
