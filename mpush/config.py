@@ -24,6 +24,7 @@ from typing import Any, Callable
 from urllib.parse import quote, unquote, urlsplit
 
 from mpush.origins import origin_key
+from mpush.protocol.fields import INT32_MAX
 from mpush.units import parse_duration, parse_size
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
 HEADER_LENGTH = 13
 MAX_PACKET_SIZE_LIMIT = 16 * 1024 * 1024
 # Heartbeats travel as a Java int in HandshakeOk / FastConnectOk (spec 6.2, 6.4).
-JAVA_INT_MAX = 2**31 - 1
+JAVA_INT_MAX = INT32_MAX
 # [http] public-paths: the read-only paths an operator may open without the token.
 PUBLIC_PATH_CHOICES = ("/healthz", "/metrics", "/v1/allot", "/v1/openapi.json")
 # [cluster] workers: more processes than this on one box is a typo, not a plan.

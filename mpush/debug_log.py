@@ -4,7 +4,7 @@ Whether debug lines are wanted at all.
 A Twisted logger builds and publishes every event before any filter can
 drop it: a few microseconds each, which per handshake, fast connect or bind
 is a busy node's CPU.  Hot paths ask L{wanted} first.  The node's log level
-gate (L{mpush.server.ops.lifecycle.LogLevelGate}) keeps this in step with the
+gate (L{mpush.server.ops.log_gate.LogLevelGate}) keeps this in step with the
 configured level; without a gate (tests, embedding) debug lines are wanted.
 """
 

@@ -38,7 +38,7 @@ from twisted.logger import Logger, LogLevel
 
 from mpush.config import ConfigError
 from mpush.keys import load_key_material
-from mpush.server.ops.lifecycle import install_sighup, install_sigterm
+from mpush.server.ops.signals import ProcessSignals
 
 __all__ = ["WorkerSupervisor", "make_supervisor"]
 
@@ -155,11 +155,14 @@ class WorkerSupervisor(service.Service):
         self.failed = False
         self.exit_code = 0
         self._starting = True
+        #: SIGTERM stops the workers, SIGHUP reloads them; installed on start.
+        self.signals = ProcessSignals(reactor, self.reload)
 
     # -- starting ------------------------------------------------------------
 
     def startService(self):
         service.Service.startService(self)
+        self.signals.install()
         log.info(
             "mpush supervisor starting {n} workers: client port {port} shared, gateways {first}-{last}",
             n=self.count,
@@ -267,6 +270,13 @@ class WorkerSupervisor(service.Service):
 
     @defer.inlineCallbacks
     def stopService(self):
+        try:
+            yield self._stop()
+        finally:
+            self.signals.uninstall()
+
+    @defer.inlineCallbacks
+    def _stop(self):
         service.Service.stopService(self)
         self.stopping = True
         for call in self.pending.values():
@@ -336,7 +346,4 @@ def make_supervisor(options, reactor):
 
     if not reuseport_supported():
         raise SystemExit("mpush: [cluster] workers > 1 needs SO_REUSEPORT, which this system lacks")
-    supervisor = WorkerSupervisor(reactor, config.cluster.workers, options.command_line(), config=config)
-    install_sigterm(reactor)
-    install_sighup(reactor, supervisor.reload)
-    return supervisor
+    return WorkerSupervisor(reactor, config.cluster.workers, options.command_line(), config=config)

@@ -8,17 +8,23 @@ gateway server, and the stores and routers they share (in memory, or in
 Redis when one is configured).
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from twisted.application import service, strports
 from twisted.application.internet import StreamServerEndpointService
 from twisted.internet import defer, task
 from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.python import usage
 
-from mpush.config import ConfigError, apply_overrides, check_workers, load_config, worker_config
+from mpush.config import Config, ConfigError, TlsConfig, apply_overrides, check_workers, load_config, worker_config
 from mpush.config_warnings import config_warnings
 from mpush.gc_tuning import tune_gc
 from mpush.keys import load_key_material
@@ -41,21 +47,20 @@ from mpush.server.device.connection import ConnectionFactory
 from mpush.server.device.dispatcher import DeviceDispatcher
 from mpush.server.device.fast_connect import FastConnectHandler
 from mpush.server.gateway.gateway import GATEWAY_ALLOW, GatewayFactory, SourceAllowList
-from mpush.server.ops.lifecycle import (
-    Drainer,
-    LogLevelGate,
-    PushTracker,
-    Reloader,
-    install_sighup,
-    install_sigterm,
-    read_log_level,
-)
+from mpush.server.ops.drain import Drainer
+from mpush.server.ops.log_gate import LogLevelGate, read_log_level
+from mpush.server.ops.push_tracking import PushTracker
+from mpush.server.ops.reload import Reloader
+from mpush.server.ops.signals import ProcessSignals
 from mpush.server.device.handshake import HandshakeHandler
 from mpush.server.device.heartbeat import HeartbeatHandler
-from mpush.server.node import ServerNode
-from mpush.server.gateway.push_center import PushCenter
+from mpush.server.node import PacketIds, ServerNode
+from mpush.server.gateway.acks import AckTable
 from mpush.server.routing.router_center import RouterCenter
 from mpush.tls import server_tls_options, tls_endpoint
+
+if TYPE_CHECKING:
+    from twisted.web.server import Site
 
 log = Logger()
 
@@ -63,14 +68,14 @@ log = Logger()
 OFFLINE_SWEEP_INTERVAL = 60.0
 
 
-def _port(text):
+def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
         raise ValueError(f"port out of range: {value}")
     return value
 
 
-def _workers(text):
+def _workers(text: str) -> int:
     try:
         return int(text)
     except ValueError:
@@ -102,7 +107,7 @@ class Options(usage.Options):
     #: runs that worker's config (its own gateway and console ports).
     worker_index = None
 
-    def postOptions(self):
+    def postOptions(self) -> None:
         try:
             config = self._read()
             # Checked on what the whole box runs, before any worker is started.
@@ -116,7 +121,7 @@ class Options(usage.Options):
             config = worker_config(config, self.worker_index)
         self.config = config
 
-    def _read(self):
+    def _read(self) -> Config:
         config = apply_overrides(
             load_config(self["config"]),
             connect_port=self["connect-port"],
@@ -128,7 +133,7 @@ class Options(usage.Options):
         )
         return config.replace(state_dir=self["state-dir"]) if self["state-dir"] else config
 
-    def reload_config(self):
+    def reload_config(self) -> Config:
         """
         The config as the command line gives it, read again (SIGHUP);
         raises ConfigError, never exits.
@@ -138,7 +143,7 @@ class Options(usage.Options):
             config = worker_config(config, self.worker_index)
         return config
 
-    def command_line(self):
+    def command_line(self) -> list[str]:
         """
         The options given, as arguments that give the same configuration
         (a worker process is started with them).
@@ -159,12 +164,12 @@ class Options(usage.Options):
 NODE_REDIS_REPLY_TIMEOUT = 15.0
 
 
-def registry_timing(config):
+def registry_timing(config: Config) -> dict[str, float]:
     cluster = config.cluster
     return {"ttl": cluster.node_ttl / 1000.0, "refresh": cluster.node_refresh / 1000.0}
 
 
-def gateway_of(config) -> tuple[str, int]:
+def gateway_of(config: Config) -> tuple[str, int]:
     """A node's gateway endpoint: its identity in routes and among the nodes."""
     return (local_ip(config.net), config.net.gateway_server_port)
 
@@ -265,34 +270,82 @@ class Backends:
             yield self.redis.disconnect()
 
 
-class NodeService(service.MultiService):
+@dataclass(frozen=True)
+class NodeListeners:
     """
-    One node: its listeners as children; on start it announces itself and
-    listens for kicks and offline nudges, on stop it withdraws and releases
-    its stores.
+    What a node serves with (L{build_listeners}), before a service runs it.
+
+    @ivar services: the node's child services in start order: the ports,
+        and what publishes the node (ZooKeeper registration last).
+    @ivar accepting: those of C{services} that accept connections: what a
+        drain stops first.
+    @ivar gateway: the gateway port's factory, whose connections a drain
+        closes once quiet; C{None} without a gateway port.
     """
 
-    def __init__(self, node, backends, info, api=None):
+    services: tuple[service.IService, ...] = ()
+    accepting: tuple[service.IService, ...] = ()
+    gateway: GatewayFactory | None = None
+
+
+@dataclass(frozen=True)
+class NodeLifecycle:
+    """
+    A node's life after start (L{build_lifecycle}): the pushes its gateway
+    counts, the drain on stop, the log level gate and the signal handlers
+    its service installs when it starts.
+    """
+
+    pushes: PushTracker
+    drainer: Drainer
+    log_gate: LogLevelGate
+    signals: ProcessSignals
+
+
+class NodeService(service.MultiService):
+    """
+    One node: its listeners as children; on start it announces itself,
+    listens for kicks and offline nudges and installs its signal handlers;
+    on stop it drains, withdraws, releases its stores and gives the
+    process's signal handlers back.
+
+    @ivar worker: 0-based worker number under a supervisor, C{None} for a
+        lone node.
+    """
+
+    def __init__(
+        self,
+        node: ServerNode,
+        backends: Backends,
+        info: NodeInfo,
+        api: NodeAPI | None = None,
+        *,
+        listeners: NodeListeners = NodeListeners(),
+        lifecycle: NodeLifecycle | None = None,
+        worker: int | None = None,
+    ) -> None:
         super().__init__()
         self.node = node
         self.backends = backends
         self.info = info
         self.api = api
-        self._sweeper = None
-        self.drainer = None
-        self.log_gate = None
-        #: 0-based worker number under a supervisor, None for a lone node.
-        self.worker = None
+        self._sweeper: task.LoopingCall | None = None
+        self.drainer = lifecycle.drainer if lifecycle is not None else None
+        self.log_gate = lifecycle.log_gate if lifecycle is not None else None
+        self.signals = lifecycle.signals if lifecycle is not None else None
+        self.worker = worker
+        for child in listeners.services:
+            child.setServiceParent(self)
 
-    def privilegedStartService(self):
+    def privilegedStartService(self) -> None:
         with _one_line_listen_errors(self.node.config):
             super().privilegedStartService()
 
-    def startService(self):
+    def startService(self) -> None:
         with _one_line_listen_errors(self.node.config):
             self._start()
 
-    def _start(self):
+    def _start(self) -> None:
         tune_gc()
         if self.log_gate is not None:
             level = read_log_level(self.node.config.source)
@@ -334,18 +387,29 @@ class NodeService(service.MultiService):
             self._sweeper = task.LoopingCall(self._sweep_offline, sweep)
             self._sweeper.clock = self.node.clock
             self._sweeper.start(OFFLINE_SWEEP_INTERVAL, now=False)
+        if self.signals is not None:
+            self.signals.install()
 
-    def _sweep_offline(self, sweep):
+    def _sweep_offline(self, sweep: Callable[[int], object]) -> None:
         sweep(self.node.now_ms())
         self.node.metrics.offline_queue_size(self.backends.offline.queued())
 
-    def _node_dead(self, info):
+    def _node_dead(self, info: NodeInfo) -> defer.Deferred:
         log.warn("node {host}:{port} is gone; marking its routes offline", host=info.host, port=info.port)
         self._quietly(self.backends.events.release_node(info.host, info.port), "dead node's online users left listed")
         return self.backends.remote.mark_node_offline(info.host, info.port)
 
     @defer.inlineCallbacks
-    def stopService(self):
+    def stopService(self) -> defer.Deferred:
+        try:
+            yield self._stop()
+        finally:
+            # Last: a second SIGTERM during the drain still finds ours.
+            if self.signals is not None:
+                self.signals.uninstall()
+
+    @defer.inlineCallbacks
+    def _stop(self) -> defer.Deferred:
         if self.drainer is not None:
             # Stop accepting, let pushes and acks finish, close clients so
             # they fast-connect elsewhere, withdraw routes and registration.
@@ -372,7 +436,7 @@ class NodeService(service.MultiService):
                 log.warn(why + ": {why}", why=error)
         yield backends.close()
 
-    def _quietly(self, result, why):
+    def _quietly(self, result: object, why: str) -> None:
         if isinstance(result, defer.Deferred):
             result.addErrback(lambda failure: log.warn(why + ": {why}", why=failure.getErrorMessage()))
 
@@ -384,7 +448,7 @@ ROUTE_CLOSE_DELAY = 2.0
 
 
 @contextlib.contextmanager
-def _one_line_listen_errors(config):
+def _one_line_listen_errors(config: Config) -> Iterator[None]:
     """A port that cannot be listened on stops twistd with one line, not a traceback."""
     try:
         yield
@@ -392,7 +456,7 @@ def _one_line_listen_errors(config):
         raise SystemExit(f"mpush: {describe_listen_error(error, listen_keys(config.net))}") from None
 
 
-def make_dispatcher(node):
+def make_dispatcher(node: ServerNode) -> DeviceDispatcher:
     """
     The connection server's handlers, by command code (spec 5).
     """
@@ -415,34 +479,49 @@ def make_dispatcher(node):
     return DeviceDispatcher(handlers)
 
 
-def build_node(config, clock, backends=None):
+def build_node(
+    config: Config, clock: IReactorTime, backends: Backends | None = None
+) -> tuple[ServerNode, Backends, NodeInfo]:
     """
-    Everything a node shares, from one config.
+    Everything a node shares, from one config: the node is built complete,
+    from its parts (metrics, acks, packet ids, router center, HTTP proxy).
 
+    @param clock: the reactor (a L{task.Clock} in tests).
     @return: C{(node, backends, info)}.
     """
     keys = load_key_material(config.security, config.state_dir)
     validator = load_bind_validator(config)
     backends = backends or Backends(config, clock)
-    node = ServerNode(config, keys.private_key, backends.sessions, clock)
-    node.metrics = PrometheusMetrics()
-    backends.observe_failures(node.metrics)
-    backends.offline.counters.listener = lambda name, count: node.metrics.offline(
+    metrics = PrometheusMetrics()
+    backends.observe_failures(metrics)
+    backends.offline.counters.listener = lambda name, count: metrics.offline(
         "refused" if name == "refused_too_large" else name, count
     )
-    delivery = OfflineDelivery(backends.offline, node.acks, clock, lease_ms=config.offline.lease)
+    acks = AckTable(clock)
+    packet_ids = PacketIds()
+    delivery = OfflineDelivery(backends.offline, acks, clock, lease_ms=config.offline.lease)
     gateway = gateway_of(config)
     host = gateway[0]
-    node.router_center = RouterCenter(
-        node, LocalRouter(), backends.remote, backends.events, backends.kicks, validator, gateway,
+    router_center = RouterCenter(
+        clock, packet_ids.next, LocalRouter(), backends.remote, backends.events, backends.kicks, validator,
+        gateway,
         offline=delivery,
         close_delay=ROUTE_CLOSE_DELAY if backends.redis is not None else 0.0,
     )
-    node.push_center = PushCenter(node, node.router_center, backends.broadcasts)
+    http_proxy = None
     if config.proxy.enabled:
         from mpush.server.proxy.http_proxy import HttpProxyHandler
 
-        node.http_proxy = HttpProxyHandler(node)
+        http_proxy = HttpProxyHandler(config.proxy, clock)
+    node = ServerNode(
+        config, keys.private_key, backends.sessions, clock,
+        metrics=metrics,
+        acks=acks,
+        packet_ids=packet_ids,
+        router_center=router_center,
+        broadcasts=backends.broadcasts,
+        http_proxy=http_proxy,
+    )
     info = NodeInfo(
         host=host,
         port=config.net.gateway_server_port,
@@ -453,7 +532,7 @@ def build_node(config, clock, backends=None):
     return node, backends, info
 
 
-def _endpoint(port, interface, backlog=None):
+def _endpoint(port: int, interface: str, backlog: int | None = None) -> str:
     description = f"tcp:{port}"
     if backlog:
         description += f":backlog={backlog}"
@@ -462,29 +541,39 @@ def _endpoint(port, interface, backlog=None):
     return description
 
 
-def _listen(parent, reactor, port, interface, factory, tls_options=None, backlog=None, shared=False):
+def _listen(
+    reactor: Any,
+    port: int,
+    interface: str,
+    factory: ServerFactory,
+    tls_options: Any = None,
+    backlog: int | None = None,
+    shared: bool = False,
+) -> service.IService:
     """
-    Listen on C{port}: plain TCP through strports, or TLS with C{tls_options};
-    C{shared} (a worker's client, WebSocket and HTTP ports): with
-    C{SO_REUSEPORT}, beside the other workers.
+    A service listening on C{port}: plain TCP through strports, or TLS with
+    C{tls_options}; C{shared} (a worker's client, WebSocket and HTTP ports):
+    with C{SO_REUSEPORT}, beside the other workers.
     """
     if shared:
         from mpush.reuseport import ReusePortService
 
-        ReusePortService(
-            reactor, port, interface, factory, backlog=backlog or 50, tls_options=tls_options
-        ).setServiceParent(parent)
-        return
+        return ReusePortService(reactor, port, interface, factory, backlog=backlog or 50, tls_options=tls_options)
     if tls_options is None:
-        strports.service(_endpoint(port, interface, backlog), factory).setServiceParent(parent)
-        return
+        return strports.service(_endpoint(port, interface, backlog), factory)
     listener = StreamServerEndpointService(
         tls_endpoint(reactor, port, interface, tls_options, backlog or 50), factory)
     listener._raiseSynchronously = True  # as strports.service: a busy port stops twistd at start
-    listener.setServiceParent(parent)
+    return listener
 
 
-def makeService(options):
+def makeService(options: Options) -> service.IService:
+    """
+    The service of C{twistd mpush}, in three steps tests reuse: the node
+    (L{build_node}), its listeners (L{build_listeners}) and its life after
+    start (L{build_lifecycle}).  Nothing is listened on and no signal
+    handler installed until the service starts.
+    """
     from twisted.internet import reactor
 
     config = options.config
@@ -494,88 +583,133 @@ def makeService(options):
         from mpush.supervisor import make_supervisor
 
         return make_supervisor(options, reactor)
-    shared = worker is not None
-    tls = config.tls
     try:
-        tls_options = None
-        if tls.connect_server or tls.ws_server or tls.http_server:
-            tls_options = server_tls_options(tls)
+        tls_options = server_tls_options(config.tls) if _serves_tls(config.tls) else None
         node, backends, info = build_node(config, reactor)
     except ConfigError as error:
         raise SystemExit(f"mpush: {error.with_source(options['config'])}")
-    api = NodeAPI(node, backends, info, reactor, offline=backends.offline)
-    top = NodeService(node, backends, info, api)
-    if worker is not None:
-        top.worker = worker
-    net = config.net
-    connections = ConnectionFactory(node, make_dispatcher(node))
-    connections.noisy = False
-    _listen(top, reactor, net.connect_server_port, net.connect_server_bind_ip, connections,
-            tls_options if tls.connect_server else None, backlog=net.connect_server_backlog,
-            shared=shared)
-    pushes = PushTracker(node.push_center)
     for warning in config_warnings(config, info.host):
         log.warn("{warning}", warning=warning)
+    api = NodeAPI(node, backends, info, reactor, offline=backends.offline)
+    pushes = track_pushes(node)
+    listeners = build_listeners(node, api, info, pushes, reactor, tls_options=tls_options, worker=worker)
+    lifecycle = build_lifecycle(
+        node, backends, listeners, pushes, reactor, reload=options.reload_config, config_path=options["config"]
+    )
+    return NodeService(node, backends, info, api, listeners=listeners, lifecycle=lifecycle, worker=worker)
+
+
+def track_pushes(node: ServerNode) -> PushTracker:
+    """
+    The node's push centre as its gateway sees it: pushes counted until
+    answered, refused once a drain starts.
+    """
+    return PushTracker(
+        node.push_center, clock=node.clock, metrics=node.metrics,
+        default_timeout_ms=lambda: node.config.push.default_timeout,
+    )
+
+
+def _serves_tls(tls: TlsConfig) -> bool:
+    return bool(tls.connect_server or tls.ws_server or tls.http_server)
+
+
+def build_listeners(
+    node: ServerNode,
+    api: NodeAPI,
+    info: NodeInfo,
+    pushes: PushTracker,
+    reactor: Any,
+    *,
+    tls_options: Any = None,
+    worker: int | None = None,
+) -> NodeListeners:
+    """
+    The ports a node serves on, from its config: clients, gateway (pushing
+    through C{pushes}), admin console, HTTP API, WebSocket; a worker's
+    report publisher; ZooKeeper registration last (registered only once
+    every port is bound, withdrawn first).  None listens yet.
+    """
+    config = node.config
+    net, tls = config.net, config.tls
+    shared = worker is not None
+    services: list[service.IService] = []
+    accepting: list[service.IService] = []
+
+    def serve(listener: service.IService) -> None:
+        services.append(listener)
+        accepting.append(listener)
+
+    connections = ConnectionFactory(node, make_dispatcher(node))
+    connections.noisy = False
+    serve(_listen(reactor, net.connect_server_port, net.connect_server_bind_ip, connections,
+                  tls_options if tls.connect_server else None, backlog=net.connect_server_backlog,
+                  shared=shared))
     gateway = None
     if net.gateway_server_port:
         gateway = make_gateway_factory(node, pushes)
-        strports.service(
-            _endpoint(net.gateway_server_port, net.gateway_server_bind_ip), gateway
-        ).setServiceParent(top)
+        serve(strports.service(_endpoint(net.gateway_server_port, net.gateway_server_bind_ip), gateway))
     if net.admin_server_port:
         admin = AdminFactory(api, reactor, local_ip=info.host)
-        strports.service(
-            _endpoint(net.admin_server_port, net.admin_server_bind_ip), admin
-        ).setServiceParent(top)
-    draining = lambda: bool(top.drainer and top.drainer.draining)  # noqa: E731
+        serve(strports.service(_endpoint(net.admin_server_port, net.admin_server_bind_ip), admin))
+    # The tracker knows the moment a drain starts (it refuses pushes from then).
+    draining = lambda: pushes.draining  # noqa: E731
     reports = None
     if worker is not None and config.cluster.workers > 1:
         # The shared HTTP port answers for every worker of the box.
         from mpush.worker_view import ReportPublisher, WorkerReports
 
         reports = WorkerReports(os.path.join(config.state_dir, "workers"), worker, config.cluster.workers, reactor)
-        ReportPublisher(reports, node.metrics, api, lambda: health(api, draining), reactor).setServiceParent(top)
+        services.append(ReportPublisher(reports, node.metrics, api, lambda: health(api, draining), reactor))
     if net.http_server_port:
-        _listen(top, reactor, net.http_server_port, http_interface(config),
-                make_http_site(node, api, reactor, draining=draining, reports=reports),
-                tls_options if tls.http_server else None, shared=shared)
+        serve(_listen(reactor, net.http_server_port, http_interface(config),
+                      make_http_site(node, api, reactor, draining=draining, reports=reports),
+                      tls_options if tls.http_server else None, shared=shared))
     if net.ws_server_port:
         from mpush.server.ws.websocket import make_ws_site
 
         ws_site = make_ws_site(node, reactor=reactor)
-        _listen(top, reactor, net.ws_server_port, "", ws_site, tls_options if tls.ws_server else None,
-                shared=shared)
+        serve(_listen(reactor, net.ws_server_port, "", ws_site, tls_options if tls.ws_server else None,
+                      shared=shared))
     if config.zk.enabled:
-        # Last: registered only once every listener is bound, withdrawn first.
         from mpush.zk import ZkRegistration, cluster_nodes
 
         nodes = cluster_nodes(config, connect_host=info.connect_host, gateway_host=info.host)
         try:
-            ZkRegistration(config, nodes, reactor).setServiceParent(top)
+            services.append(ZkRegistration(config, nodes, reactor))
         except ConfigError as error:
             raise SystemExit(f"mpush: {error}")
-    from mpush.reuseport import ReusePortService
+    return NodeListeners(tuple(services), tuple(accepting), gateway)
 
-    listeners = [child for child in top if isinstance(child, (StreamServerEndpointService, ReusePortService))]
-    top.drainer = Drainer(
-        node, listeners, config.cluster.drain_timeout / 1000.0, pushes=pushes, registry=backends.registry,
-        gateways=gateway,
+
+def build_lifecycle(
+    node: ServerNode,
+    backends: Backends,
+    listeners: NodeListeners,
+    pushes: PushTracker,
+    reactor: Any,
+    *,
+    reload: Callable[[], Config],
+    config_path: str | None,
+) -> NodeLifecycle:
+    """
+    A node's drain (of C{listeners}, within C{[cluster] drain-timeout}),
+    log level gate, and the signal handlers that run them: SIGTERM drains,
+    SIGHUP applies C{reload()} and the log level of C{config_path}.
+    """
+    center = node.router_center
+    drainer = Drainer(
+        listeners.accepting, node.config.cluster.drain_timeout / 1000.0,
+        connections=node.connections, acks=node.acks, clock=node.clock, pushes=pushes,
+        registry=backends.registry, remote=center.remote, gateway=lambda: center.gateway,
+        gateways=listeners.gateway,
     )
-    top.log_gate = LogLevelGate(drop=(is_retry_chatter,))
-    install_sigterm(reactor)
-    install_sighup(
-        reactor,
-        Reloader(
-            node,
-            options.reload_config,
-            log_gate=top.log_gate,
-            log_level=lambda: read_log_level(options["config"]),
-        ),
-    )
-    return top
+    log_gate = LogLevelGate(drop=(is_retry_chatter,))
+    reloader = Reloader(node, reload, log_gate=log_gate, log_level=lambda: read_log_level(config_path))
+    return NodeLifecycle(pushes, drainer, log_gate, ProcessSignals(reactor, reloader))
 
 
-def make_gateway_factory(node, pushes):
+def make_gateway_factory(node: ServerNode, pushes: PushTracker) -> GatewayFactory:
     """
     The gateway port's factory: sources outside C{[net] gateway-allow} are
     closed at accept, counted and logged (at most a line a second).
@@ -583,13 +717,13 @@ def make_gateway_factory(node, pushes):
     config = node.config
     allow = SourceAllowList(config.net.gateway_allow) if config.net.gateway_allow else None
 
-    def refused(peer, detail):
+    def refused(peer: str, detail: str) -> None:
         node.limits.refused(node.metrics, GATEWAY_ALLOW, peer, detail)
 
     return GatewayFactory(pushes, config.core.max_gateway_packet_size, allow=allow, refused=refused)
 
 
-def http_interface(config):
+def http_interface(config: Config) -> str:
     """
     Where the HTTP API listens: anywhere configured when it has a token,
     loopback only when it has none (anyone who reaches it could push).
@@ -603,7 +737,13 @@ def http_interface(config):
     return "127.0.0.1"
 
 
-def make_http_site(node, api, clock, draining=lambda: False, reports=None):
+def make_http_site(
+    node: ServerNode,
+    api: NodeAPI,
+    clock: IReactorTime,
+    draining: Callable[[], bool] = lambda: False,
+    reports: Any = None,
+) -> Site:
     """
     The HTTP API with /metrics and /healthz beside it; with C{reports} (a
     worker of several), /metrics, /healthz and /v1/stats answer for them all.
@@ -639,7 +779,7 @@ def make_http_site(node, api, clock, draining=lambda: False, reports=None):
 
 
 @defer.inlineCallbacks
-def health(api, draining=lambda: False):
+def health(api: NodeAPI, draining: Callable[[], bool] = lambda: False) -> defer.Deferred:
     """
     Healthy when the node can reach its shared state (Redis, when it has
     one) and is not draining for a shutdown.

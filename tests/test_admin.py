@@ -14,8 +14,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from mpush.config import load_config
-from mpush.node_api import PushOutcome, PushRejected, PushRequest
+from mpush import tap
+from mpush.node_api import NodeAPI, PushOutcome, PushRejected, PushRequest
 from mpush.protocol.routing import ClientLocation
 from mpush.server.ops.admin import (
     HELP,
@@ -26,18 +26,13 @@ from mpush.server.ops.admin import (
     format_local_date_time,
 )
 
+from tests.server_support import demo_config
+
 #: Mon Sep 21 14:13:20 UTC 2026.
 NOW = 1_790_000_000.0
 #: Two and a half hours before NOW.
 STARTED_MS = 1_789_991_000_500
 END = b"\r\n\r\n"
-
-
-class FakeNode:
-    """Just what the factory reads of a node: its configuration."""
-
-    def __init__(self, config):
-        self.config = config
 
 
 class FakeNodeAPI:
@@ -46,8 +41,7 @@ class FakeNodeAPI:
     Deferred-returning methods can be held open with C{hold}.
     """
 
-    def __init__(self, node=None):
-        self.node = node
+    def __init__(self):
         self.started_ms = STARTED_MS
         self.connections = 7
         self.users = 5
@@ -194,11 +188,16 @@ class GreetingTests(ConsoleTestsMixin, SynchronousTestCase):
         self.assertIn("It is Mon Sep 21 15:13:20 UTC 2026 now.", text)
 
     def test_local_ip_from_config(self):
-        """Without an explicit IP the greeting shows [net] local-ip."""
-        config = load_config(None)
+        """The console twistd mpush builds greets with [net] local-ip."""
+        config = demo_config()
         config = config.replace(net=dataclasses.replace(config.net, local_ip="10.9.8.7"))
-        api = FakeNodeAPI(FakeNode(config))
-        factory = AdminFactory(api, self.clock, tz=timezone.utc)
+        node, backends, info = tap.build_node(config, self.clock)
+        api = NodeAPI(node, backends, info, self.clock, offline=backends.offline)
+        listeners = tap.build_listeners(node, api, info, tap.track_pushes(node), self.clock)
+        [factory] = [
+            listener.factory for listener in listeners.services
+            if isinstance(getattr(listener, "factory", None), AdminFactory)
+        ]
         console = factory.buildProtocol(None)
         transport = StringTransport()
         console.makeConnection(transport)
@@ -644,7 +643,7 @@ class RealNodeAPITests(TestCase):
         from tests.loopback_support import LoopbackNode
 
         self.loopback = LoopbackNode(self)
-        factory = AdminFactory(self.loopback.api, reactor)
+        factory = AdminFactory(self.loopback.api, reactor, local_ip="127.0.0.1")
         self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)
 

@@ -19,10 +19,12 @@ from mpush.protocol.messages import ErrorMessage, GatewayPushMessage
 from mpush.protocol.packet import Command, PacketDecoder, encode_packet
 from mpush.push import AckModel, PushClient
 from mpush.server.gateway.gateway import GatewayFactory
-from mpush.server.ops.lifecycle import DRAINING_REASON, GATEWAY_QUIET
+from mpush.server.ops.drain import GATEWAY_QUIET
+from mpush.server.ops.push_tracking import DRAINING_REASON
 
+from tests.polling import sleep, wait_until
 from tests.redis_server import start_redis_server
-from tests.test_faults import node_config, sleep, wait_until
+from tests.test_faults import node_config
 from tests.test_graceful_restart import DrainingNode, MovingDevice, NodeHarness, fired
 
 #: Devices per node, and pushers sharing them.

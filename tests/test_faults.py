@@ -27,6 +27,7 @@ from mpush.protocol.crypto import MPUSH_DEMO_PRIVATE_KEY, MPUSH_DEMO_PUBLIC_KEY
 from mpush.protocol.errors import ErrorCode
 from mpush.push import AckModel, PushClient, PushStatus
 
+from tests.polling import sleep, wait_until
 from tests.process_support import NodeProcess
 from tests.redis_proxy import RedisProxy
 from tests.redis_server import start_redis_server
@@ -49,30 +50,6 @@ def node_config(redis_port, node_ttl="2s", node_refresh="500ms", extra=""):
         f'[redis]\nnodes = ["127.0.0.1:{redis_port}"]\n'
         f'[cluster]\nnode-ttl = "{node_ttl}"\nnode-refresh = "{node_refresh}"\n' + extra
     )
-
-
-def sleep(seconds):
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def wait_until(predicate, timeout=15.0, step=0.05, what="condition"):
-    """
-    Poll C{predicate} (it may return a Deferred; a failure counts as false)
-    until it gives something true, and return that; fail past C{timeout}.
-    """
-    waited = 0.0
-    last_error = None
-    while waited < timeout:
-        try:
-            value = yield defer.maybeDeferred(predicate)
-        except Exception as error:
-            value, last_error = None, error
-        if value:
-            return value
-        yield sleep(step)
-        waited += step
-    raise AssertionError(f"{what} not met within {timeout}s" + (f" (last error: {last_error})" if last_error else ""))
 
 
 @defer.inlineCallbacks

@@ -14,9 +14,8 @@ from twisted.trial.unittest import SkipTest, SynchronousTestCase
 from mpush.config import ConfigError, NetConfig, RedisConfig, load_config, parse_config
 from mpush.push import AckModel, PushClient, PushStatus
 from mpush.server.gateway.gateway import GatewayProtocol, SourceAllowList
-from mpush.server.ops.lifecycle import PushTracker
 from mpush.config_warnings import gateway_warnings
-from mpush.tap import make_gateway_factory
+from mpush.tap import make_gateway_factory, track_pushes
 
 from tests.process_support import listening_socket
 from tests.server_support import make_node
@@ -63,7 +62,7 @@ class RefusalTests(SynchronousTestCase):
         self.node = make_node(with_net(gateway_allow=("10.0.0.0/8",)), clock=self.clock)
         self.events = []
         self.node.limits.log = Logger(namespace="test", observer=self.events.append)
-        self.factory = make_gateway_factory(self.node, PushTracker(self.node.push_center))
+        self.factory = make_gateway_factory(self.node, track_pushes(self.node))
 
     def refused(self):
         value = self.node.metrics.registry.get_sample_value(
@@ -90,7 +89,7 @@ class RefusalTests(SynchronousTestCase):
 
     def test_no_list_serves_everyone(self):
         node = make_node(with_net(gateway_server_bind_ip=""), clock=self.clock)
-        factory = make_gateway_factory(node, PushTracker(node.push_center))
+        factory = make_gateway_factory(node, track_pushes(node))
         self.assertIsInstance(factory.buildProtocol(IPv4Address("TCP", "192.0.2.9", 1)), GatewayProtocol)
 
 

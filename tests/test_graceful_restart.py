@@ -1,16 +1,18 @@
 """
 Leaving without losing anything: the drain on SIGTERM, the reload on SIGHUP
-(L{mpush.server.ops.lifecycle}), first on a node over StringTransport and a
+(L{mpush.server.ops}), first on a node over StringTransport and a
 fake clock, then on real C{twistd} processes: a drained node exits 0, and a
 node restarted under a continuous pusher loses no message and duplicates
 none.
 
-The process tests use C{twistd mpush} once C{mpush.tap} wires the drainer
-(it imports L{Drainer}); until then they run a copy of its service with the
-wiring added (L{draining_application}), loaded from a C{.tac} file.
+The node on a fake clock is wired by C{mpush.tap}'s own steps
+(L{tap.build_node}, L{tap.build_lifecycle}); the process tests run
+C{twistd mpush} itself.
 """
 
 import collections
+import dataclasses
+import gc
 import json
 import os
 import signal
@@ -34,35 +36,25 @@ from mpush.protocol.packet import Command, Flags, PacketDecoder, encode_packet
 from mpush.protocol.body import make_raw_packet
 from mpush.protocol.routing import NodeInfo
 from mpush.push import AckModel, PushClient, PushStatus
-from mpush.server.ops import lifecycle
+from mpush.server.ops import drain, push_tracking
 from mpush.server.device.bind_validator import AcceptAll, HmacTokenValidator
 from mpush.server.gateway.gateway import GatewayFactory
-from mpush.server.ops.lifecycle import (
-    DRAINING_REASON,
-    Drainer,
-    LogLevelError,
-    LogLevelGate,
-    PushTracker,
-    Reloader,
-    install_sighup,
-    install_sigterm,
-    parse_log_level,
-    read_log_level,
-    reload,
-)
+from mpush.server.ops.drain import Drainer
+from mpush.server.ops.log_gate import LogLevelError, LogLevelGate, parse_log_level, read_log_level
+from mpush.server.ops.push_tracking import DRAINING_REASON, PushTracker
+from mpush.server.ops.reload import Reloader, reload
+from mpush.server.ops.signals import ProcessSignals, install_sighup, install_sigterm
 from mpush.tap import Backends
 
-from tests.process_support import NodeProcess, node_environment, twistd_command
+from tests.polling import sleep, wait_until
+from tests.process_support import NodeProcess, free_port, node_environment
 from tests.redis_server import start_redis_server
-from tests.server_support import EPOCH, demo_config, make_node
+from tests.server_support import EPOCH, demo_config
 from tests.test_bind_push import Device
-from tests.test_faults import DEVICE_TIMEOUT, client_config, http_json, node_config, sleep, wait_until
+from tests.test_faults import DEVICE_TIMEOUT, client_config, http_json, node_config
 
 #: Seconds a test node's drain waits for in-flight pushes and acks.
 DRAIN_DEADLINE = 5.0
-
-#: Whether C{mpush.tap} drains on stop itself (the lead's wiring).
-TAP_DRAINS = hasattr(tap, "Drainer")
 
 
 # -- a node on a fake clock ---------------------------------------------------------
@@ -128,26 +120,48 @@ class GatewayLink:
 
 class NodeHarness:
     """
-    One node on in-memory backends and a fake clock, with a tracked gateway.
+    One node on in-memory backends and a fake clock, with a tracked gateway,
+    wired as C{twistd mpush} wires it (L{tap.build_node},
+    L{tap.build_lifecycle}) over listeners that record being stopped.
     """
 
     def __init__(self, config=None):
         self.clock = task.Clock()
         self.clock.advance(EPOCH)
-        self.config = demo_config(config)
+        config = demo_config(config)
+        drain_ms = int(DRAIN_DEADLINE * 1000)
+        self.config = config.replace(cluster=dataclasses.replace(config.cluster, drain_timeout=drain_ms))
         self.backends = Backends(self.config, self.clock)
-        self.node = make_node(self.config, self.clock, backends=self.backends)
+        self.node, _, _ = tap.build_node(self.config, self.clock, self.backends)
         host, port = self.node.router_center.gateway
         self.info = NodeInfo(host=host, port=port, connect_host=host, connect_port=3000, started_ms=0)
         self.backends.registry.register(self.info)
-        self.tracker = PushTracker(self.node.push_center)
+        self.tracker = tap.track_pushes(self.node)
         self.gateway = GatewayLink(self.tracker)
         self.listeners = [Listener(), ListenerService()]
 
     def drainer(self, **kwargs):
-        kwargs.setdefault("pushes", self.tracker)
-        kwargs.setdefault("registry", self.backends.registry)
-        return Drainer(self.node, self.listeners, DRAIN_DEADLINE, **kwargs)
+        """
+        A fresh drainer of this node: C{twistd mpush}'s, or one with other
+        parts (C{kwargs} as L{Drainer} takes them).
+        """
+        if kwargs:
+            kwargs.setdefault("pushes", self.tracker)
+            kwargs.setdefault("registry", self.backends.registry)
+            kwargs.setdefault("remote", self.node.router_center.remote)
+            return Drainer(self.listeners, DRAIN_DEADLINE, **self.node_parts(), **kwargs)
+        listeners = tap.NodeListeners(accepting=tuple(self.listeners))
+        lifecycle = tap.build_lifecycle(
+            self.node, self.backends, listeners, self.tracker, self.clock,
+            reload=lambda: self.config, config_path=None,
+        )
+        return lifecycle.drainer
+
+    def node_parts(self):
+        """What a L{Drainer} drains of this node."""
+        node = self.node
+        return {"connections": node.connections, "acks": node.acks, "clock": self.clock,
+                "gateway": lambda: node.router_center.gateway}
 
     def device(self, user_id, port=40000):
         device = Device(self.node, f"dev-of-{user_id}", port=port)
@@ -245,7 +259,7 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual(done, [])
         self.clock.advance(0.1)
         self.assertTrue(device.transport.disconnecting)
-        self.clock.advance(lifecycle.CLOSE_GRACE)  # the device never finishes closing
+        self.clock.advance(drain.CLOSE_GRACE)  # the device never finishes closing
         [report] = done
         self.assertTrue(report.timed_out)
         self.assertEqual((report.pushes_left, report.acks_left), (1, 1))
@@ -277,7 +291,7 @@ class DrainTests(SynchronousTestCase):
         harness.listeners.append(Listener(fail=True))
         done = fired(harness.drainer(remote=BrokenRemote(), registry=HangingRegistry()).drain())
         self.assertEqual(done, [])
-        self.clock.advance(lifecycle.STEP_TIMEOUT)
+        self.clock.advance(drain.STEP_TIMEOUT)
         [report] = done
         self.assertIsNone(report.routes_marked)
         self.assertFalse(report.unregistered)
@@ -287,7 +301,7 @@ class DrainTests(SynchronousTestCase):
         harness = self.harness
         device = harness.device("alice")
         harness.gateway.push("alice", b"x", flags=Flags.AUTO_ACK)
-        done = fired(Drainer(self.node, [], 1.0).drain())
+        done = fired(Drainer([], 1.0, **harness.node_parts()).drain())
         self.clock.advance(1.0)
         self.assertTrue(device.transport.disconnecting)
         lose(device)
@@ -297,9 +311,10 @@ class DrainTests(SynchronousTestCase):
         self.assertFalse(report.unregistered)
 
     def test_bad_settings_refused(self):
+        parts = self.harness.node_parts()
         for bad in (0, -1, float("inf"), "5", True, None):
-            self.assertRaises(ValueError, Drainer, self.node, [], bad)
-        self.assertRaises(ValueError, Drainer, self.node, [], 1, close_grace_s=0)
+            self.assertRaises(ValueError, Drainer, [], bad, **parts)
+        self.assertRaises(ValueError, Drainer, [], 1, close_grace_s=0, **parts)
 
 
 class PushTrackerTests(SynchronousTestCase):
@@ -340,7 +355,7 @@ class PushTrackerTests(SynchronousTestCase):
         self.assertEqual(PushMessage.decode(second).content, b"two")
         # Its result goes to the gateway, not through the tracker's Deferred:
         # counted until its deadline plus a grace at most.
-        harness.clock.advance(3.0 + lifecycle.EXPIRY_GRACE)
+        harness.clock.advance(3.0 + push_tracking.EXPIRY_GRACE)
         self.assertEqual(harness.tracker.in_flight, 0)
 
     def test_parked_push_acked_ends_when_answered(self):
@@ -356,12 +371,11 @@ class PushTrackerTests(SynchronousTestCase):
 
     def test_push_center_error_is_not_counted(self):
         class Exploding:
-            node = self.harness.node
-
             def push(self, message, flags, reply):
                 raise RuntimeError("bug")
 
-        tracker = PushTracker(Exploding())
+        node = self.harness.node
+        tracker = PushTracker(Exploding(), clock=node.clock, metrics=node.metrics, default_timeout_ms=lambda: 1000)
         message = GatewayPushMessage("alice", 1, 1000, b"x")
         self.assertRaises(RuntimeError, tracker.push, message, 0, None)
         self.assertEqual(tracker.in_flight, 0)
@@ -643,60 +657,77 @@ class SignalTests(TestCase):
         installed.uninstall()
         self.assertIsNot(signal.getsignal(signal.SIGTERM), installed.handler)
 
+    def test_signals_withdrawn_before_the_reactor_runs_stay_out(self):
+        fake = FakeReactor()
+        before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+        signals = ProcessSignals(fake, lambda: None)
+        signals.install()
+        self.assertTrue(signals.installed)
+        self.assertIsNot(signal.getsignal(signal.SIGHUP), before[1])
+        signals.uninstall()
+        [(install, args)] = fake.when_running
+        install(*args)  # the reactor starts after the service has stopped
+        self.assertEqual((signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)), before)
+        self.assertFalse(signals.installed)
+
+
+def handlers():
+    return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+
+
+class NodeServiceSignalTests(TestCase):
+    """
+    C{twistd mpush}'s service installs its signal handlers when it starts,
+    not when it is built, and gives the process's back when it has stopped.
+    """
+
+    timeout = 30
+
+    def make_service(self):
+        options = tap.Options()
+        options.parseOptions([
+            "--state-dir", self.mktemp(), "--connect-port", str(free_port()), "--gateway-port", "0",
+            "--admin-port", "0", "--http-port", "0",
+        ])
+        return tap.makeService(options)
+
+    def test_building_installs_none(self):
+        before = handlers()
+        top = self.make_service()
+        self.assertEqual(handlers(), before)
+        self.assertFalse(top.signals.installed)
+
+    @defer.inlineCallbacks
+    def test_start_installs_and_stop_removes(self):
+        yield task.deferLater(reactor, 0, lambda: None)  # the reactor runs, its handlers in place
+        before = handlers()
+        top = self.make_service()
+        threshold = gc.get_threshold()
+        self.addCleanup(gc.set_threshold, *threshold)
+        self.addCleanup(gc.unfreeze)  # the node freezes what exists at start
+        self.addCleanup(top.log_gate.uninstall)
+        top.privilegedStartService()
+        top.startService()
+        stopping = []
+
+        def stop():
+            if not stopping:
+                stopping.append(top.stopService())
+            return stopping[0]
+
+        self.addCleanup(stop)
+        # SIGTERM's goes in once the reactor runs, after the reactor's own.
+        yield task.deferLater(reactor, 0, lambda: None)
+        self.assertTrue(top.signals.installed)
+        term, hup = handlers()
+        self.assertNotIn(term, before)
+        self.assertNotIn(hup, before)
+        yield stop()
+        self.assertFalse(top.signals.installed)
+        self.assertEqual(handlers(), before)
+
 
 # -- real processes -----------------------------------------------------------------
-
-
-def draining_application(argv):
-    """
-    What C{twistd mpush} builds, with the drain and the signals wired as
-    the lead wires them into C{mpush.tap}: the gateway pushes through a
-    L{PushTracker}, stopping drains first, SIGTERM exits 0, SIGHUP reloads.
-    """
-    from twisted.application import service
-    from twisted.application.internet import StreamServerEndpointService
-
-    from mpush.config import apply_overrides
-
-    options = tap.Options()
-    options.parseOptions(argv)
-    top = tap.makeService(options)
-    node = top.node
-    listeners = [child for child in top if isinstance(child, StreamServerEndpointService)]
-    pushes = PushTracker(node.push_center)
-    for child in listeners:
-        if isinstance(child.factory, GatewayFactory):
-            child.factory = GatewayFactory(pushes, node.config.core.max_gateway_packet_size)
-    drainer = Drainer(node, listeners, DRAIN_DEADLINE, pushes=pushes, registry=top.backends.registry)
-
-    def load():
-        config = apply_overrides(
-            load_config(options["config"]),
-            connect_port=options["connect-port"],
-            gateway_port=options["gateway-port"],
-            admin_port=options["admin-port"],
-            redis_url=options["redis"],
-            http_port=options["http-port"],
-        )
-        return config.replace(state_dir=options["state-dir"]) if options["state-dir"] else config
-
-    gate = LogLevelGate()
-    install_sigterm(reactor)
-    install_sighup(
-        reactor, Reloader(node, load, log_gate=gate, log_level=lambda: read_log_level(options["config"]))
-    )
-
-    class DrainFirst(service.MultiService):
-        @defer.inlineCallbacks
-        def stopService(self):
-            yield drainer.drain()
-            yield service.MultiService.stopService(self)
-
-    root = DrainFirst()
-    top.setServiceParent(root)
-    application = service.Application("mpush")
-    root.setServiceParent(application)
-    return application
 
 
 class DrainingNode(NodeProcess):
@@ -704,19 +735,6 @@ class DrainingNode(NodeProcess):
     A node process that drains on SIGTERM, started and stopped without
     blocking the reactor (its devices and pushers live in this process).
     """
-
-    def command(self):
-        if TAP_DRAINS:
-            return super().command()
-        full = super().command()
-        argv = full[full.index("mpush") + 1:]
-        tac = os.path.join(self.directory, "node.tac")
-        with open(tac, "w") as source:
-            source.write(
-                "from tests.test_graceful_restart import draining_application\n"
-                f"application = draining_application({argv!r})\n"
-            )
-        return twistd_command() + ["--nodaemon", "--pidfile=", "--logfile", self.log_path, "--python", tac]
 
     def _listening(self):
         for port in (self.port, self.gateway_port, self.http_port):

@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from twisted.internet import defer, reactor, ssl, task
+from twisted.internet import defer, reactor, ssl
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeout
@@ -77,6 +77,7 @@ from mpush.server.proxy.ssrf import (
 )
 
 from tests.loopback_support import LoopbackNode
+from tests.polling import wait_until
 from tests.server_support import ScriptedDevice, connect, make_node
 
 
@@ -596,6 +597,11 @@ def proxy_config(**fields):
     return load_config(None).replace(proxy=ProxyConfig(**fields))
 
 
+def proxy_of(node, reactor, **kwargs):
+    """The HTTP proxy of C{node}'s config, on C{reactor}."""
+    return HttpProxyHandler(node.config.proxy, reactor, **kwargs)
+
+
 class ProxyCase(TestCase):
     """
     A node with the proxy on a loopback-only reactor, and upstream servers.
@@ -623,23 +629,12 @@ class ProxyCase(TestCase):
         yield listening.stopListening()
         for protocol in list(wrapper.protocols):
             protocol.transport.abortConnection()
-        yield self.until(lambda: not wrapper.protocols)
-
-    @defer.inlineCallbacks
-    def until(self, condition):
-        # Bounded by turns of the reactor, not by time.
-        for _ in range(10000):
-            if condition():
-                return
-            yield task.deferLater(reactor, 0.001, lambda: None)
-        self.fail("condition never became true")
+        yield wait_until(lambda: not wrapper.protocols)
 
     def proxy(self, trust_root=None, choice=None, **fields):
         self.node = make_node(proxy_config(**fields))
         kwargs = {} if choice is None else {"choice": choice}
-        self.handler = HttpProxyHandler(
-            self.node, self.guard, resolver=self.resolver, trust_root=trust_root, **kwargs
-        )
+        self.handler = proxy_of(self.node, self.guard, resolver=self.resolver, trust_root=trust_root, **kwargs)
         self.dispatcher = DeviceDispatcher(handshake_handlers(self.node) + [self.handler])
         self.addCleanup(self.close_proxy)
         return self.handler
@@ -648,7 +643,7 @@ class ProxyCase(TestCase):
     def close_proxy(self):
         yield self.handler.close()
         self.assertEqual(self.guard.outside, [])
-        yield self.until(lambda: all(c.state == "disconnected" for c in self.guard.connectors))
+        yield wait_until(lambda: all(c.state == "disconnected" for c in self.guard.connectors))
 
     @defer.inlineCallbacks
     def closed_port(self):
@@ -812,7 +807,7 @@ class ForwardingTests(ProxyCase):
         self.assertIsNone((yield pending.finished))
         self.assertEqual(device.replies(), [], f"abandoned request {slow} is not answered")
         self.assertEqual(self.handler.in_flight, 0)
-        yield self.until(lambda: all(d.called for d in self.upstream.hanging))
+        yield wait_until(lambda: all(d.called for d in self.upstream.hanging))
 
 
 class ProxyErrorTests(ProxyCase):
@@ -853,7 +848,7 @@ class ProxyErrorTests(ProxyCase):
         self.assertRaw(flags, message, 408, "Request Timeout")
         self.assertEqual(self.handler.in_flight, 0)
         # The upstream request is dropped, not left hanging.
-        yield self.until(lambda: all(d.called for d in self.upstream.hanging))
+        yield wait_until(lambda: all(d.called for d in self.upstream.hanging))
         self.assertEqual(device.replies(), [])
 
     @defer.inlineCallbacks
@@ -1420,7 +1415,7 @@ class EndToEndTests(ProxyCase):
         # wires its handler (on the loopback-only reactor) into a listener.
         server = LoopbackNode(self, config=proxy_config(enabled=False))
         self.node = server.node
-        self.handler = HttpProxyHandler(server.node, self.guard, resolver=self.resolver)
+        self.handler = proxy_of(server.node, self.guard, resolver=self.resolver)
         self.addCleanup(self.close_proxy)
         dispatcher = DeviceDispatcher(handshake_handlers(server.node) + [self.handler])
         listening = reactor.listenTCP(0, ConnectionFactory(server.node, dispatcher), interface="127.0.0.1")

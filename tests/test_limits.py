@@ -35,6 +35,7 @@ from mpush.store.interfaces import ISessionStore
 from mpush.tap import make_dispatcher
 
 from tests.loopback_support import LoopbackNode
+from tests.polling import wait_until
 from tests.server_support import ScriptedDevice, make_node
 
 
@@ -810,16 +811,6 @@ class RawClient(Protocol):
         return answered
 
 
-@defer.inlineCallbacks
-def until(condition):
-    """
-    Wait, turn by turn of the real reactor, for C{condition()}; the test's
-    timeout bounds it.
-    """
-    while not condition():
-        yield task.deferLater(reactor, 0.005, lambda: None)
-
-
 class LoopbackLimitTests(TestCase):
     timeout = 30
 
@@ -847,7 +838,7 @@ class LoopbackLimitTests(TestCase):
         self.assertEqual(refusals(loop.node, limits.PER_IP), 1)
         first.transport.loseConnection()
         yield first.lost
-        yield until(lambda: loop.node.limits.connections_from("127.0.0.1") == 1)
+        yield wait_until(lambda: loop.node.limits.connections_from("127.0.0.1") == 1)
         [fourth] = yield self.open_clients(loop.port, 1)
         pong = yield fourth.ping()
         self.assertEqual(pong, HEARTBEAT_BYTE)

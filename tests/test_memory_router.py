@@ -40,6 +40,8 @@ from mpush.router.memory import (
     MemoryUserEvents,
 )
 
+from tests.polling import wait_until
+
 NODE_A = ("10.0.0.5", 3001)
 NODE_B = ("10.0.0.6", 3001)
 
@@ -104,14 +106,9 @@ class RoutingContractMixin:
         raise NotImplementedError
 
     # -- helpers -----------------------------------------------------------
-    @defer.inlineCallbacks
-    def eventually(self, predicate, what: str, step: float = 0.05, attempts: int = 200):
-        """Let time pass until C{predicate()}; a bounded number of steps."""
-        for _ in range(attempts):
-            if predicate():
-                return
-            yield self.wait(step)
-        self.fail(f"never happened: {what}")
+    def eventually(self, predicate, what, step=0.05, attempts=200):
+        """Let this test's time pass until C{predicate()}; a bounded number of steps."""
+        return wait_until(predicate, step * attempts, step, what, sleep=self.wait)
 
     # -- remote router -----------------------------------------------------
     def test_provides_interfaces(self):

@@ -8,7 +8,7 @@ Python push client.
 import os
 import signal
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from mpush.client.config import ClientConfig
@@ -16,6 +16,7 @@ from mpush.client.protocol import connect_client
 from mpush.protocol.crypto import MPUSH_DEMO_PRIVATE_KEY, MPUSH_DEMO_PUBLIC_KEY
 from mpush.push import AckModel, PushClient, PushStatus
 
+from tests.polling import sleep, wait_until
 from tests.process_support import NodeProcess
 from tests.redis_server import start_redis_server
 
@@ -30,10 +31,6 @@ def node_config(redis_port, node_ttl="2s", node_refresh="500ms"):
         f'[redis]\nnodes = ["127.0.0.1:{redis_port}"]\n'
         f'[cluster]\nnode-ttl = "{node_ttl}"\nnode-refresh = "{node_refresh}"\n'
     )
-
-
-def sleep(seconds):
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 class ClusterCase(TestCase):
@@ -66,21 +63,6 @@ class ClusterCase(TestCase):
         client = PushClient(reactor, redis_url=self.redis.url, **kwargs)
         self.addCleanup(client.close)
         return client
-
-    @defer.inlineCallbacks
-    def wait_for(self, predicate, timeout=10.0, step=0.05):
-        """
-        Poll C{predicate} (which may return a Deferred) until it is true.
-        """
-        waited = 0.0
-        while waited < timeout:
-            value = yield defer.maybeDeferred(predicate)
-            if value:
-                return value
-            yield sleep(step)
-            waited += step
-        self.fail(f"condition not met within {timeout}s")
-
 
 class PushAcrossNodesTests(ClusterCase):
     @defer.inlineCallbacks
@@ -128,7 +110,7 @@ class PushAcrossNodesTests(ClusterCase):
         carol = yield self.device(node, "carol")
         yield carol.close()
         pusher = self.pusher()
-        result = yield self.wait_for(
+        result = yield wait_until(
             lambda: pusher.push("carol", b"x").addCallback(
                 lambda results: results[0].status is PushStatus.OFFLINE
             )
@@ -198,7 +180,7 @@ class FaultTests(ClusterCase):
         pusher = self.pusher(timeout=2.0)
         # Right away, the dead gateway is unreachable and unregistered soon:
         # the push never hangs, and once node B notices, the route is offline.
-        result = yield self.wait_for(
+        result = yield wait_until(
             lambda: pusher.push("frank", b"x").addCallback(
                 lambda results: results[0] if results[0].status is PushStatus.OFFLINE else None
             ),
@@ -207,7 +189,7 @@ class FaultTests(ClusterCase):
         self.assertEqual(result.status, PushStatus.OFFLINE)
         # Node B notices A's registration expired and marks A's routes
         # offline: within node-ttl plus a refresh or two.
-        route = yield self.wait_for(
+        route = yield wait_until(
             lambda: self.redis_hget("mp:ur:frank", "1").addCallback(
                 lambda value: value if value and "connId" not in value else None
             ),
@@ -237,7 +219,7 @@ class FaultTests(ClusterCase):
         self.redis.restart()  # no persistence: routes are gone until the device binds again
         yield grace.close()
         grace = yield self.device(node, "grace")
-        [after] = yield self.wait_for(
+        [after] = yield wait_until(
             lambda: pusher.push("grace", b"two", ack=AckModel.AUTO_ACK).addCallback(
                 lambda results: results if results[0].status is PushStatus.SUCCESS else None
             ),

@@ -13,6 +13,7 @@ from mpush.node_api import PushRejected, PushRequest
 from mpush.protocol.crypto import MPUSH_DEMO_PUBLIC_KEY
 
 from tests.loopback_support import LoopbackNode
+from tests.polling import wait_until
 
 
 class NodeAPITests(TestCase):
@@ -219,15 +220,6 @@ class InProcessAndOfflineTests(TestCase):
         self.assertEqual(asked, [["u1", "u2", "u3"]])
         self.assertEqual([r["status"] for r in outcome.results], ["success", "success", "offline"])
 
-
-    @defer.inlineCallbacks
-    def wait_for(self, predicate):
-        for _ in range(500):
-            if predicate():
-                return
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        self.fail("condition not met in 5 s")
-
     @defer.inlineCallbacks
     def test_delivered_and_acked_later(self):
         outcome = yield self.api.push(PushRequest(users=("later",), content=b"kept", ack="auto",
@@ -238,7 +230,7 @@ class InProcessAndOfflineTests(TestCase):
         device = yield self.device("later")
         received = yield device.wait_for_push(timeout=5)
         self.assertEqual(received.content, b"kept")
-        yield self.wait_for(lambda: self.api.task_stats("t-later")["acked"] == 1)
+        yield wait_until(lambda: self.api.task_stats("t-later")["acked"] == 1)
         after = self.api.task_stats("t-later")
         self.assertEqual((after["stored_offline"], after["delivered_offline"], after["sent"], after["acked"]),
                          (1, 1, 1, 1))

@@ -32,6 +32,8 @@ from mpush.offline.interfaces import (
 )
 from mpush.offline.memory import MemoryOfflineStore
 
+from tests.polling import wait_until
+
 #: A realistic wall-clock "now" in milliseconds.
 T0 = 1_790_000_000_000
 TTL = 60_000
@@ -496,17 +498,6 @@ class RedisOfflineStoreTests(OfflineStoreContractMixin, TestCase):
         self.fail(f"still unavailable: {last}")
 
     @defer.inlineCallbacks
-    def eventually(self, read, expected, attempts=100, pause=0.05):
-        """Re-read until C{read()} fires C{expected}; bounded."""
-        value = None
-        for _ in range(attempts):
-            value = yield read()
-            if value == expected:
-                return
-            yield task.deferLater(reactor, pause, lambda: None)
-        self.fail(f"still {value!r}, never {expected!r}")
-
-    @defer.inlineCallbacks
     def test_raw_keys(self):
         store = self.make_store()
         yield store.add("alice", message(1, ack="auto", content=b"\x00\xffhi"))
@@ -554,7 +545,10 @@ class RedisOfflineStoreTests(OfflineStoreContractMixin, TestCase):
         self.assertEqual(self.logged("dropping a bad offline entry"), 2)
         # The broken ones are taken out (after the claim answered, on another
         # connection of the pool), without counting as delivered.
-        yield self.eventually(lambda: redis.lrange("mp:off:alice", 0, -1), ["id-3"])
+        yield wait_until(
+            lambda: redis.lrange("mp:off:alice", 0, -1).addCallback(lambda ids: ids == ["id-3"]),
+            what="only id-3 left",
+        )
         self.assertEqual(store.stats()["delivered"], 0)
 
     @defer.inlineCallbacks

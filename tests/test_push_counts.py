@@ -8,7 +8,7 @@ message's later delivery.
 import json
 
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer, protocol, reactor, task
+from twisted.internet import defer, protocol, reactor
 from twisted.internet.protocol import ClientFactory
 from twisted.trial.unittest import TestCase
 
@@ -18,6 +18,7 @@ from mpush.server.ops.admin import AdminFactory
 from mpush.tap import make_http_site
 
 from tests.loopback_support import LoopbackNode
+from tests.polling import wait_until
 from tests.test_admin import ClientSession
 from tests.test_http_api import _RawClient, build_request, parse_response
 
@@ -69,14 +70,6 @@ class DoorsAgreeTests(TestCase):
         return found
 
     @defer.inlineCallbacks
-    def wait_for(self, predicate):
-        for _ in range(500):
-            if (yield predicate()):
-                return
-            yield task.deferLater(reactor, 0.01, lambda: None)
-        self.fail("condition not met in 5 s")
-
-    @defer.inlineCallbacks
     def test_doors_agree_after_mixed_traffic(self):
         alice = yield self.server.device("alice")
         bob = yield self.server.device("bob")
@@ -114,7 +107,7 @@ class DoorsAgreeTests(TestCase):
             response = yield self.call("GET", f"/v1/tasks/{later_id}")
             return response.json()["acked"] == 1
 
-        yield self.wait_for(acked)
+        yield wait_until(acked)
         for device, pushes in ((alice, [b"gw", b"http", b"all"]), (bob, [b"http", b"all"])):
             for content in pushes:
                 received = yield device.wait_for_push(timeout=5)

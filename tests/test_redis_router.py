@@ -25,6 +25,7 @@ from mpush.router.redis import (
 )
 from mpush.store.redis_calls import BoundedRedis
 from mpush.store.redis_connection import connect_redis
+from tests.polling import wait_until
 from tests.redis_server import start_redis_server
 from tests.test_memory_router import NODE_A, RoutingContractMixin, location
 
@@ -121,13 +122,9 @@ class RedisRoutingTestCase(TestCase):
     def wait(self, seconds):
         return task.deferLater(reactor, seconds, lambda: None)
 
-    @defer.inlineCallbacks
     def eventually(self, predicate, what, step=0.05, attempts=200):
-        for _ in range(attempts):
-            if predicate():
-                return
-            yield self.wait(step)
-        self.fail(f"never happened: {what}")
+        """Let this test's time pass until C{predicate()}; a bounded number of steps."""
+        return wait_until(predicate, step * attempts, step, what, sleep=self.wait)
 
     @defer.inlineCallbacks
     def eventually_succeeds(self, call, attempts=100, pause=0.1):

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from mpush.redis_status import RedisReachability, describe_connect_error, is_retry_chatter
-from mpush.server.ops.lifecycle import LogLevelGate
+from mpush.server.ops.log_gate import LogLevelGate
 
 
 class _Endpoint:

@@ -24,6 +24,7 @@ from mpush.store.redis_connection import (
     parse_redis_url,
 )
 from tests import redis_server as redis_server_module
+from tests.polling import wait_until
 from tests.redis_server import RedisServer, RedisServerError, find_redis_server, start_redis_server
 
 SESSION = ReusableSession(
@@ -166,14 +167,11 @@ class RedisStoreTestCase(TestCase):
             and text in formatEvent(event)
         )
 
-    @defer.inlineCallbacks
-    def until_unreachable(self, store, attempts=200):
-        """Until the store's connection has seen a reconnect refused; bounded."""
-        for _ in range(attempts):
-            if store._calls.client.reachability.unreachable:
-                return
-            yield task.deferLater(reactor, 0.02, lambda: None)
-        self.fail("the connection never found Redis unreachable")
+    def until_unreachable(self, store):
+        """Until the store's connection has seen a reconnect refused."""
+        return wait_until(
+            lambda: store._calls.client.reachability.unreachable, what="the connection finding Redis unreachable"
+        )
 
     @defer.inlineCallbacks
     def eventually_loads(self, store, session_id, attempts=100, pause=0.1):

@@ -13,13 +13,10 @@ from mpush.push import AckModel, PushClient, PushStatus
 from mpush.router.redis import RedisKickChannel
 from mpush.store.redis_connection import connect_redis, sentinel_url
 
+from tests.polling import sleep
 from tests.process_support import NodeProcess, connect_device
 from tests.redis_server import start_sentinel_set
 from tests.test_redis_router import raw_command
-
-
-def sleep(seconds):
-    return task.deferLater(reactor, seconds, lambda: None)
 
 
 class SentinelTests(TestCase):

@@ -29,7 +29,7 @@ from OpenSSL import SSL
 from OpenSSL._util import lib as openssl_lib
 from service_identity import VerificationError
 from service_identity.hazmat import DNS_ID, DNSMismatch
-from twisted.internet import defer, reactor, task, threads
+from twisted.internet import defer, reactor, threads
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions, TLSVersion
@@ -65,6 +65,7 @@ from mpush.tls import (
     tls_failure,
 )
 
+from tests.polling import wait_until
 from tests.server_support import demo_config
 
 NOW = datetime.datetime.now(datetime.timezone.utc)
@@ -180,13 +181,6 @@ def current_mode(context: SSL.Context) -> int:
 def connection_mode(connection: SSL.Connection) -> int:
     """A live connection's mode bitmask (clearing no mode returns it)."""
     return openssl_lib.SSL_clear_mode(connection._ssl, 0)
-
-
-@defer.inlineCallbacks
-def wait_until(predicate):
-    """Poll until C{predicate()}; the test's own timeout bounds it."""
-    while not predicate():
-        yield task.deferLater(reactor, 0.01, lambda: None)
 
 
 # ------------------------------------------------------- the server side

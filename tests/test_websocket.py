@@ -56,6 +56,7 @@ from mpush.server.ws.websocket import (
 from mpush.tap import make_dispatcher
 
 from tests.loopback_support import LoopbackNode
+from tests.polling import wait_until
 from tests.server_support import make_node
 
 #: Seconds any single wait of these tests may take.
@@ -419,18 +420,6 @@ def error_frame(cmd, code, reason, session_id):
     return {"body": body, "bodyLength": len(body), "cmd": 10, "flags": 16, "sessionId": session_id}
 
 
-@defer.inlineCallbacks
-def wait_until(predicate, what):
-    """
-    Poll C{predicate} on the reactor until it holds; fail after L{WAIT} s.
-    """
-    deadline = reactor.seconds() + WAIT
-    while not predicate():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        yield task.deferLater(reactor, 0.01, lambda: None)
-
-
 class WsNodeTestCase(TestCase):
     timeout = 60
     config = None
@@ -601,7 +590,7 @@ class BindTests(WsNodeTestCase):
     def test_closing_releases_the_route(self):
         client = yield self.bound_ws("carl")
         yield client.close()
-        yield wait_until(lambda: not self.server.node.connections, "the ws connection to go")
+        yield wait_until(lambda: not self.server.node.connections, what="the ws connection to go")
         routes = yield self.api.routes("carl")
         self.assertFalse(routes[ClientType.WEB].online)
         self.assertEqual(self.api.local_users(), 0)
@@ -698,7 +687,7 @@ class PushTests(WsNodeTestCase):
         self.assertEqual((frame["body"], frame["flags"]), ({"content": "kept for you"}, 24))
         client.send(23, None, frame["sessionId"])
         offline = self.server.backends.offline
-        yield wait_until(lambda: offline.queued() == 0, "the acked offline message to be removed")
+        yield wait_until(lambda: offline.queued() == 0, what="the acked offline message to be removed")
 
     @defer.inlineCallbacks
     def test_broadcast_reaches_ws_users(self):
@@ -919,9 +908,9 @@ class OrderTests(TestCase):
         client = yield self.connect(port)
         client.send(2, {"deviceId": "ordered", "osName": "web"}, 1)
         client.send(5, {"userId": "in-order"}, 2)
-        yield wait_until(lambda: len(self.server.node.connections) == 1, "the connection")
+        yield wait_until(lambda: len(self.server.node.connections) == 1, what="the connection")
         [connection] = self.server.node.connections.values()
-        yield wait_until(lambda: len(connection._pending) == 1, "the BIND to queue")
+        yield wait_until(lambda: len(connection._pending) == 1, what="the BIND to queue")
         gated.gate.callback(None)
         handshake = yield client.next()
         bind = yield client.next()
@@ -977,7 +966,7 @@ class LimitTests(WsNodeTestCase):
     @defer.inlineCallbacks
     def test_answered_pings_keep_it_open(self):
         client = yield self.bound_ws("quick")
-        yield wait_until(lambda: client.pings >= 2, "two pings")
+        yield wait_until(lambda: client.pings >= 2, what="two pings")
         self.assertFalse(client.closed.called)
         outcome = yield self.push("quick", b"still here")
         self.assertEqual([r["status"] for r in outcome.results], ["success"])
@@ -996,7 +985,7 @@ class LimitTests(WsNodeTestCase):
         client = yield self.bound_ws("deaf")
         # Pings go unanswered once the client reads nothing more.
         client.protocol.transport.pauseProducing()
-        yield wait_until(lambda: not self.ws_connections(), "the deaf browser to be dropped")
+        yield wait_until(lambda: not self.ws_connections(), what="the deaf browser to be dropped")
         routes = yield self.api.routes("deaf")
         self.assertFalse(routes[ClientType.WEB].online)
         client.protocol.transport.resumeProducing()

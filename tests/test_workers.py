@@ -15,7 +15,7 @@ import socket
 import subprocess
 import time
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mpush import tap
@@ -34,6 +34,7 @@ from mpush.config import (
 )
 from mpush.push import AckModel, PushClient, PushStatus
 
+from tests.polling import sleep, wait_until
 from tests.process_support import NodeProcess, node_environment, run_twistd
 from tests.redis_server import start_redis_server
 from tests.test_redis_router import raw_command
@@ -280,10 +281,6 @@ def workers_config(redis_port):
     )
 
 
-def sleep(seconds):
-    return task.deferLater(reactor, seconds, lambda: None)
-
-
 class RefusalTests(TestCase):
     timeout = 60
 
@@ -341,17 +338,6 @@ class WorkersCase(TestCase):
         client = PushClient(reactor, redis_url=self.redis.url)
         self.addCleanup(client.close)
         return client
-
-    @defer.inlineCallbacks
-    def wait_for(self, predicate, timeout=15.0, step=0.05):
-        waited = 0.0
-        while waited < timeout:
-            value = yield defer.maybeDeferred(predicate)
-            if value:
-                return value
-            yield sleep(step)
-            waited += step
-        self.fail(f"condition not met within {timeout}s")
 
     @defer.inlineCallbacks
     def devices_on_every_worker(self, node, batch=12, most=96):
@@ -491,27 +477,27 @@ class SupervisionTests(WorkersCase):
         online = self.online_count()
         before = worker_pids(node.process.pid)
         os.kill(before[1], signal.SIGKILL)
-        yield self.wait_for(lambda: not alive(before[1]))
-        now = yield self.wait_for(
+        yield wait_until(lambda: not alive(before[1]))
+        now = yield wait_until(
             lambda: (lambda pids: pids if len(pids) == 2 and pids[1] != before[1] else None)(
                 worker_pids(node.process.pid)
             )
         )
         self.assertEqual(now[0], before[0])
-        yield self.wait_for(lambda: "worker-1 (pid %d) is listening" % now[1] in node.log())
+        yield wait_until(lambda: "worker-1 (pid %d) is listening" % now[1] in node.log())
         self.assertIn("worker-1 (pid %d) exited with signal 9" % before[1], node.log())
         # The restarted worker took its predecessor's users out of the
         # online list, and left the other worker's in.
         self.assertEqual(online, len(where))
         kept = sum(1 for port in where.values() if port == node.gateway_port)
-        yield self.wait_for(lambda: self.online_count() == kept)
+        yield wait_until(lambda: self.online_count() == kept)
         # Users of the surviving worker still get pushes; the restarted one
         # takes new devices on its gateway.
         pusher = self.pusher()
         survivor = next(user for user, port in where.items() if port == node.gateway_port)
         [result] = yield pusher.push(survivor, b"still here", ack=AckModel.AUTO_ACK)
         self.assertEqual(result.status, PushStatus.SUCCESS)
-        yield self.wait_for(lambda: _connects(node.gateway_port + 1))
+        yield wait_until(lambda: _connects(node.gateway_port + 1))
 
     @defer.inlineCallbacks
     def test_sigterm_stops_every_worker_and_exits_zero(self):
@@ -519,21 +505,21 @@ class SupervisionTests(WorkersCase):
         yield self.devices_on_every_worker(node, batch=4)
         pids = worker_pids(node.process.pid)
         node.process.send_signal(signal.SIGTERM)
-        code = yield self.wait_for(lambda: node.process.poll() is not None and (node.process.returncode,))
+        code = yield wait_until(lambda: node.process.poll() is not None and (node.process.returncode,))
         self.assertEqual(code, (0,), node.log())
         for pid in pids.values():
             self.assertFalse(alive(pid))
         log = node.log()
         self.assertIn("worker-0 (pid %d) exited with status 0" % pids[0], log)
         self.assertIn("worker-1 (pid %d) exited with status 0" % pids[1], log)
-        self.assertIn("[worker-1 mpush.server.ops.lifecycle.Drainer#info] drain: done", log)
+        self.assertIn("[worker-1 mpush.server.ops.drain.Drainer#info] drain: done", log)
 
     @defer.inlineCallbacks
     def test_sighup_reaches_every_worker(self):
         node = self.start()
         node.process.send_signal(signal.SIGHUP)
-        yield self.wait_for(
-            lambda: all(f"[worker-{i} mpush.server.ops.lifecycle#info] SIGHUP: reloading" in node.log() for i in (0, 1))
+        yield wait_until(
+            lambda: all(f"[worker-{i} mpush.server.ops.signals#info] SIGHUP: reloading" in node.log() for i in (0, 1))
         )
         self.assertEqual(sorted(worker_pids(node.process.pid)), [0, 1])
 
@@ -544,7 +530,7 @@ class SupervisionTests(WorkersCase):
         self.assertEqual(len(pids), 2)
         node.process.send_signal(signal.SIGKILL)
         node.process.wait()
-        yield self.wait_for(lambda: not any(alive(pid) for pid in pids.values()), timeout=20)
+        yield wait_until(lambda: not any(alive(pid) for pid in pids.values()), timeout=20)
 
     @defer.inlineCallbacks
     def test_worker_that_cannot_listen_stops_the_start(self):
@@ -559,7 +545,7 @@ class SupervisionTests(WorkersCase):
         blocker.bind(("127.0.0.1", node.gateway_port + 1))
         blocker.listen(1)
         node.spawn()
-        code = yield self.wait_for(lambda: node.process.poll() is not None and (node.process.returncode,), timeout=40)
+        code = yield wait_until(lambda: node.process.poll() is not None and (node.process.returncode,), timeout=40)
         self.assertEqual(code, (1,))
         log = node.log()
         self.assertIn("worker-1", log)

@@ -27,6 +27,7 @@ from typing import Callable
 from mpush.protocol.body import decode_body, make_packet
 from mpush.protocol.crypto import AES_KEY_LENGTH, AesCipher, RsaPublicKey, mix_key
 from mpush.protocol.errors import ErrorCode, FramingError, ProtocolError
+from mpush.protocol.fields import INT32_MAX
 from mpush.protocol.messages import (
     BindUserMessage,
     ErrorMessage,
@@ -80,7 +81,6 @@ PING_SLACK_MS = 1000
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 _ACK_BITS = int(Flags.AUTO_ACK | Flags.BIZ_ACK)
-_JAVA_INT_MAX = 2**31 - 1
 _LOOPBACK_V4 = ipaddress.ip_network("127.0.0.0/8")
 _LOOPBACK_V6 = ipaddress.ip_address("::1")
 
@@ -257,7 +257,7 @@ def _next_sid() -> int:
     """Packet session ids for requests: a per-process counter, as in Java."""
     global _ids
     value = next(_ids)
-    if value > _JAVA_INT_MAX:
+    if value > INT32_MAX:
         _ids = itertools.count(2)
         value = 1
     return value

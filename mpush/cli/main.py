@@ -28,6 +28,7 @@ from twisted.web.http_headers import Headers
 from mpush.http import schema
 from mpush.protocol.client_type import ClientType
 from mpush.protocol.crypto import RsaPrivateKey
+from mpush.protocol.fields import INT32_MAX, INT32_MIN
 from mpush.tls import TrustFileError, load_trust_root, tls_failure
 
 __all__ = [
@@ -462,7 +463,7 @@ def _users_kick(reactor, args, base: str, token, out):
     url = f"{base}/v1/users/{quote(_path_text(args.user, 'U'), safe='')}/kick"
     body = {}
     if args.client_type is not None:
-        if not -(2**31) <= args.client_type < 2**31:
+        if not INT32_MIN <= args.client_type <= INT32_MAX:
             raise CliError("--client-type must be a 32-bit integer")
         body["client_type"] = args.client_type
     if args.keep_open:
@@ -536,7 +537,7 @@ def run(reactor, args, out=None, err=None):
                 raise CliError("--ca-file goes with an https:// --url")
             args.tls_policy = https_policy(ca_file)
         client_type = getattr(args, "client_type", None)
-        if client_type is not None and -(2**31) <= client_type < 2**31 and client_type not in set(ClientType):
+        if client_type is not None and INT32_MIN <= client_type <= INT32_MAX and client_type not in set(ClientType):
             # Accepted (a node may know more types), but almost always a typo.
             known = ", ".join(f"{int(t)} {t.name}" for t in ClientType)
             print(f"{PROG}: warning: --client-type {client_type} is no client type mpush knows "

@@ -11,12 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpush.protocol.crypto import RsaPublicKey
+from mpush.protocol.fields import INT32_MAX
 from mpush.tls import TrustFileError, client_tls_options
 
 __all__ = ["ClientConfig", "ClientConfigError", "JAVA_MAX_INT"]
 
 #: Heartbeats travel as Java ints.
-JAVA_MAX_INT = 2**31 - 1
+JAVA_MAX_INT = INT32_MAX
 
 
 class ClientConfigError(ValueError):

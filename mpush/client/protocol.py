@@ -41,6 +41,7 @@ from mpush.client.session_file import SessionFile, SessionFileError
 from mpush.protocol.body import decode_body, make_packet, make_raw_packet
 from mpush.protocol.crypto import AES_KEY_LENGTH, AesCipher, mix_key, random_bytes
 from mpush.protocol.errors import ErrorCode, FramingError, ProtocolError
+from mpush.protocol.fields import INT32_MAX, INT32_MIN
 from mpush.protocol.messages import (
     BindUserMessage,
     ErrorMessage,
@@ -95,8 +96,6 @@ CLOSE_GRACE = 5.0
 #: Default wait for a pong.
 PING_TIMEOUT = 3.0
 
-_JAVA_INT_MAX = 2**31 - 1
-_JAVA_INT_MIN = -(2**31)
 
 
 # --------------------------------------------------------------------- errors
@@ -291,7 +290,7 @@ def java_packet_ids(start: int = 1) -> Iterator[int]:
     value = start
     while True:
         yield value
-        value = value + 1 if value < _JAVA_INT_MAX else _JAVA_INT_MIN
+        value = value + 1 if value < INT32_MAX else INT32_MIN
 
 
 def _cancel(call) -> None:

@@ -64,7 +64,7 @@ from mpush.protocol.crypto import (
     mix_key,
 )
 from mpush.protocol.errors import FramingError, ProtocolError
-from mpush.protocol.fields import FieldWriter
+from mpush.protocol.fields import INT32_MAX, INT32_MIN, FieldWriter
 from mpush.protocol.messages import (
     BindUserMessage,
     FastConnectMessage,
@@ -116,7 +116,6 @@ MAX_CONCURRENCY = 512
 MAX_HONEST = 100
 MAX_HOLD = 120.0
 
-_JAVA_INT_MAX = 2**31 - 1
 _HEADER = struct.Struct(">ibhbib")
 
 
@@ -250,7 +249,7 @@ class FuzzConfig:
         if self.admin_port is not None:
             _check_number("admin_port", self.admin_port, 1, 65535, int)
         if self.pid is not None:
-            _check_number("pid", self.pid, 1, 2**31 - 1, int)
+            _check_number("pid", self.pid, 1, INT32_MAX, int)
         _check_number("duration", self.duration, 0.1, MAX_DURATION)
         _check_number("connections", self.connections, 1, MAX_CONNECTIONS, int)
         _check_number("concurrency", self.concurrency, 1, MAX_CONCURRENCY, int)
@@ -416,7 +415,7 @@ class FrameMaker:
                 data[at] = rng.choice(self.INTERESTING)
             elif op == 2 and len(data) >= 4:  # rewrite the length field
                 length = rng.choice([0, 1, len(data) - 13, len(data), self.max_packet_size,
-                                     self.max_packet_size + 1, -1, _JAVA_INT_MAX])
+                                     self.max_packet_size + 1, -1, INT32_MAX])
                 data[0:4] = struct.pack(">i", length)
             elif op == 3 and len(data) >= 5:  # another command
                 data[4] = rng.randrange(256)
@@ -432,11 +431,11 @@ class FrameMaker:
     def oversize_header(self):
         length = self.rng.choice([
             self.max_packet_size + 1,
-            self.rng.randint(self.max_packet_size + 1, _JAVA_INT_MAX),
-            _JAVA_INT_MAX,
+            self.rng.randint(self.max_packet_size + 1, INT32_MAX),
+            INT32_MAX,
             -1,
-            -(2**31),
-            self.rng.randint(-(2**31), -1),
+            INT32_MIN,
+            self.rng.randint(INT32_MIN, -1),
         ])
         cmd = self.rng.choice([Command.PUSH, Command.HANDSHAKE, Command.BIND, self.rng.randint(-128, 127)])
         return _HEADER.pack(length, cmd, 0, self.rng.randint(-128, 127), self.session_id(), 0)
@@ -453,11 +452,11 @@ class FrameMaker:
         if shape == 1:
             return BindUserMessage(self.user_id(), self.text(), self.text()).encode()
         if shape == 2:
-            return FieldWriter().write_string(self.text(40)).write_int(rng.randint(-(2**31), _JAVA_INT_MAX)).getvalue()
+            return FieldWriter().write_string(self.text(40)).write_int(rng.randint(INT32_MIN, INT32_MAX)).getvalue()
         if shape == 3:
             return zlib.compress(self.random_bytes(rng.randint(1, 200)))
         if shape == 4:
-            return b"\x7f\xff" + struct.pack(">i", rng.choice([-1, _JAVA_INT_MAX, 100]))
+            return b"\x7f\xff" + struct.pack(">i", rng.choice([-1, INT32_MAX, 100]))
         return b""
 
     def session_frames(self, cipher, count):
@@ -478,7 +477,7 @@ class FrameMaker:
                 cmd, body = Command.PUSH, self.random_bytes(rng.randint(1, 300))
                 flags |= rng.choice([0, Flags.AUTO_ACK, Flags.BIZ_ACK])
             elif kind == 3:
-                frames.append(self.frame(Command.ACK, b"", 0, rng.randrange(-(2**31), 2**31)))
+                frames.append(self.frame(Command.ACK, b"", 0, rng.randint(INT32_MIN, INT32_MAX)))
                 continue
             elif kind == 4:
                 frames.append(HEARTBEAT_BYTE * rng.randint(1, 50))

@@ -15,6 +15,7 @@ import json
 
 from mpush.http.errors import InvalidRequest, UnsupportedMediaType
 from mpush.node_api import MAX_USERS, PushRequest
+from mpush.protocol.fields import INT32_MAX, INT32_MIN
 
 __all__ = [
     "ACK_MODELS",
@@ -48,8 +49,6 @@ PUSH_FIELDS = frozenset({
 #: Every field of C{POST /v1/users/{user_id}/kick}.
 KICK_FIELDS = frozenset({"client_type", "close"})
 
-_INT32_MIN = -(2**31)
-_INT32_MAX = 2**31 - 1
 
 
 class _DuplicateKey(ValueError):
@@ -256,7 +255,7 @@ def parse_kick(obj: dict | None) -> int | None:
     _unknown_fields(obj, KICK_FIELDS)
     if "client_type" not in obj:
         return None
-    return _int(obj["client_type"], "client_type", _INT32_MIN, _INT32_MAX)
+    return _int(obj["client_type"], "client_type", INT32_MIN, INT32_MAX)
 
 
 def kick_closes(obj: dict | None) -> bool:

@@ -100,7 +100,7 @@ def deliver_nudged(center, nudge: Nudge) -> defer.Deferred | None:
         or connection.context.user_id != nudge.user_id
     ):
         return None
-    return center.offline.deliver(connection, nudge.user_id, center.node.next_packet_id)
+    return center.offline.deliver(connection, nudge.user_id, center.next_packet_id)
 
 
 def _receiver(log: Logger, on_nudge: Callable[[Nudge], object]) -> Callable[[object], None]:

@@ -19,11 +19,18 @@ __all__ = [
     "encode_headers",
     "decode_headers",
     "EXTENDED_LENGTH",
+    "INT32_MAX",
+    "INT32_MIN",
 ]
+
+#: The range of a Java int: an int32 field, and every id, count or
+#: millisecond setting MPush keeps in one.
+INT32_MIN = -(2**31)
+INT32_MAX = 2**31 - 1
 
 #: int16 length value that announces an int32 extension.
 EXTENDED_LENGTH = 0x7FFF
-_MAX_FIELD_LENGTH = EXTENDED_LENGTH + 0x7FFFFFFF
+_MAX_FIELD_LENGTH = EXTENDED_LENGTH + INT32_MAX
 
 _BYTE = struct.Struct(">b")
 _SHORT = struct.Struct(">h")

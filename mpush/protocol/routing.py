@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable
 
 from mpush.protocol.client_type import ClientType, classify
+from mpush.protocol.fields import INT32_MAX, INT32_MIN
 
 __all__ = [
     "NODES_KEY",
@@ -82,8 +83,6 @@ _NODE_ONLINE_PREFIX = "mp:ouln:"
 #: writes (ours): what a survivor needs to clean up after a dead node.
 ONLINE_IPS_KEY = "mp:oulip"
 
-_INT32_MIN = -(2**31)
-_INT32_MAX = 2**31 - 1
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
@@ -184,7 +183,7 @@ def parse_client_type_field(field: str | bytes) -> int:
     if not body or not body.isascii() or not body.isdigit():
         raise InvalidRouteField(f"client type field is not a number: {field!r}")
     value = int(field)
-    if not _INT32_MIN <= value <= _INT32_MAX:
+    if not INT32_MIN <= value <= INT32_MAX:
         raise InvalidRouteField(f"client type field out of range: {field!r}")
     return value
 
@@ -278,7 +277,7 @@ def _optional_str(obj: dict, key: str, error: type[ValueError], what: str) -> st
     return value
 
 
-def _int(obj: dict, key: str, error: type[ValueError], what: str, *, low=_INT32_MIN, high=_INT32_MAX) -> int:
+def _int(obj: dict, key: str, error: type[ValueError], what: str, *, low=INT32_MIN, high=INT32_MAX) -> int:
     # Missing or null reads as 0, like fastjson into a Java int field.
     value = obj.get(key)
     if value is None:
@@ -295,7 +294,7 @@ def _check_str(value: object, key: str, error: type[ValueError], what: str) -> N
         raise error(f"{what} {key} must be text or None, not {type(value).__name__}")
 
 
-def _check_int(value: object, key: str, error: type[ValueError], what: str, *, low=_INT32_MIN, high=_INT32_MAX) -> int:
+def _check_int(value: object, key: str, error: type[ValueError], what: str, *, low=INT32_MIN, high=INT32_MAX) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise error(f"{what} {key} must be an int, not {value!r}")
     if not low <= value <= high:

@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mpush.protocol.errors import ErrorCode
+from mpush.protocol.fields import INT32_MAX
 from mpush.protocol.messages import GatewayPushMessage
 from mpush.protocol.packet import DEFAULT_MAX_PACKET_SIZE, Command
 from mpush.protocol.routing import InvalidPushResult, decode_push_result
@@ -67,7 +68,6 @@ DEFAULT_BROADCAST_TIMEOUT = 30.0
 #: Users pushed to at once by push_many (route lookups and requests in flight).
 DEFAULT_CONCURRENCY = 100
 
-_JAVA_INT_MAX = 2**31 - 1
 
 
 class InvalidPush(ValueError):
@@ -92,7 +92,7 @@ def wire_timeout(timeout: float) -> int:
     least 1 (0 would mean "no deadline"), at most a Java int.
     """
     ms = int(timeout * 1000) - 500
-    return max(1, min(ms, _JAVA_INT_MAX))
+    return max(1, min(ms, INT32_MAX))
 
 
 def _now_ms(clock: IReactorTime) -> int:

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 
 from mpush.protocol.body import make_raw_packet
 from mpush.protocol.errors import BodyError, FramingError
+from mpush.protocol.fields import INT32_MAX
 from mpush.protocol.messages import ErrorMessage, GatewayPushMessage, OkMessage
 from mpush.protocol.packet import DEFAULT_MAX_PACKET_SIZE, Command, Packet, PacketDecoder, encode_packet
 
@@ -53,7 +54,7 @@ MAX_REPLY_SIZE = 64 * 1024
 #: After close(), how long a connection may take to flush before it is aborted.
 CLOSE_TIMEOUT = 5.0
 #: Packet session ids are Java ints; after the largest we start over at 1.
-_MAX_SESSION_ID = 2**31 - 1
+_MAX_SESSION_ID = INT32_MAX
 
 
 # --------------------------------------------------------------------- errors

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from mpush.log_throttle import LogThrottle
 from mpush.protocol.condition import ConditionError, compile_condition
 from mpush.protocol.errors import ErrorCode
+from mpush.protocol.fields import INT32_MAX, INT32_MIN
 from mpush.protocol.messages import PushMessage
 from mpush.protocol.packet import Command, Flags
 from mpush.protocol.routing import encode_push_result
@@ -58,7 +59,6 @@ _OUTCOME_METRICS = {
 #: Plain ints of the header flags the push path tests (IntFlag ops are slow).
 _ACK_BITS = int(Flags.ACK_BITS)
 _REPORT_TIMEOUTS = int(Flags.REPORT_TIMEOUTS)
-_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 #: Time point names that need no JSON escaping.
 _POINT_NAMES = frozenset(
@@ -184,7 +184,7 @@ def push_result_json(user_id, client_type, points):
     """
     if (
         client_type.__class__ is not int
-        or not _INT32_MIN <= client_type <= _INT32_MAX
+        or not INT32_MIN <= client_type <= INT32_MAX
         or (user_id is not None and user_id.__class__ is not str)
     ):
         return encode_push_result(user_id, client_type, points)

@@ -34,13 +34,14 @@ import json
 from datetime import datetime, tzinfo
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from mpush.netinfo import local_ip as configured_local_ip
-from mpush.node_api import PushRejected, PushRequest
+from mpush.node_api import NodeAPI, PushOutcome, PushRejected, PushRequest
+from mpush.protocol.routing import ClientLocation
 
 __all__ = [
     "COMMAND_TIMEOUT",
@@ -140,7 +141,7 @@ def _json(value: object, *, pretty: bool = False) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def _route_view(client_type: int, location) -> dict:
+def _route_view(client_type: int, location: ClientLocation) -> dict:
     return {
         "host": location.host,
         "port": location.port,
@@ -190,8 +191,8 @@ class AdminProtocol(LineReceiver):
 
     log = Logger()
 
-    def __init__(self, api, clock, *, local_ip: str, command_timeout: float = COMMAND_TIMEOUT,
-                 tz: tzinfo | None = None):
+    def __init__(self, api: NodeAPI, clock: IReactorTime, *, local_ip: str,
+                 command_timeout: float = COMMAND_TIMEOUT, tz: tzinfo | None = None) -> None:
         self.api = api
         self.clock = clock
         self.local_ip = local_ip
@@ -214,14 +215,14 @@ class AdminProtocol(LineReceiver):
 
     # -- connection ----------------------------------------------------------
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         address = self.transport.getPeer()
         self.peer = f"{getattr(address, 'host', '?')}:{getattr(address, 'port', '?')}"
         self.is_open = True
         self.log.info("admin console opened by {peer}", peer=self.peer)
         self.transport.write(self.greeting().encode("utf-8"))
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure) -> None:
         self.is_open = False
         running, self._running = self._running, None
         if running is not None:
@@ -244,7 +245,7 @@ class AdminProtocol(LineReceiver):
 
     # -- lines ---------------------------------------------------------------
 
-    def lineReceived(self, line):
+    def lineReceived(self, line: bytes) -> None:
         if line.endswith(b"\r"):
             line = line[:-1]
         if len(line) > MAX_LINE_LENGTH:
@@ -257,7 +258,7 @@ class AdminProtocol(LineReceiver):
             return
         self._run(text)
 
-    def lineLengthExceeded(self, line):
+    def lineLengthExceeded(self, line: bytes) -> None:
         self.log.info("admin console {peer}: line longer than {limit} bytes, closing",
                       peer=self.peer, limit=MAX_LINE_LENGTH)
         self._reply(f"line too long: more than {MAX_LINE_LENGTH} bytes, closing")
@@ -275,7 +276,7 @@ class AdminProtocol(LineReceiver):
         option, _, argument = text.partition(" ")
         return option.strip().lower(), (argument if argument != "" else None)
 
-    def _run(self, text):
+    def _run(self, text: str) -> None:
         option, argument = self.parse(text)
         handler = self._commands.get(option or "help")
         if handler is None:
@@ -299,7 +300,7 @@ class AdminProtocol(LineReceiver):
         self._running = (result, timer)
         result.addBoth(self._finished, result, option)
 
-    def _finished(self, outcome, deferred, option):
+    def _finished(self, outcome: object, deferred: defer.Deferred, option: str) -> None:
         if self._running is None or self._running[0] is not deferred:
             # Timed out or disconnected: nobody is waiting for this answer.
             if isinstance(outcome, Failure):
@@ -315,7 +316,7 @@ class AdminProtocol(LineReceiver):
         self._next()
         return None
 
-    def _timed_out(self, deferred, option):
+    def _timed_out(self, deferred: defer.Deferred, option: str) -> None:
         if self._running is None or self._running[0] is not deferred:
             return
         self._running = None
@@ -325,11 +326,11 @@ class AdminProtocol(LineReceiver):
             f"{option}: no answer within {self.command_timeout:g}s")))
         self._next()
 
-    def _next(self):
+    def _next(self) -> None:
         if self.is_open and not self.transport.disconnecting:
             self.resumeProducing()
 
-    def _failed(self, failure, option):
+    def _failed(self, failure: Failure, option: str) -> None:
         error = failure.value
         if isinstance(error, (CommandError, PushRejected)):
             # The operator's mistake, answered in full: nothing to debug.
@@ -340,7 +341,7 @@ class AdminProtocol(LineReceiver):
                              option=option, peer=self.peer)
         self._reply(_error_text(error))
 
-    def _reply(self, text):
+    def _reply(self, text: object) -> None:
         if not self.is_open:
             return
         # Telnet wants CRLF; only real line breaks are translated (not
@@ -350,15 +351,15 @@ class AdminProtocol(LineReceiver):
 
     # -- commands ------------------------------------------------------------
 
-    def _help(self, argument):
+    def _help(self, argument: str | None) -> str:
         return HELP
 
-    def _quit(self, argument):
+    def _quit(self, argument: str | None) -> None:
         self._reply("have a good day!")
         self.is_open = False
         self.transport.loseConnection()
 
-    def _count(self, argument):
+    def _count(self, argument: str | None) -> str | defer.Deferred:
         what = (argument or "").strip()
         if what == "conn":
             return str(self.api.connection_count())
@@ -370,19 +371,19 @@ class AdminProtocol(LineReceiver):
             raise CommandError("please input what to count: conn, online or users")
         return f"[{what}] unsupported, try help."
 
-    def _route(self, argument):
+    def _route(self, argument: str | None) -> defer.Deferred:
         user_id = (argument or "").strip()
         if not user_id:
             raise CommandError("please input userId")
 
-        def show(routes):
+        def show(routes: dict[int, ClientLocation]) -> str:
             if not routes:
                 return f"user [{user_id}] offline now."
             return _json([_route_view(client_type, routes[client_type]) for client_type in sorted(routes)])
 
         return self.api.routes(user_id).addCallback(show)
 
-    def _push(self, argument):
+    def _push(self, argument: str | None) -> defer.Deferred:
         user_id, _, text = (argument or "").lstrip(" ").partition(" ")
         if not user_id or not text:
             raise CommandError("please input userId and text: push <userId> <text>")
@@ -390,7 +391,7 @@ class AdminProtocol(LineReceiver):
                       peer=self.peer, user=user_id, size=len(text.encode("utf-8")))
         request = PushRequest(users=(user_id,), content=text.encode("utf-8"), ack="none")
 
-        def show(outcome):
+        def show(outcome: PushOutcome) -> str:
             lines = [f"push [{outcome.message_id}]:"]
             lines.extend(_result_line(result) for result in outcome.results)
             if not outcome.results:
@@ -399,7 +400,7 @@ class AdminProtocol(LineReceiver):
 
         return self.api.push(request).addCallback(show)
 
-    def _kick(self, argument):
+    def _kick(self, argument: str | None) -> defer.Deferred:
         words = (argument or "").split()
         close = True
         if len(words) > 1 and words[-1] == "open":
@@ -422,7 +423,7 @@ class AdminProtocol(LineReceiver):
             lambda kicked: f"kicked {kicked} route(s) of user [{user_id}]."
         )
 
-    def _conf(self, argument):
+    def _conf(self, argument: str | None) -> str:
         key = (argument or "").strip()
         if not key:
             return _json(self.api.config_view(), pretty=True)
@@ -434,7 +435,7 @@ class AdminProtocol(LineReceiver):
             return f"key [{key}] not find in config"
         return _json(value, pretty=True)
 
-    def _stats(self, argument):
+    def _stats(self, argument: str | None) -> str:
         return _json(self.api.stats(), pretty=True)
 
 
@@ -444,25 +445,25 @@ class AdminFactory(ServerFactory):
 
     @param api: the node's L{mpush.node_api.NodeAPI}.
     @param clock: an L{IReactorTime} (greeting times and command timeouts).
-    @param local_ip: shown in the greeting; by default this node's local IP
-        as routes carry it (C{[net] local-ip} or the detected address).
+    @param local_ip: shown in the greeting: this node's local IP as routes
+        carry it (C{[net] local-ip} or the detected address).
     @param command_timeout: seconds before a command is answered as timed out.
     @param tz: time zone of the greeting's times; C{None} is the local zone.
     """
 
     protocol = AdminProtocol
 
-    def __init__(self, api, clock, *, local_ip: str | None = None,
-                 command_timeout: float = COMMAND_TIMEOUT, tz: tzinfo | None = None):
+    def __init__(self, api: NodeAPI, clock: IReactorTime, *, local_ip: str,
+                 command_timeout: float = COMMAND_TIMEOUT, tz: tzinfo | None = None) -> None:
         if not command_timeout > 0:
             raise ValueError(f"command_timeout must be positive, not {command_timeout!r}")
         self.api = api
         self.clock = clock
-        self.local_ip = local_ip if local_ip is not None else configured_local_ip(api.node.config.net)
+        self.local_ip = local_ip
         self.command_timeout = command_timeout
         self.tz = tz
 
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: object) -> AdminProtocol:
         protocol = self.protocol(
             self.api,
             self.clock,

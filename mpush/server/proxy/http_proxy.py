@@ -18,17 +18,22 @@ cannot map the inside with it; in-flight requests are bounded per
 connection and per node.
 """
 
+from __future__ import annotations
+
 import ipaddress
 import random
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import quote, urljoin, urlsplit
 
 from service_identity import CertificateError, VerificationError
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IConsumer
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web._newclient import HEADER, STATUS, HTTP11ClientProtocol
 from twisted.web.client import (
     Agent,
@@ -43,19 +48,27 @@ from twisted.web.client import (
     _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from mpush.config import ConfigError, split_host_port
+from mpush.protocol.fields import INT32_MAX
 from mpush.protocol.messages import HttpRequestMessage, HttpResponseMessage
-from mpush.protocol.packet import Command
+from mpush.protocol.packet import Command, Packet
 from mpush.server.device.dispatcher import DeviceHandler
 from mpush.server.proxy.ssrf import (
     AddressPolicy,
     AddressRefused,
     GuardedEndpointFactory,
+    IHostResolver,
     ReactorHostResolver,
 )
+
+if TYPE_CHECKING:
+    from mpush.config import ProxyConfig
+
+#: A device's connection, TCP or WebSocket (an IDeviceConnection).
+DeviceConnection = Any
 
 __all__ = [
     "BadHeader",
@@ -97,7 +110,6 @@ UNREACHABLE = "upstream not reachable"
 #: Response header that says why the proxy answered an error itself.
 ERROR_HEADER = "x-mpush-proxy-error"
 
-_JAVA_INT_MAX = 2**31 - 1
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _JAVA_INT = re.compile(r"-?[0-9]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -140,12 +152,12 @@ class ProxyFailure(Exception):
 
     status = 502
 
-    def __init__(self, detail):
+    def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
 
     @property
-    def phrase(self):
+    def phrase(self) -> str:
         return _PHRASES[self.status]
 
 
@@ -188,7 +200,7 @@ class Overloaded(ProxyFailure):
 # -- URLs ------------------------------------------------------------------
 
 
-def _host_of(text):
+def _host_of(text: str) -> str:
     """
     The host of a URL or a mapping target, normalised: an IP address in its
     canonical form, or a lower-case ASCII (IDNA) name.
@@ -223,7 +235,7 @@ class Target:
     path: str
 
     @classmethod
-    def parse(cls, uri):
+    def parse(cls, uri: str) -> Target:
         """
         @raise BadUri: not an absolute http(s) URL.  User info and fragment
             are dropped; spaces and non-ASCII in the path are percent-encoded.
@@ -251,27 +263,27 @@ class Target:
         return cls(scheme, host, port, quote(path, safe=_URL_SAFE))
 
     @property
-    def default_port(self):
+    def default_port(self) -> bool:
         return self.port == (443 if self.scheme == "https" else 80)
 
     @property
-    def _bracketed(self):
+    def _bracketed(self) -> str:
         return f"[{self.host}]" if ":" in self.host else self.host
 
     @property
-    def origin(self):
+    def origin(self) -> tuple[str, str, int]:
         return (self.scheme, self.host, self.port)
 
-    def text(self):
+    def text(self) -> str:
         return f"{self.scheme}://{self._bracketed}:{self.port}{self.path}"
 
-    def url(self):
+    def url(self) -> bytes:
         """
         The URL for twisted.web's Agent (always with the port).
         """
         return self.text().encode("ascii")
 
-    def host_header(self):
+    def host_header(self) -> bytes:
         """
         The Host header: the host, with the port when it is not the default.
         """
@@ -279,13 +291,13 @@ class Target:
             return self._bracketed.encode("ascii")
         return f"{self._bracketed}:{self.port}".encode("ascii")
 
-    def for_log(self):
+    def for_log(self) -> str:
         """
         The URL without its query, which may hold secrets.
         """
         return f"{self.scheme}://{self._bracketed}:{self.port}{self.path.split('?', 1)[0]}"
 
-    def follow(self, location):
+    def follow(self, location: str) -> Target:
         """
         The target of a redirect to C{location}, relative or absolute.
 
@@ -293,11 +305,11 @@ class Target:
         """
         return Target.parse(urljoin(self.text(), location))
 
-    def moved_to(self, host, port):
+    def moved_to(self, host: str, port: int) -> Target:
         return Target(self.scheme, host, port, self.path)
 
 
-def _mapping_target(text):
+def _mapping_target(text: str) -> tuple[str, int]:
     """
     C{"ip[:port]"} (C{"[v6]:port"}) from C{[http] dns-mapping}: C{(host,
     port)}, the port C{None} when omitted, meaning the URL scheme's default.
@@ -319,7 +331,11 @@ class DnsMapping:
 
     __slots__ = ("_targets", "_choice")
 
-    def __init__(self, entries=(), choice=random.choice):
+    def __init__(
+        self,
+        entries: Iterable[tuple[str, Iterable[str]]] = (),
+        choice: Callable[[Sequence[tuple[str, int]]], tuple[str, int]] = random.choice,
+    ) -> None:
         self._targets = {}
         self._choice = choice
         for domain, targets in entries:
@@ -332,11 +348,11 @@ class DnsMapping:
                 raise ConfigError(f"{domain!r}: no target", key="[http] dns-mapping")
             self._targets[name] = parsed
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self._targets)
 
     @property
-    def trusted(self):
+    def trusted(self) -> frozenset[tuple[str, int]]:
         """
         Every C{(host, port)} a mapping can send a request to: the operator
         named them, so the address policy does not apply to requests
@@ -349,7 +365,7 @@ class DnsMapping:
                 pairs.update([(host, port)] if port is not None else [(host, 80), (host, 443)])
         return frozenset(pairs)
 
-    def translate(self, target):
+    def translate(self, target: Target) -> Target | None:
         """
         C{target} sent to a mapped address, or C{None} when its host is not
         mapped.  The path and query are kept (MPush drops user info and the
@@ -367,7 +383,9 @@ class DnsMapping:
 # -- headers -----------------------------------------------------------------
 
 
-def read_timeout_ms(headers, default, maximum=MAX_READ_TIMEOUT_MS):
+def read_timeout_ms(
+    headers: Mapping[str, str | None] | None, default: int, maximum: int = MAX_READ_TIMEOUT_MS
+) -> int:
     """
     The request timeout in ms: the client's C{readTimeout} header when it is
     a positive Java int (MPush's rule), else C{default}; never more than
@@ -377,13 +395,13 @@ def read_timeout_ms(headers, default, maximum=MAX_READ_TIMEOUT_MS):
         if name.lower() == READ_TIMEOUT_HEADER:
             if value is not None and _JAVA_INT.fullmatch(value):
                 number = int(value)
-                if 0 < number <= _JAVA_INT_MAX:
+                if 0 < number <= INT32_MAX:
                     return min(number, max(maximum, default))
             return default
     return default
 
 
-def forwarded_headers(headers):
+def forwarded_headers(headers: Mapping[str, str | None] | None) -> tuple[tuple[bytes, bytes], ...]:
     """
     The client's headers to pass on, as C{(name, value)} bytes pairs: all of
     them but the ones in C{_DROPPED}, and those with no value (the
@@ -412,7 +430,9 @@ def cross_origin_headers(pairs: tuple) -> tuple:
     return tuple((name, value) for name, value in pairs if name.lower().decode("ascii") in _CROSS_ORIGIN)
 
 
-def request_headers(pairs, target, peer_host, peer_port):
+def request_headers(
+    pairs: Iterable[tuple[bytes, bytes]], target: Target, peer_host: object, peer_port: object
+) -> Headers:
     """
     The upstream request's headers (spec 13.2 step 3): the client's, then
     Host, C{Connection: keep-alive} and the peer as C{x-forwarded-for} and
@@ -428,14 +448,14 @@ def request_headers(pairs, target, peer_host, peer_port):
     return headers
 
 
-def _text(data):
+def _text(data: bytes) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("latin-1")
 
 
-def response_headers(headers, body):
+def response_headers(headers: Headers, body: bytes) -> dict[str, str] | None:
     """
     The upstream response's headers as the HttpResponseMessage map: a
     repeated name keeps its last value (MPush's HashMap), Transfer-Encoding
@@ -456,7 +476,7 @@ def response_headers(headers, body):
     return out or None
 
 
-def _location(headers):
+def _location(headers: Headers) -> str | None:
     values = headers.getRawHeaders(b"location")
     return _text(values[-1]) if values else None
 
@@ -476,7 +496,7 @@ _EXPECTED = (
 )
 
 
-def _tls_failed(error):
+def _tls_failed(error: BaseException) -> bool:
     return any(reason.check(*_TLS_ERRORS) for reason in getattr(error, "reasons", None) or ())
 
 
@@ -485,7 +505,7 @@ def _tls_failed(error):
 _UNREACHABLE = (AddressRefused, ConnectError, DNSLookupError)
 
 
-def failure_reply(failure):
+def failure_reply(failure: Failure) -> tuple[int, str, str]:
     """
     The status, reason phrase and detail text the client is answered with
     for a failed upstream request (spec 13.2 step 5).
@@ -525,7 +545,7 @@ class _HeadCounter:
 
     __slots__ = ("_parser", "_line_received", "_max_bytes", "_max_headers", "size", "headers")
 
-    def __init__(self, parser, max_bytes: int, max_headers: int) -> None:
+    def __init__(self, parser: Any, max_bytes: int, max_headers: int) -> None:
         self._parser = parser
         self._line_received = parser.lineReceived
         self._max_bytes = max_bytes
@@ -533,7 +553,7 @@ class _HeadCounter:
         self.size = 0
         self.headers = 0
 
-    def __call__(self, line):
+    def __call__(self, line: bytes) -> None:
         state = self._parser.state
         if state in (STATUS, HEADER):
             self.size += len(line) + 1
@@ -553,7 +573,7 @@ class _CappedClientProtocol(HTTP11ClientProtocol):
     caps a line, not the number of lines).
     """
 
-    def request(self, request):
+    def request(self, request: Any) -> Deferred:
         result = super().request(request)
         parser = self._parser
         # A request refused at once (the connection busy) leaves the
@@ -564,7 +584,7 @@ class _CappedClientProtocol(HTTP11ClientProtocol):
 
 
 class _CappedClientFactory(_HTTP11ClientFactory):
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: object) -> _CappedClientProtocol:
         return _CappedClientProtocol(self._quiescentCallback)
 
 
@@ -576,7 +596,7 @@ class _CappedConnectionPool(HTTPConnectionPool):
     _factory = _CappedClientFactory
 
 
-def _head_size(response) -> int:
+def _head_size(response: IResponse) -> int:
     """
     About how many bytes C{response}'s status line and headers took (what
     twisted.web keeps of them).
@@ -598,21 +618,21 @@ class _BytesProducer:
 
     __slots__ = ("_body", "length")
 
-    def __init__(self, body):
+    def __init__(self, body: bytes) -> None:
         self._body = body
         self.length = len(body)
 
-    def startProducing(self, consumer):
+    def startProducing(self, consumer: IConsumer) -> Deferred:
         consumer.write(self._body)
         return succeed(None)
 
-    def pauseProducing(self):
+    def pauseProducing(self) -> None:
         pass
 
-    def resumeProducing(self):
+    def resumeProducing(self) -> None:
         pass
 
-    def stopProducing(self):
+    def stopProducing(self) -> None:
         pass
 
 
@@ -624,7 +644,7 @@ class _BodyReader(Protocol):
     is never read, let alone buffered.
     """
 
-    def __init__(self, limit, expected, head=0):
+    def __init__(self, limit: int, expected: int | object, head: int = 0) -> None:
         self.head = head
         self.limit = limit - head
         self.expected = expected
@@ -633,11 +653,11 @@ class _BodyReader(Protocol):
         self.too_large = False
         self.finished = Deferred(self._cancel)
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         if self.limit < 0 or (self.expected is not UNKNOWN_LENGTH and self.expected > self.limit):
             self._overflow()
 
-    def dataReceived(self, data):
+    def dataReceived(self, data: bytes) -> None:
         if self.too_large:
             return
         self.size += len(data)
@@ -646,16 +666,16 @@ class _BodyReader(Protocol):
             return
         self.parts.append(data)
 
-    def _overflow(self):
+    def _overflow(self) -> None:
         self.too_large = True
         self.parts = []
         self.transport.stopProducing()
 
-    def _cancel(self, _deferred):
+    def _cancel(self, _deferred: Deferred) -> None:
         if self.transport is not None:
             self.transport.stopProducing()
 
-    def connectionLost(self, reason):
+    def connectionLost(self, reason: Failure) -> None:
         if self.finished.called:
             return
         if self.too_large:
@@ -666,7 +686,7 @@ class _BodyReader(Protocol):
             self.finished.errback(reason)
 
 
-def read_body(response, limit):
+def read_body(response: IResponse, limit: int) -> Deferred:
     """
     A L{Deferred} firing with the whole body of C{response}, or failing
     with L{ResponseTooLarge} when its head and body are over C{limit}
@@ -696,8 +716,18 @@ class ProxyRequest:
         "timeout_ms", "peer", "trusted", "finished", "work", "timer", "done",
     )
 
-    def __init__(self, connection, session_id, method, target, headers, body, timeout_ms, peer,
-                 trusted=False):
+    def __init__(
+        self,
+        connection: DeviceConnection,
+        session_id: int,
+        method: str,
+        target: Target,
+        headers: tuple[tuple[bytes, bytes], ...],
+        body: bytes | None,
+        timeout_ms: int,
+        peer: tuple[object, object],
+        trusted: bool = False,
+    ) -> None:
         self.connection = connection
         self.session_id = session_id
         self.method = method
@@ -712,11 +742,11 @@ class ProxyRequest:
         self.timer = None
         self.done = False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<ProxyRequest {self.session_id} {self.method} {self.target.for_log()}>"
 
 
-def _peer_of(connection):
+def _peer_of(connection: DeviceConnection) -> tuple[object, object]:
     address = connection.transport.getPeer()
     host, port = getattr(address, "host", None), getattr(address, "port", None)
     if host is None or port is None:
@@ -724,7 +754,7 @@ def _peer_of(connection):
     return host, port
 
 
-def _ignore_closed(failure):
+def _ignore_closed(failure: Failure) -> None:
     # The device went away before its answer: nobody left to tell.
     return None
 
@@ -733,10 +763,10 @@ class HttpProxyHandler(DeviceHandler):
     """
     The HTTP proxy of one node.
 
-    @param node: the L{mpush.server.node.ServerNode}; its C{config.proxy}
-        is read once, here.
-    @param reactor: connects, resolves and times out requests; the node's
-        clock by default (the reactor, in a real node).
+    @param config: the C{[proxy]} L{mpush.config.ProxyConfig}, read once,
+        here.
+    @param reactor: connects, resolves and times out requests (the node's
+        clock: the reactor, in a real node).
     @param resolver: an L{mpush.server.proxy.ssrf.IHostResolver}; the reactor's.
     @param trust_root: an C{IOpenSSLTrustRoot} for https; the platform's CAs
         by default (tests pass their own CA).
@@ -746,11 +776,18 @@ class HttpProxyHandler(DeviceHandler):
     command = Command.HTTP_PROXY
     log = Logger()
 
-    def __init__(self, node, reactor=None, *, resolver=None, trust_root=None,
-                 choice=random.choice, connect_timeout=CONNECT_TIMEOUT):
-        self.node = node
-        self.config = node.config.proxy
-        self._reactor = reactor if reactor is not None else node.clock
+    def __init__(
+        self,
+        config: ProxyConfig,
+        reactor: Any,
+        *,
+        resolver: IHostResolver | None = None,
+        trust_root: Any = None,
+        choice: Callable[[Sequence[tuple[str, int]]], tuple[str, int]] = random.choice,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
+        self.config = config
+        self._reactor = reactor
         self._mapping = DnsMapping(self.config.dns_mapping, choice)
         resolver = resolver if resolver is not None else ReactorHostResolver(self._reactor)
         policy = AddressPolicy(self.config.allow)
@@ -775,10 +812,10 @@ class HttpProxyHandler(DeviceHandler):
     # -- what the lead and the tests see ------------------------------------
 
     @property
-    def in_flight(self):
+    def in_flight(self) -> int:
         return self._in_flight
 
-    def active(self, connection=None):
+    def active(self, connection: DeviceConnection | None = None) -> tuple[ProxyRequest, ...]:
         """
         The requests in flight, of one connection or of all.
         """
@@ -786,7 +823,7 @@ class HttpProxyHandler(DeviceHandler):
             return tuple(self._by_connection.get(connection, ()))
         return tuple(request for requests in self._by_connection.values() for request in requests)
 
-    def cancel_requests(self, connection):
+    def cancel_requests(self, connection: DeviceConnection) -> int:
         """
         Abandon C{connection}'s requests (it closed): their upstream
         connections are dropped and nothing is answered.
@@ -798,7 +835,7 @@ class HttpProxyHandler(DeviceHandler):
             self._abandon(request)
         return len(requests)
 
-    def close(self):
+    def close(self) -> Deferred:
         """
         Abandon every request and close the kept-alive upstream connections.
 
@@ -810,7 +847,7 @@ class HttpProxyHandler(DeviceHandler):
 
     # -- IDeviceHandler -------------------------------------------------------
 
-    def handle(self, connection, packet, message: HttpRequestMessage) -> None:
+    def handle(self, connection: DeviceConnection, packet: Packet, message: HttpRequestMessage) -> None:
         session_id = packet.session_id
         if not message.uri:
             # MPush goes on and also answers 502 (spec 21.2 item 7); one answer is enough.
@@ -824,7 +861,7 @@ class HttpProxyHandler(DeviceHandler):
         self._start(request)
         return None
 
-    def _prepare(self, connection, session_id, message):
+    def _prepare(self, connection: DeviceConnection, session_id: int, message: HttpRequestMessage) -> ProxyRequest:
         requests = self._by_connection.get(connection, ())
         if len(requests) >= self.config.max_in_flight_per_connection:
             raise Overloaded(f"{len(requests)} requests already in flight on this connection")
@@ -846,7 +883,7 @@ class HttpProxyHandler(DeviceHandler):
 
     # -- one request's life -----------------------------------------------------
 
-    def _start(self, request):
+    def _start(self, request: ProxyRequest) -> None:
         self._by_connection.setdefault(request.connection, set()).add(request)
         self._in_flight += 1
         request.timer = self._reactor.callLater(request.timeout_ms / 1000.0, self._timed_out, request)
@@ -854,7 +891,7 @@ class HttpProxyHandler(DeviceHandler):
         request.work = work
         work.addCallbacks(self._fetched, self._failed, callbackArgs=(request,), errbackArgs=(request,))
 
-    async def _fetch(self, request):
+    async def _fetch(self, request: ProxyRequest) -> tuple[IResponse, bytes]:
         """
         The final response and its body, redirects followed.  Each hop,
         like the first, connects through the address policy.
@@ -882,7 +919,7 @@ class HttpProxyHandler(DeviceHandler):
             target = following
             redirects += 1
 
-    def _fetched(self, result, request):
+    def _fetched(self, result: tuple[IResponse, bytes], request: ProxyRequest) -> None:
         if request.done:
             return None
         response, content = result
@@ -902,7 +939,7 @@ class HttpProxyHandler(DeviceHandler):
         self._finish(request, response.code)
         return None
 
-    def _failed(self, failure, request):
+    def _failed(self, failure: Failure, request: ProxyRequest) -> None:
         if request.done:
             return None
         status, _phrase, detail = failure_reply(failure)
@@ -913,14 +950,16 @@ class HttpProxyHandler(DeviceHandler):
         self._fail(request, status, detail, reason, warn=failure.check(AddressRefused) is not None)
         return None
 
-    def _timed_out(self, request):
+    def _timed_out(self, request: ProxyRequest) -> None:
         request.timer = None
         if request.done:
             return
         self._fail(request, 408, f"no response within {request.timeout_ms} ms")
         request.work.cancel()
 
-    def _fail(self, request, status, detail, log_detail=None, warn=False):
+    def _fail(
+        self, request: ProxyRequest, status: int, detail: str, log_detail: str | None = None, warn: bool = False
+    ) -> None:
         log = self.log.warn if warn else self.log.info
         log(
             "HTTP proxy {status} for {peer}: {method} {url}: {detail}",
@@ -933,14 +972,14 @@ class HttpProxyHandler(DeviceHandler):
         self._answer_error(request.connection, request.session_id, status, detail, logged=True)
         self._finish(request, status)
 
-    def _abandon(self, request):
+    def _abandon(self, request: ProxyRequest) -> None:
         if request.done:
             return
         self._finish(request, None)
         if request.work is not None:
             request.work.cancel()
 
-    def _finish(self, request, status):
+    def _finish(self, request: ProxyRequest, status: int | None) -> None:
         request.done = True
         if request.timer is not None and request.timer.active():
             request.timer.cancel()
@@ -953,7 +992,9 @@ class HttpProxyHandler(DeviceHandler):
                 del self._by_connection[request.connection]
         request.finished.callback(status)
 
-    def _answer_error(self, connection, session_id, status, detail, logged=False):
+    def _answer_error(
+        self, connection: DeviceConnection, session_id: int, status: int, detail: str, logged: bool = False
+    ) -> None:
         """
         A status the proxy made up: raw, with why in a header.
         """

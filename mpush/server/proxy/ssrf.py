@@ -13,7 +13,10 @@ and the connect.  TLS (SNI and certificate checks) and the Host header keep
 the name.
 """
 
+from __future__ import annotations
+
 import ipaddress
+from typing import TYPE_CHECKING, Any, Iterable, Sequence, Union
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import (
@@ -24,12 +27,19 @@ from twisted.internet.endpoints import (
 from twisted.internet.error import ConnectError
 from twisted.internet.error import ConnectionRefusedError as ConnectRefused
 from twisted.internet.error import TimeoutError as ConnectTimeout
-from twisted.internet.interfaces import IResolutionReceiver, IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IResolutionReceiver, IStreamClientEndpoint
 from twisted.web.error import SchemeNotSupported
-from twisted.web.iweb import IAgentEndpointFactory
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from zope.interface import Interface, implementer
 
 from mpush.config import parse_allow_entry
+
+if TYPE_CHECKING:
+    from twisted.web.client import URI
+
+#: An IPv4 or IPv6 address, network.
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 __all__ = [
     "AddressPolicy",
@@ -59,7 +69,7 @@ INVALID = "not an IP address"
 MAX_CONNECT_ATTEMPTS = 3
 
 
-def _table(rows):
+def _table(rows: Iterable[tuple[str, str]]) -> tuple[tuple[IPNetwork, str], ...]:
     return tuple((ipaddress.ip_network(cidr), category) for cidr, category in rows)
 
 
@@ -116,7 +126,7 @@ class AddressRefused(Exception):
     resolved to.  The text is for the log: devices are not told why.
     """
 
-    def __init__(self, host, address, category, port=None):
+    def __init__(self, host: str, address: str, category: str, port: int | None = None) -> None:
         self.host = host
         self.address = address
         self.category = category
@@ -133,7 +143,7 @@ class HostNotFound(ConnectError):
     The name resolved to no address at all.
     """
 
-    def __init__(self, host, detail=None):
+    def __init__(self, host: str, detail: str | None = None) -> None:
         self.host = host
         self.detail = f"cannot resolve {host}: {detail or 'no address found'}"
         super().__init__(string=self.detail)
@@ -144,7 +154,7 @@ class UpstreamUnreachable(ConnectError):
     No checked address of the host accepted a connection.
     """
 
-    def __init__(self, host, port, addresses, last):
+    def __init__(self, host: str, port: int, addresses: Iterable[str], last: BaseException | None) -> None:
         self.host = host
         self.port = port
         self.addresses = tuple(addresses)
@@ -153,7 +163,7 @@ class UpstreamUnreachable(ConnectError):
         super().__init__(string=f"{self.detail} (tried {', '.join(self.addresses)})")
 
 
-def _short(error):
+def _short(error: BaseException | None) -> str:
     if isinstance(error, ConnectRefused):
         return "connection refused"
     if isinstance(error, ConnectTimeout):
@@ -161,7 +171,7 @@ def _short(error):
     return type(error).__name__ if error is not None else "no address tried"
 
 
-def _parse(address):
+def _parse(address: object) -> IPAddress | None:
     """
     C{address} as an C{ipaddress} object (a zone index is ignored: the range
     decides), or C{None} when it is not an IP address.
@@ -174,7 +184,7 @@ def _parse(address):
         return None
 
 
-def _embedded_ipv4(address):
+def _embedded_ipv4(address: IPAddress) -> ipaddress.IPv4Address | None:
     """
     The IPv4 address an IPv6 address stands for, if it is in one of the
     ranges that carry one, else C{None}.
@@ -190,7 +200,7 @@ def _embedded_ipv4(address):
     return None
 
 
-def classify(address):
+def classify(address: str | IPAddress) -> str | None:
     """
     Why C{address} (a string or an C{ipaddress} address) is not a public
     unicast address: one of the category strings, or C{None} when it is one.
@@ -221,10 +231,10 @@ class AddressPolicy:
 
     __slots__ = ("_allow",)
 
-    def __init__(self, allow=()):
+    def __init__(self, allow: Iterable[str] = ()) -> None:
         self._allow = tuple(parse_allow_entry(entry) for entry in allow)
 
-    def _allowed(self, address, port):
+    def _allowed(self, address: IPAddress, port: int | None) -> bool:
         candidates = [address]
         inner = _embedded_ipv4(address)
         if inner is not None:
@@ -235,7 +245,7 @@ class AddressPolicy:
             for network, allowed_port in self._allow
         )
 
-    def refusal(self, address, port=None):
+    def refusal(self, address: str, port: int | None = None) -> str | None:
         """
         The category that refuses C{address} (on C{port}; C{None}: on no
         port in particular), or C{None} if it may be used.
@@ -247,7 +257,7 @@ class AddressPolicy:
             return None
         return classify(parsed)
 
-    def check(self, host, addresses, port=None):
+    def check(self, host: str, addresses: Sequence[str], port: int | None = None) -> None:
         """
         Raise L{AddressRefused} unless EVERY address may be used: a name with
         one private address among public ones is refused, since which one a
@@ -266,7 +276,7 @@ class IHostResolver(Interface):
     Turns a host name into the addresses to check and connect to.
     """
 
-    def resolve(host, port):
+    def resolve(host: str, port: int) -> Deferred:
         """
         @return: a L{Deferred} firing with a list of IP address strings
             (possibly empty), or failing when the lookup fails.
@@ -277,19 +287,19 @@ class IHostResolver(Interface):
 class _Addresses:
     __slots__ = ("deferred", "addresses")
 
-    def __init__(self, deferred):
+    def __init__(self, deferred: Deferred) -> None:
         self.deferred = deferred
         self.addresses = []
 
-    def resolutionBegan(self, resolution):
+    def resolutionBegan(self, resolution: object) -> None:
         pass
 
-    def addressResolved(self, address):
+    def addressResolved(self, address: object) -> None:
         host = getattr(address, "host", None)
         if host is not None and host not in self.addresses:
             self.addresses.append(host)
 
-    def resolutionComplete(self):
+    def resolutionComplete(self) -> None:
         if not self.deferred.called:
             self.deferred.callback(self.addresses)
 
@@ -303,11 +313,11 @@ class ReactorHostResolver:
 
     __slots__ = ("_reactor",)
 
-    def __init__(self, reactor):
+    def __init__(self, reactor: Any) -> None:
         # Looked up at each resolve, so building a node on a test clock works.
         self._reactor = reactor
 
-    def resolve(self, host, port):
+    def resolve(self, host: str, port: int) -> Deferred:
         deferred = Deferred()
         self._reactor.nameResolver.resolveHostName(_Addresses(deferred), host, port)
         return deferred
@@ -324,7 +334,17 @@ class GuardedEndpoint:
         anything a device or DNS chose.
     """
 
-    def __init__(self, reactor, resolver, policy, host, port, timeout, tls=None, trusted=False):
+    def __init__(
+        self,
+        reactor: Any,
+        resolver: IHostResolver,
+        policy: AddressPolicy,
+        host: str,
+        port: int,
+        timeout: float,
+        tls: Any = None,
+        trusted: bool = False,
+    ) -> None:
         self._reactor = reactor
         self._resolver = resolver
         self._policy = policy
@@ -334,13 +354,13 @@ class GuardedEndpoint:
         self._tls = tls
         self.trusted = trusted
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<GuardedEndpoint {self.host}:{self.port}{' tls' if self._tls else ''}>"
 
-    def connect(self, protocol_factory):
+    def connect(self, protocol_factory: IProtocolFactory) -> Deferred:
         return Deferred.fromCoroutine(self._connect(protocol_factory))
 
-    async def _addresses(self):
+    async def _addresses(self) -> list[str]:
         literal = _parse(self.host)
         if literal is not None:
             return [str(literal)]
@@ -352,7 +372,7 @@ class GuardedEndpoint:
             raise HostNotFound(self.host, str(error) or type(error).__name__) from error
         return list(addresses)
 
-    async def _connect(self, protocol_factory):
+    async def _connect(self, protocol_factory: IProtocolFactory) -> IProtocol:
         addresses = await self._addresses()
         if not addresses:
             raise HostNotFound(self.host)
@@ -369,7 +389,7 @@ class GuardedEndpoint:
                 last = error
         raise UpstreamUnreachable(self.host, self.port, addresses[:MAX_CONNECT_ATTEMPTS], last)
 
-    def _tcp(self, address):
+    def _tcp(self, address: str) -> IStreamClientEndpoint:
         kind = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
         return kind(self._reactor, address, self.port, timeout=self._timeout)
 
@@ -385,7 +405,15 @@ class GuardedEndpointFactory:
         host, no brackets).
     """
 
-    def __init__(self, reactor, resolver, policy, tls_policy, connect_timeout, trusted=frozenset()):
+    def __init__(
+        self,
+        reactor: Any,
+        resolver: IHostResolver,
+        policy: AddressPolicy,
+        tls_policy: IPolicyForHTTPS,
+        connect_timeout: float,
+        trusted: Iterable[tuple[str, int]] = frozenset(),
+    ) -> None:
         self._reactor = reactor
         self._resolver = resolver
         self._policy = policy
@@ -393,7 +421,7 @@ class GuardedEndpointFactory:
         self._connect_timeout = connect_timeout
         self._trusted = frozenset(trusted)
 
-    def endpointForURI(self, uri):
+    def endpointForURI(self, uri: URI) -> GuardedEndpoint:
         host = uri.host.decode("ascii").lower()
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]

@@ -9,10 +9,15 @@ only released by the connection that still owns it, and a remote kick only
 reaches the connection it names (spec 21.2).
 """
 
+from __future__ import annotations
+
 import collections
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mpush.log_throttle import LogThrottle
 from mpush.protocol.messages import KickUserMessage, OkMessage
@@ -20,12 +25,23 @@ from mpush.protocol.packet import Command
 from mpush.protocol.routing import ClientLocation, KickRequest
 from mpush.server.device.errors import BindFailed, ConnectionClosed
 
+if TYPE_CHECKING:
+    from mpush.offline.delivery import OfflineDelivery
+    from mpush.protocol.messages import BindUserMessage
+    from mpush.protocol.packet import Packet
+    from mpush.router.interfaces import IKickChannel, IRemoteRouter, IUserEvents
+    from mpush.router.local import LocalRouter
+    from mpush.server.device.bind_validator import IBindValidator
+
+#: A device's connection, TCP or WebSocket (an IDeviceConnection).
+DeviceConnection = Any
+
 
 #: Closes whose shared side is done at a time (L{RouterCenter.connection_closed}).
 CLOSE_CHUNK = 500
 
 
-def _answer(written):
+def _answer(written: defer.Deferred) -> defer.Deferred:
     """
     A reply to a device that may have gone while Redis was asked: nobody is
     left to tell, so a closed connection is not an error.
@@ -44,9 +60,21 @@ class RouterCenter:
     log = Logger()
 
     def __init__(
-        self, node, local, remote, events, kicks, validator, gateway, offline=None, close_delay=0.0
-    ):
-        self.node = node
+        self,
+        clock: IReactorTime,
+        next_packet_id: Callable[[], int],
+        local: LocalRouter,
+        remote: IRemoteRouter,
+        events: IUserEvents,
+        kicks: IKickChannel,
+        validator: IBindValidator,
+        gateway: tuple[str, int],
+        offline: OfflineDelivery | None = None,
+        close_delay: float = 0.0,
+    ) -> None:
+        self.clock = clock
+        #: Draws the session id of a server-originated packet (the node's).
+        self.next_packet_id = next_packet_id
         self.offline = offline
         self.local = local
         self.remote = remote
@@ -56,7 +84,7 @@ class RouterCenter:
         self.gateway = gateway
         # A Redis outage or overload fails these side effects for every
         # device at once: one line a second per kind, with a count.
-        self._warnings = LogThrottle(node.clock)
+        self._warnings = LogThrottle(clock)
         #: Seconds the shared side of a close waits (0: done at once).
         self.close_delay = close_delay
         # (due, user_id, client_type, owned, conn_id) in the order closed.
@@ -70,7 +98,7 @@ class RouterCenter:
     # -- BIND / UNBIND -----------------------------------------------------
 
     @defer.inlineCallbacks
-    def bind(self, connection, packet, message):
+    def bind(self, connection: DeviceConnection, packet: Packet, message: BindUserMessage) -> defer.Deferred:
         """
         Bind C{message.user_id} to C{connection} and answer OK (spec 11.3).
         The dispatcher let the BIND through only on a connection with a
@@ -106,10 +134,10 @@ class RouterCenter:
         self._kick_replaced(connection, user_id, client_type, replaced, previous)
         if self.offline is not None:
             # Not waited for: the acks it waits on queue behind this BIND.
-            self.offline.deliver(connection, user_id, self.node.next_packet_id)
+            self.offline.deliver(connection, user_id, self.next_packet_id)
 
     @defer.inlineCallbacks
-    def unbind(self, connection, packet, message):
+    def unbind(self, connection: DeviceConnection, packet: Packet, message: BindUserMessage) -> defer.Deferred:
         """
         Unbind the user bound on C{connection}, whatever user id the message
         names (as MPush), and answer OK (spec 11.5).  As for L{bind}, the
@@ -121,7 +149,7 @@ class RouterCenter:
             Command.OK, OkMessage(Command.UNBIND, 0, "unbind success"), packet.session_id
         ))
 
-    def connection_closed(self, connection, at_once=False):
+    def connection_closed(self, connection: DeviceConnection, at_once: bool = False) -> defer.Deferred:
         """
         Release the routes a closed connection still owns (spec 11.6).  A
         route that a newer connection took over is left alone.  Offline
@@ -145,13 +173,13 @@ class RouterCenter:
             )
         if at_once or self.close_delay <= 0:
             return self._release(connection)
-        due = self.node.clock.seconds() + self.close_delay
+        due = self.clock.seconds() + self.close_delay
         self._closed.append((due,) + self._release_local(connection) + (connection.conn_id,))
         if self._closed_timer is None and not self._closes_running:
-            self._closed_timer = self.node.clock.callLater(self.close_delay, self._run_due_closes)
+            self._closed_timer = self.clock.callLater(self.close_delay, self._run_due_closes)
         return defer.succeed(None)
 
-    def flush_closes(self):
+    def flush_closes(self) -> defer.Deferred:
         """
         Do the shared side of every close waiting, now (a node stopping).
 
@@ -161,7 +189,7 @@ class RouterCenter:
         closed, self._closed = list(self._closed), collections.deque()
         return self._release_closed(closed)
 
-    def _run_due_closes(self):
+    def _run_due_closes(self) -> None:
         """
         The shared side of the closes that are due, L{CLOSE_CHUNK} at a
         time, the next chunk only once the last one is done: a mass close
@@ -169,7 +197,7 @@ class RouterCenter:
         flight, and resuming devices never queue behind it.
         """
         self._closed_timer = None
-        now = self.node.clock.seconds()
+        now = self.clock.seconds()
         chunk = []
         while self._closed and self._closed[0][0] <= now and len(chunk) < CLOSE_CHUNK:
             chunk.append(self._closed.popleft())
@@ -177,17 +205,17 @@ class RouterCenter:
             self._closes_running = False
             if self._closed:
                 wait = max(self._closed[0][0] - now, 0.0)
-                self._closed_timer = self.node.clock.callLater(wait, self._run_due_closes)
+                self._closed_timer = self.clock.callLater(wait, self._run_due_closes)
             return
         self._closes_running = True
         self._release_closed(chunk).addCallback(lambda _: self._run_due_closes())
 
-    def _cancel_closed_timer(self):
+    def _cancel_closed_timer(self) -> None:
         call, self._closed_timer = self._closed_timer, None
         if call is not None and call.active():
             call.cancel()
 
-    def _release_closed(self, closed):
+    def _release_closed(self, closed: list[tuple]) -> defer.Deferred:
         released = []
         for _, user_id, client_type, owned, conn_id in closed:
             if self.local.lookup(user_id, client_type) is not None:
@@ -196,10 +224,10 @@ class RouterCenter:
             released.append(self._release_shared(user_id, client_type, owned, conn_id))
         return defer.gatherResults(released, consumeErrors=True).addBoth(lambda _: None)
 
-    def _release(self, connection):
+    def _release(self, connection: DeviceConnection) -> defer.Deferred:
         return self._release_shared(*self._release_local(connection), connection.conn_id)
 
-    def _release_local(self, connection):
+    def _release_local(self, connection: DeviceConnection) -> tuple[str, int, bool]:
         """
         Unbind C{connection} here.
 
@@ -213,13 +241,13 @@ class RouterCenter:
         connection.state_machine.unbind()
         return user_id, client_type, self.local.unregister(user_id, client_type, connection)
 
-    def _release_shared(self, user_id, client_type, owned, conn_id):
+    def _release_shared(self, user_id: str, client_type: int, owned: bool, conn_id: str) -> defer.Deferred:
         if owned:
             self._quietly(self.events.user_offline(user_id), "offline event of {user}", user=user_id)
         released = self.remote.mark_offline(user_id, client_type, conn_id=conn_id)
         return self._quietly(released, "route of {user} not marked offline", user=user_id)
 
-    def location_of(self, connection):
+    def location_of(self, connection: DeviceConnection) -> ClientLocation:
         """
         The ClientLocation this node writes for C{connection}: the gateway
         endpoint, not the client port (spec 11.4).
@@ -235,10 +263,10 @@ class RouterCenter:
             conn_id=connection.conn_id,
         )
 
-    def _register_remote(self, connection, user_id, client_type):
+    def _register_remote(self, connection: DeviceConnection, user_id: str, client_type: int) -> defer.Deferred:
         registered = self.remote.register(user_id, client_type, self.location_of(connection))
 
-        def unavailable(failure):
+        def unavailable(failure: Failure) -> None:
             # MPush swallows this too: the device is bound here; back-ends
             # reading Redis will not find it until it binds again.
             self.log.warn(
@@ -250,7 +278,14 @@ class RouterCenter:
 
     # -- kicks --------------------------------------------------------------
 
-    def _kick_replaced(self, connection, user_id, client_type, replaced, previous):
+    def _kick_replaced(
+        self,
+        connection: DeviceConnection,
+        user_id: str,
+        client_type: int,
+        replaced: DeviceConnection | None,
+        previous: ClientLocation | None,
+    ) -> None:
         """
         After a bind: tell the connection it replaced that it is kicked, here
         or on the node that owns it.
@@ -272,7 +307,7 @@ class RouterCenter:
         )
         self._quietly(self.kicks.publish(kick), "kick of {user} not published", user=user_id)
 
-    def kick_local(self, connection, user_id, close=False):
+    def kick_local(self, connection: DeviceConnection, user_id: str, close: bool = False) -> defer.Deferred:
         """
         Send KICK to a connection of this node.  A re-login kick leaves it
         open (MPush, spec 11.8); an operator's (C{close}) then closes it and
@@ -299,7 +334,7 @@ class RouterCenter:
         connection.close(reason="kicked")
         return released
 
-    def remote_kick(self, kick):
+    def remote_kick(self, kick: KickRequest) -> None:
         """
         A kick for this node arrived on the kick channel: deliver it only to
         the connection it names (spec 11.8, receiver side).
@@ -311,13 +346,13 @@ class RouterCenter:
         if connection is not None and connection.conn_id == kick.conn_id:
             self.kick_local(connection, kick.user_id, close=kick.close)
 
-    def _quietly(self, result, message, **fields):
+    def _quietly(self, result: object, message: str, **fields: object) -> defer.Deferred:
         """
         Log, and do not propagate, the failure of a side effect that must not
         fail the request it belongs to.
         """
 
-        def log_failure(failure):
+        def log_failure(failure: Failure) -> None:
             held = self._warnings.admit(message)
             if held is None:
                 return

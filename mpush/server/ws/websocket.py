@@ -45,6 +45,7 @@ from zope.interface import implementer
 
 from mpush.metrics import WS_ORIGIN
 from mpush.origins import OriginPolicy
+from mpush.protocol.fields import INT32_MAX, INT32_MIN
 from mpush.protocol.messages import (
     AckMessage,
     BindUserMessage,
@@ -111,8 +112,6 @@ KICKED_CLOSE_CODE = 4001
 #: timeout could drop a browser whose pong is on its way.
 MIN_PING_INTERVAL = 2.0
 
-_JAVA_INT_MIN = -(2**31)
-_JAVA_INT_MAX = 2**31 - 1
 
 
 # -- the JSON packet (spec 15.2) -------------------------------------------
@@ -214,7 +213,7 @@ def decode_json_packet(payload: bytes) -> JsonPacket:
         raise BadJson(f"not JSON: {error}") from None
     if not isinstance(fields, dict):
         raise BadJson(f"a packet is a JSON object, not {type(fields).__name__}")
-    session_id = _int_field(fields, "sessionId", 0, _JAVA_INT_MIN, _JAVA_INT_MAX)
+    session_id = _int_field(fields, "sessionId", 0, INT32_MIN, INT32_MAX)
     cmd = _int_field(fields, "cmd", -1, -128, 127, session_id=session_id)
     flags = _int_field(fields, "flags", int(Flags.JSON_BODY), -128, 255, cmd, session_id) & 0xFF
     if not flags & Flags.JSON_BODY:
