@@ -28,7 +28,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-__all__ = ["DEFAULT_MAX_ITEMS", "TurnBatch", "cluster_slots"]
+__all__ = ["DEFAULT_MAX_ITEMS", "TurnBatch", "cluster_slots", "group_by_slot"]
 
 Item = TypeVar("Item")
 
@@ -48,6 +48,14 @@ def cluster_slots(redis: object, key: Callable[[Item], str]) -> Callable[[Item],
     if slot_of is None:
         return None
     return lambda item: slot_of(key(item))
+
+
+def group_by_slot(items: Sequence[Item], slot_of: Callable[[Item], int]) -> list[list[int]]:
+    """The indices of C{items}, one list per slot, in order within each."""
+    groups: dict[int, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(slot_of(item), []).append(index)
+    return list(groups.values())
 
 
 class TurnBatch(Generic[Item]):
@@ -123,22 +131,16 @@ class TurnBatch(Generic[Item]):
             self._send(items[start : start + size], waiters[start : start + size])
 
     def _send_per_slot(self, items: list[Item], waiters: list[defer.Deferred]) -> None:
-        by_slot: dict[int, tuple[list[Item], list[defer.Deferred]]] = {}
-        for item, waiter in zip(items, waiters):
-            try:
-                slot = self._slot_of(item)
-            except Exception:
-                waiter.errback()
-                continue
-            group = by_slot.get(slot)
-            if group is None:
-                group = by_slot[slot] = ([], [])
-            group[0].append(item)
-            group[1].append(waiter)
+        try:
+            groups = group_by_slot(items, self._slot_of)
+        except Exception:
+            self._failed(Failure(), waiters)
+            return
         size = self._max_items
-        for slot_items, slot_waiters in by_slot.values():
-            for start in range(0, len(slot_items), size):
-                self._send(slot_items[start : start + size], slot_waiters[start : start + size])
+        for group in groups:
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                self._send([items[i] for i in chunk], [waiters[i] for i in chunk])
 
     def _send(self, items: list[Item], waiters: list[defer.Deferred]) -> None:
         try:

@@ -36,9 +36,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mpush.redis_status import RedisReachability
+from mpush.store.redis_batch import group_by_slot
 from mpush.store.redis_connection import RedisAddress, RedisClient
 
-__all__ = ["SLOTS", "RedisClusterClient", "crc16", "key_slot"]
+__all__ = ["SLOTS", "RedisClusterClient", "colocated", "crc16", "is_cluster", "key_slot", "slot_tag"]
 
 #: Hash slots of a Redis Cluster.
 SLOTS = 16384
@@ -85,6 +86,40 @@ def key_slot(key: str | bytes) -> int:
     return crc16(data) % SLOTS
 
 
+_slot_tags: list[str] = []
+
+
+def slot_tag(slot: int) -> str:
+    """A short text whose slot is C{slot} (computed once for all slots, on first use)."""
+    if not _slot_tags:
+        tags: list[str | None] = [None] * SLOTS
+        missing, number = SLOTS, 0
+        while missing:
+            text = f"{number:x}"
+            found = crc16(text.encode("ascii")) % SLOTS
+            if tags[found] is None:
+                tags[found] = text
+                missing -= 1
+            number += 1
+        _slot_tags.extend(tags)  # type: ignore[arg-type]
+    return _slot_tags[slot]
+
+
+def colocated(key: str, anchor: str) -> str:
+    """
+    C{key} with a leading hash tag that puts it in C{anchor}'s slot, so that
+    one script may touch both: for mpush's own keys next to one of MPush's,
+    whose names are fixed.  The tag comes first, so braces in C{key} do not
+    matter.
+    """
+    return "{" + slot_tag(key_slot(anchor)) + "}" + key
+
+
+def is_cluster(redis: object) -> bool:
+    """Whether C{redis} (a client, or a component's BoundedRedis client) is a Redis Cluster."""
+    return isinstance(redis, RedisClusterClient)
+
+
 Node = tuple[str, int]
 
 
@@ -112,18 +147,15 @@ class _ClusterCommands:
 
     def mget(self, keys, *more) -> defer.Deferred:
         keys = ([keys] if isinstance(keys, (str, bytes)) else list(keys)) + list(more)
-        by_slot: dict[int, list[int]] = {}
-        for index, key in enumerate(keys):
-            by_slot.setdefault(key_slot(key), []).append(index)
-        if len(by_slot) <= 1:
+        groups = group_by_slot(keys, key_slot)
+        if len(groups) <= 1:
             return self._cluster.execute(key_slot(keys[0]) if keys else None, "mget", (keys,), {})
-        slots = list(by_slot)
-        sent = [self._cluster.execute(slot, "mget", ([keys[i] for i in by_slot[slot]],), {}) for slot in slots]
+        sent = [self._cluster.execute(key_slot(keys[g[0]]), "mget", ([keys[i] for i in g],), {}) for g in groups]
 
         def reassembled(replies: list) -> list:
             values: list = [None] * len(keys)
-            for slot, reply in zip(slots, replies):
-                for index, value in zip(by_slot[slot], reply):
+            for group, reply in zip(groups, replies):
+                for index, value in zip(group, reply):
                     values[index] = value
             return values
 
@@ -179,6 +211,7 @@ class RedisClusterClient(RedisClient):
         self._closed = False
         #: Slot maps read: tests and figures count refreshes with it.
         self.refreshes = 0
+        slot_tag(0)  # the tags' table: half a second once, at start rather than mid-storm
         self.refresh_soon()
 
     # -- what BoundedRedis and the stores use --------------------------------
@@ -226,6 +259,12 @@ class RedisClusterClient(RedisClient):
             # Waits for the pool's first connection, not for ever.
             sent.addTimeout(self._timeout, self._clock)
         return sent.addErrback(self._redirected, slot, method, args, kwargs, redirects, node)
+
+    def execute_on(self, node: Node, method: str, args: tuple, kwargs: dict) -> defer.Deferred:
+        """C{method} on master C{node} itself (a SCAN of its keys), no redirection followed."""
+        if self._closed or node not in self.masters():
+            return defer.fail(txredisapi.ConnectionError(f"redis cluster: {node[0]}:{node[1]} is not a master"))
+        return getattr(self._pool(node).redis, method)(*args, **kwargs)
 
     def disconnect(self) -> defer.Deferred:
         """Close every pool; commands waiting for a map fail."""
