@@ -12,6 +12,7 @@ stopped in the test's cleanup.
 
 from __future__ import annotations
 
+import atexit
 import random
 import shutil
 import socket
@@ -22,7 +23,7 @@ import unittest
 from tests.redis_server import RedisServer, RedisServerError
 from tests.test_redis_router import raw_command
 
-__all__ = ["RedisCluster", "start_redis_cluster"]
+__all__ = ["RedisCluster", "shared_redis_cluster", "start_redis_cluster"]
 
 #: Milliseconds before a silent master is failed over: short, for tests.
 NODE_TIMEOUT_MS = 1000
@@ -87,6 +88,33 @@ class RedisCluster:
         return tuple(f"127.0.0.1:{server.port}" for server in self.servers)
 
     @property
+    def port(self) -> int:
+        """A running node's port: where a subscriber may listen (PUBLISH reaches every node)."""
+        return next(server.port for server in self.servers if server.running)
+
+    def keys_like(self, key: str) -> list[str]:
+        """
+        C{key} and the keys mpush made of it in cluster mode (C{"{tag}" +
+        key}, see L{mpush.store.redis_cluster.colocated}) that exist.
+        """
+        pattern = "{*}" + "".join("\\" + c if c in "*?[]\\" else c for c in key)
+        found = [key] if self.on_owner(key, "EXISTS", key) else []
+        for master in self.masters():
+            cursor = "0"
+            while True:
+                cursor, keys = self.command(master, "SCAN", cursor, "MATCH", pattern, "COUNT", "1000")
+                found += [k.decode() for k in keys]
+                if cursor in (b"0", "0"):
+                    break
+        return found
+
+    def on_owner(self, key: str, *args: str) -> object:
+        """C{args} sent to the master of C{key}'s slot."""
+        from mpush.store.redis_cluster import key_slot
+
+        return self.command(self.owner_of(key_slot(key)), *args)
+
+    @property
     def url(self) -> str:
         from mpush.store.redis_connection import cluster_url
 
@@ -108,6 +136,22 @@ class RedisCluster:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+    def flush(self) -> None:
+        """Empty every master (and so its replicas), between the tests sharing it."""
+        for master in self.masters():
+            self.command(master, "FLUSHALL")
+
+    @property
+    def healthy(self) -> bool:
+        """All six running and the cluster ok: a shared cluster is only reused so."""
+        if not all(server.running for server in self.servers):
+            return False
+        try:
+            self.wait_ok(deadline=2.0)
+        except RedisServerError:
+            return False
+        return True
 
     def command(self, server: RedisServer, *args: str) -> object:
         """One command to C{server} on a fresh socket."""
@@ -215,3 +259,34 @@ def start_redis_cluster(test_case: unittest.TestCase) -> RedisCluster:
     test_case.addCleanup(cluster.stop)
     cluster.start()
     return cluster
+
+
+_shared: list[RedisCluster] = []
+
+
+def shared_redis_cluster() -> RedisCluster:
+    """
+    One cluster for every test of this process that only reads and writes
+    keys (start-up takes seconds): emptied by each caller, made again if a
+    test broke it, stopped when the process exits.  Tests that kill or
+    reshard use L{start_redis_cluster}.
+    """
+    if _shared and not _shared[0].healthy:
+        _shared.pop().stop()
+    if not _shared:
+        cluster = RedisCluster()
+        _shared.append(cluster)
+        try:
+            cluster.start()
+        except BaseException:
+            _shared.pop().stop()
+            raise
+    cluster = _shared[0]
+    cluster.flush()
+    return cluster
+
+
+@atexit.register
+def _stop_shared() -> None:
+    while _shared:
+        _shared.pop().stop()

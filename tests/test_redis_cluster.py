@@ -8,12 +8,15 @@ master's promoted replica, and the session store on a cluster.
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mpush.protocol.routing import NODE_ROUTES_PREFIX, InvalidRouteField, decode_route_member, user_route_key
 from mpush.protocol.session import ReusableSession
 from mpush.store.redis import RedisSessionStore, session_key
-from mpush.store.redis_cluster import RedisClusterClient, crc16, key_slot
+from mpush.store.redis_cluster import RedisClusterClient, colocated, crc16, key_slot
 from mpush.store.redis_connection import InvalidRedisUrl, cluster_url, connect_redis, parse_redis_url
 
-from tests.redis_cluster import start_redis_cluster
+from tests.redis_cluster import shared_redis_cluster, start_redis_cluster
+from tests.test_memory_router import RoutingContractMixin
+from tests.test_redis_router import RedisRoutingContractTests
 
 
 def sleep(seconds):
@@ -165,3 +168,61 @@ class ClusterSessionStoreTests(ClusterTestCase):
         # MPush's key, readable by a Java node on the slot's master.
         owner = self.cluster.owner_of(key_slot(session_key("s7")))
         self.assertTrue(self.cluster.command(owner, "GET", session_key("s7")))
+
+
+class ClusterRoutingContractTests(RoutingContractMixin, TestCase):
+    """
+    The routing contract every backend passes, on a Redis Cluster.  Raw
+    reads of mpush's own keys gather every slot's copy of them (see
+    L{RedisCluster.keys_like}); MPush's keys are read under their own names.
+    """
+
+    timeout = 60
+
+    def setUp(self):
+        self.server = shared_redis_cluster()
+        self.client = connect_redis(self.server.url, reactor, max_retry_delay=0.2, reply_timeout=1.0)
+        self.addCleanup(self.client.disconnect)
+
+    make_router = RedisRoutingContractTests.make_router
+    make_events = RedisRoutingContractTests.make_events
+    make_kick_channel = RedisRoutingContractTests.make_kick_channel
+    make_registry = RedisRoutingContractTests.make_registry
+    raw_subscribe = RedisRoutingContractTests.raw_subscribe
+    wait = RedisRoutingContractTests.wait
+
+    def raw_publish(self, channel, message):
+        self.server.command(self.server.masters()[0], "PUBLISH", channel, message)
+
+    def raw_get(self, key):
+        return self.server.on_owner(key, "GET", key)
+
+    def raw_hset(self, key, field, value):
+        self.server.on_owner(key, "HSET", key, field, value)
+
+    def raw_hget(self, key, field):
+        found = [self.server.on_owner(k, "HGET", k, field) for k in self.server.keys_like(key)]
+        return next((value for value in found if value is not None), None)
+
+    def raw_smembers(self, key):
+        return {m for k in self.server.keys_like(key) for m in self.server.on_owner(k, "SMEMBERS", k)}
+
+    def raw_zmembers(self, key):
+        return {m for k in self.server.keys_like(key) for m in self.server.on_owner(k, "ZRANGE", k, "0", "-1")}
+
+    def raw_exists(self, key):
+        return bool(self.server.keys_like(key))
+
+    def raw_delete(self, key):
+        for k in self.server.keys_like(key):
+            self.server.on_owner(k, "DEL", k)
+
+    def raw_sadd(self, key, member):
+        if key.startswith(NODE_ROUTES_PREFIX):
+            # Where a route's index entry lives: in its route's slot.
+            try:
+                anchor = user_route_key(decode_route_member(member.decode())[0])
+            except InvalidRouteField:
+                anchor = key
+            key = colocated(key, anchor)
+        self.server.on_owner(key, "SADD", key, member)
