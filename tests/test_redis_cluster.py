@@ -8,6 +8,8 @@ master's promoted replica, and the session store on a cluster.
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mpush.offline.interfaces import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT
+from mpush.offline.redis import RedisOfflineStore, offline_data_key, offline_queue_key
 from mpush.protocol.routing import NODE_ROUTES_PREFIX, InvalidRouteField, decode_route_member, user_route_key
 from mpush.protocol.session import ReusableSession
 from mpush.store.redis import RedisSessionStore, session_key
@@ -16,6 +18,7 @@ from mpush.store.redis_connection import InvalidRedisUrl, cluster_url, connect_r
 
 from tests.redis_cluster import shared_redis_cluster, start_redis_cluster
 from tests.test_memory_router import RoutingContractMixin
+from tests.test_offline_store import OfflineStoreContractMixin, message
 from tests.test_redis_router import RedisRoutingContractTests
 
 
@@ -226,3 +229,28 @@ class ClusterRoutingContractTests(RoutingContractMixin, TestCase):
                 anchor = key
             key = colocated(key, anchor)
         self.server.on_owner(key, "SADD", key, member)
+
+
+class ClusterOfflineStoreTests(OfflineStoreContractMixin, TestCase):
+    """The offline store contract on a Redis Cluster."""
+
+    timeout = 60
+
+    def setUp(self):
+        self.cluster = shared_redis_cluster()
+        self.client = connect_redis(self.cluster.url, reactor, max_retry_delay=0.2, reply_timeout=1.0)
+        self.addCleanup(self.client.disconnect)
+
+    def make_store(self, max_count=DEFAULT_MAX_COUNT, max_bytes=DEFAULT_MAX_BYTES):
+        store = RedisOfflineStore(self.client, reactor, timeout=0.5, max_count=max_count, max_bytes=max_bytes)
+        self.addCleanup(store.close)
+        return store
+
+    @defer.inlineCallbacks
+    def test_queue_and_data_share_a_slot(self):
+        store = self.make_store()
+        yield store.add("alice{x}", message(1))
+        data = self.cluster.keys_like(offline_data_key("alice{x}"))
+        self.assertEqual(len(data), 1)
+        self.assertEqual(key_slot(data[0]), key_slot(offline_queue_key("alice{x}")))
+        self.assertEqual(self.cluster.on_owner(offline_queue_key("alice{x}"), "LLEN", offline_queue_key("alice{x}")), 1)
