@@ -975,17 +975,35 @@ def load_config(path: str | None = None) -> Config:
     return parse_config(data, source=path)
 
 
+_CLUSTER_URL = "redis+cluster://"
+
+
 def _mask(url: str) -> str:
     """Hide a password before a URL goes into an error message or a log."""
     return re.sub(r"//.*@", "//***@", url)
 
 
 def parse_redis_url(url: str) -> RedisConfig:
-    """``redis://[:password@]host[:port][/db]`` -> RedisConfig (port 6379, db 0 default)."""
+    """
+    ``redis://[:password@]host[:port][/db]`` -> RedisConfig (port 6379, db 0
+    default); ``redis+cluster://[:password@]host:port,...`` -> a Redis
+    Cluster's seed nodes.
+    """
     if not isinstance(url, str):
         raise ConfigError(f"expected a redis:// URL string, got {type(url).__name__}",
                           key="redis url")
     shown = _mask(url)
+    if url.startswith(_CLUSTER_URL):
+        where, _, path = url[len(_CLUSTER_URL):].partition("/")
+        auth, at, hosts = where.rpartition("@")
+        try:
+            if path.strip("/") not in ("", "0"):
+                raise ConfigError("a Redis Cluster has only db 0", key="redis url")
+            return RedisConfig(nodes=tuple(hosts.split(",")), password=unquote(auth.partition(":")[2]) if at else "",
+                               cluster_model="cluster")
+        except ConfigError as e:
+            raise ConfigError(f"{e.reason} in {shown!r} (expected redis+cluster://[:password@]host:port,...)",
+                              key="redis url") from None
 
     def bad(reason: str) -> ConfigError:
         return ConfigError(f"{reason} in {shown!r} (expected "

@@ -865,6 +865,15 @@ class RedisUrlTests(ConfigErrorAssertions, SynchronousTestCase):
         self.assertEqual(parse_redis_url("redis://:pw@redis.internal:6380/5"),
                          RedisConfig(nodes=("redis.internal:6380",), password="pw", db=5))
 
+    def test_cluster(self):
+        redis = parse_redis_url("redis+cluster://:p%40ss@10.0.0.1:7000,10.0.0.2:7001")
+        self.assertEqual(redis, RedisConfig(nodes=("10.0.0.1:7000", "10.0.0.2:7001"), password="p@ss",
+                                            cluster_model="cluster"))
+        self.assertEqual(redis.url(), "redis+cluster://:p%40ss@10.0.0.1:7000,10.0.0.2:7001")
+        for bad in ("redis+cluster://10.0.0.1", "redis+cluster://h:1/2"):
+            e = self.assertRaises(ConfigError, parse_redis_url, bad)
+            self.assertIn("redis+cluster://", str(e))
+
     def test_defaults(self):
         self.assertEqual(parse_redis_url("redis://localhost"),
                          RedisConfig(nodes=("localhost:6379",)))

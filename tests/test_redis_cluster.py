@@ -19,7 +19,7 @@ from mpush.store.redis_connection import InvalidRedisUrl, cluster_url, connect_r
 from tests.redis_cluster import shared_redis_cluster, start_redis_cluster
 from tests.test_memory_router import RoutingContractMixin
 from tests.test_offline_store import OfflineStoreContractMixin, message
-from tests.test_redis_router import RedisRoutingContractTests
+from tests import test_multi_node, test_redis_router
 
 
 def sleep(seconds):
@@ -187,12 +187,12 @@ class ClusterRoutingContractTests(RoutingContractMixin, TestCase):
         self.client = connect_redis(self.server.url, reactor, max_retry_delay=0.2, reply_timeout=1.0)
         self.addCleanup(self.client.disconnect)
 
-    make_router = RedisRoutingContractTests.make_router
-    make_events = RedisRoutingContractTests.make_events
-    make_kick_channel = RedisRoutingContractTests.make_kick_channel
-    make_registry = RedisRoutingContractTests.make_registry
-    raw_subscribe = RedisRoutingContractTests.raw_subscribe
-    wait = RedisRoutingContractTests.wait
+    make_router = test_redis_router.RedisRoutingContractTests.make_router
+    make_events = test_redis_router.RedisRoutingContractTests.make_events
+    make_kick_channel = test_redis_router.RedisRoutingContractTests.make_kick_channel
+    make_registry = test_redis_router.RedisRoutingContractTests.make_registry
+    raw_subscribe = test_redis_router.RedisRoutingContractTests.raw_subscribe
+    wait = test_redis_router.RedisRoutingContractTests.wait
 
     def raw_publish(self, channel, message):
         self.server.command(self.server.masters()[0], "PUBLISH", channel, message)
@@ -254,3 +254,31 @@ class ClusterOfflineStoreTests(OfflineStoreContractMixin, TestCase):
         self.assertEqual(len(data), 1)
         self.assertEqual(key_slot(data[0]), key_slot(offline_queue_key("alice{x}")))
         self.assertEqual(self.cluster.on_owner(offline_queue_key("alice{x}"), "LLEN", offline_queue_key("alice{x}")), 1)
+
+
+class _NodesOnCluster:
+    """Node processes (L{test_multi_node.ClusterCase}) on the shared Redis Cluster."""
+
+    def setUp(self):
+        self.redis = shared_redis_cluster()
+
+    @property
+    def redis_section(self):
+        seeds = ", ".join(f'"{node}"' for node in self.redis.nodes)
+        return f'[redis]\ncluster-model = "cluster"\nnodes = [{seeds}]\n'
+
+
+class PushAcrossNodesOnClusterTests(_NodesOnCluster, test_multi_node.PushAcrossNodesTests):
+    pass
+
+
+class KickAcrossNodesOnClusterTests(_NodesOnCluster, test_multi_node.KickAcrossNodesTests):
+    pass
+
+
+class BroadcastOnClusterTests(_NodesOnCluster, test_multi_node.BroadcastTests):
+    pass
+
+
+class ResumeAnywhereOnClusterTests(_NodesOnCluster, test_multi_node.ResumeAnywhereTests):
+    pass
