@@ -282,3 +282,10 @@ class BroadcastOnClusterTests(_NodesOnCluster, test_multi_node.BroadcastTests):
 
 class ResumeAnywhereOnClusterTests(_NodesOnCluster, test_multi_node.ResumeAnywhereTests):
     pass
+
+
+class NodeDeathOnClusterTests(_NodesOnCluster, test_multi_node.ClusterCase):
+    """A killed mpush node's routes are marked offline by a survivor: its route index is a set per slot."""
+
+    test_killed_node_routes_marked_offline = test_multi_node.FaultTests.test_killed_node_routes_marked_offline
+    redis_hget = test_multi_node.FaultTests.redis_hget
