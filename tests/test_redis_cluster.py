@@ -12,9 +12,16 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from mpush.offline.interfaces import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT
 from mpush.offline.redis import RedisOfflineStore, offline_data_key, offline_queue_key
-from mpush.protocol.routing import NODE_ROUTES_PREFIX, InvalidRouteField, decode_route_member, user_route_key
+from mpush.protocol.routing import (
+    NODE_ROUTES_PREFIX,
+    InvalidRouteField,
+    KickRequest,
+    decode_route_member,
+    user_route_key,
+)
 from mpush.protocol.session import ReusableSession
 from mpush.push import AckModel, PushClient, PushStatus
+from mpush.router.redis import RedisKickChannel
 from mpush.store.redis import RedisSessionStore, session_key
 from mpush.store.redis_cluster import RedisClusterClient, colocated, crc16, key_slot
 from mpush.store.redis_connection import InvalidRedisUrl, cluster_url, connect_redis, parse_redis_url
@@ -157,6 +164,25 @@ class RoutingTests(ClusterTestCase):
         self.assertEqual(self.client.node_of(slot)[1], self.cluster.owner_of(slot).port)
         self.assertNotEqual(self.client.node_of(slot)[1], dead.port)
         print(f"\n    cluster failover: slot served again through the client after {took:.2f} s")
+
+
+    @defer.inlineCallbacks
+    def test_kicks_heard_across_the_cluster_and_after_the_subscribers_node_dies(self):
+        kicks = RedisKickChannel(
+            self.cluster.url, reactor, timeout=1, publisher=self.client, max_retry_delay=0.2, ping_interval=0.3
+        )
+        self.addCleanup(kicks.close)
+        heard = []
+        yield self.eventually(lambda: kicks.listen("10.0.0.5", 3001, heard.append))
+        kick = KickRequest("u", "d", "c", 1, "10.0.0.5", 3001)
+        # Published on the master of the channel's slot, heard on whichever
+        # node the subscriber is connected to (the first seed).
+        yield self.eventually(lambda: kicks.publish(kick).addCallback(lambda _: bool(heard)))
+        self.cluster.servers[0].kill()
+        self.cluster.wait_ok()
+        # The subscriber is subscribed again on the next seed that answers.
+        yield self.eventually(lambda: kicks.publish(kick).addCallback(lambda _: len(heard) >= 2))
+        self.assertEqual(heard[-1], kick)
 
 
 class ClusterSessionStoreTests(ClusterTestCase):
