@@ -26,7 +26,7 @@ from mpush.store.redis import RedisSessionStore, session_key
 from mpush.store.redis_cluster import RedisClusterClient, colocated, crc16, key_slot
 from mpush.store.redis_connection import InvalidRedisUrl, cluster_url, connect_redis, parse_redis_url
 
-from tests import test_multi_node, test_redis_router
+from tests import test_multi_node, test_redis_router, test_sentinel
 from tests.process_support import NodeProcess, connect_device
 from tests.redis_cluster import shared_redis_cluster, start_redis_cluster
 from tests.test_memory_router import RoutingContractMixin
@@ -78,21 +78,8 @@ class ClusterTestCase(TestCase):
         self.client = connect_redis(self.cluster.url, reactor, poolsize=2)
         self.addCleanup(self.client.disconnect)
 
-    @defer.inlineCallbacks
-    def eventually(self, attempt, timeout=30.0, step=0.05):
-        """Retry C{attempt} until it returns something else than False."""
-        waited, last = 0.0, None
-        while waited < timeout:
-            try:
-                result = yield defer.maybeDeferred(attempt)
-            except Exception as error:
-                last = error
-            else:
-                if result is not False:
-                    return result
-            yield sleep(step)
-            waited += step
-        self.fail(f"never succeeded: {last!r}")
+    #: Retry an attempt until it returns something else than False.
+    eventually = test_sentinel.SentinelTests.eventually
 
 
 class RoutingTests(ClusterTestCase):

@@ -68,8 +68,8 @@ from mpush.router.interfaces import (
     kick_message,
 )
 from mpush.router.pubsub import RedisSubscriber
-from mpush.store.redis_batch import TurnBatch, cluster_slots, group_by_slot
-from mpush.store.redis_cluster import colocated, is_cluster
+from mpush.store.redis_batch import TurnBatch, cluster_slots
+from mpush.store.redis_cluster import colocated, is_cluster, per_slot
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 from mpush.store.redis_connection import RedisClient, connect_redis, parse_redis_url
 
@@ -340,19 +340,7 @@ class RedisRemoteRouter(RedisComponent):
     def _hgetall_many(self, keys: list[str]) -> defer.Deferred:
         if not self._cluster:
             return self._redis.eval(_HGETALL_MANY, keys, [])
-        groups = group_by_slot(keys, self._calls.client.slot_of)
-        sent = [self._redis.eval(_HGETALL_MANY, [keys[i] for i in group], []) for group in groups]
-
-        def reassembled(replies: list) -> list:
-            routes: list = [None] * len(keys)
-            for group, reply in zip(groups, replies):
-                for index, flat in zip(group, reply):
-                    routes[index] = flat
-            return routes
-
-        return defer.gatherResults(sent, consumeErrors=True).addCallbacks(
-            reassembled, lambda failure: failure.value.subFailure
-        )
+        return per_slot(keys, lambda some: self._redis.eval(_HGETALL_MANY, some, []))
 
     def lookup_type(self, user_id: str, client_type: int) -> defer.Deferred:
         try:

@@ -22,7 +22,8 @@ one batched command per turn whose cost is mostly the node's own CPU, which
 threads do not add; the reactor-native client keeps BoundedRedis deadlines,
 pipelining (every command written in one turn leaves in one write per node)
 and the reconnect-storm batching exactly as with one Redis.  The
-measurement is in bench/RESULTS.md ("Redis Cluster").
+measurement (bench/cluster_client.py) is in README.md ("Redis") and
+bench/RESULTS.md ("Redis Cluster").
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from mpush.redis_status import RedisReachability
 from mpush.store.redis_batch import group_by_slot
 from mpush.store.redis_connection import RedisAddress, RedisClient
 
-__all__ = ["SLOTS", "RedisClusterClient", "colocated", "crc16", "is_cluster", "key_slot", "slot_tag"]
+__all__ = ["SLOTS", "RedisClusterClient", "colocated", "crc16", "is_cluster", "key_slot", "per_slot", "slot_tag"]
 
 #: Hash slots of a Redis Cluster.
 SLOTS = 16384
@@ -108,6 +109,28 @@ def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisClusterClient)
 
 
+def per_slot(keys: list, send: Callable[[list], defer.Deferred]) -> defer.Deferred:
+    """
+    C{send(some_keys)} once per slot among C{keys} (a command that must touch
+    one slot and answers one value per key); fires the values in the order
+    of C{keys}, or the first failure.
+    """
+    groups = group_by_slot(keys, key_slot)
+    if len(groups) <= 1:
+        return send(keys)
+    sent = [send([keys[i] for i in group]) for group in groups]
+
+    def reassembled(replies: list) -> list:
+        values: list = [None] * len(keys)
+        for group, reply in zip(groups, replies):
+            for index, value in zip(group, reply):
+                values[index] = value
+        return values
+
+    gathered = defer.gatherResults(sent, consumeErrors=True)
+    return gathered.addCallbacks(reassembled, lambda failure: failure.value.subFailure)
+
+
 Node = tuple[str, int]
 
 
@@ -135,20 +158,7 @@ class _ClusterCommands:
 
     def mget(self, keys, *more) -> defer.Deferred:
         keys = ([keys] if isinstance(keys, (str, bytes)) else list(keys)) + list(more)
-        groups = group_by_slot(keys, key_slot)
-        if len(groups) <= 1:
-            return self._cluster.execute(key_slot(keys[0]) if keys else None, "mget", (keys,), {})
-        sent = [self._cluster.execute(key_slot(keys[g[0]]), "mget", ([keys[i] for i in g],), {}) for g in groups]
-
-        def reassembled(replies: list) -> list:
-            values: list = [None] * len(keys)
-            for group, reply in zip(groups, replies):
-                for index, value in zip(group, reply):
-                    values[index] = value
-            return values
-
-        gathered = defer.gatherResults(sent, consumeErrors=True)
-        return gathered.addCallbacks(reassembled, lambda failure: failure.value.subFailure)
+        return per_slot(keys, lambda some: self._cluster.execute(key_slot(some[0]), "mget", (some,), {}))
 
     def eval(self, script, keys=(), args=()) -> defer.Deferred:
         slot = key_slot(keys[0]) if keys else None
@@ -190,6 +200,8 @@ class RedisClusterClient(RedisClient):
         self._seeds: tuple[Node, ...] = address.cluster_nodes
         #: The master of every slot, once a map was read.
         self._owners: list[Node | None] = [None] * SLOTS
+        #: The nodes in C{_owners}, kept with it: asked on every call.
+        self._masters: frozenset[Node] = frozenset()
         self._mapped = False
         self._pools: dict[Node, RedisClient] = {}
         self._map_waiters: list[defer.Deferred] = []
@@ -199,7 +211,7 @@ class RedisClusterClient(RedisClient):
         self._closed = False
         #: Slot maps read: tests and figures count refreshes with it.
         self.refreshes = 0
-        slot_tag(0)  # the tags' table: half a second once, at start rather than mid-storm
+        slot_tag(0)  # the tags' table: computed once at start (0.1 s), not mid-storm
         self.refresh_soon()
 
     # -- what BoundedRedis and the stores use --------------------------------
@@ -207,10 +219,11 @@ class RedisClusterClient(RedisClient):
     @property
     def connected(self) -> bool:
         """Whether a slot map is known and a pool to at least one master is up."""
-        return self._mapped and any(self._pools[node].connected for node in self.masters() if node in self._pools)
+        return self._mapped and any(self._pools[node].connected for node in self._masters if node in self._pools)
 
-    def masters(self) -> set[Node]:
-        return {node for node in self._owners if node is not None}
+    def masters(self) -> frozenset[Node]:
+        """The masters serving slots, as far as this client knows."""
+        return self._masters
 
     def slot_of(self, key: str | bytes) -> int:
         return key_slot(key)
@@ -280,6 +293,7 @@ class RedisClusterClient(RedisClient):
             if kind == "ASK":
                 return self._ask(target, slot, method, args, kwargs, redirects + 1)
             self._owners[int(moved_slot)] = target
+            self._masters = self._masters | {target}
             self.refresh_soon()
             return self.execute(slot, method, args, kwargs, redirects + 1)
         if kind in ("TRYAGAIN", "CLUSTERDOWN"):
@@ -349,8 +363,8 @@ class RedisClusterClient(RedisClient):
             node = (str(master[0]) or asked[0], int(master[1]))
             owners[start : end + 1] = [node] * (end - start + 1)
         self._owners = owners
+        self._masters = masters = frozenset(node for node in owners if node is not None)
         self.refreshes += 1
-        masters = self.masters()
         for node in masters:
             self._pool(node)
         for node in [node for node in self._pools if node not in masters]:
