@@ -53,10 +53,10 @@ class TurnBatchTests(SynchronousTestCase):
             answer.callback([i * 10 for i in chunk])
         self.assertEqual([self.successResultOf(r) for r in results], [0, 10, 20, 30, 40])
 
-    def test_per_slot_runs_keep_each_callers_answer(self):
-        # A cluster's batch: one run per slot (here the item mod 3), chunked,
+    def test_per_group_runs_keep_each_callers_answer(self):
+        # A cluster's batch: one run per node (here the item mod 3), chunked,
         # and each caller still gets its own answer.
-        batch = TurnBatch(self.clock, self.run_chunk, max_items=2, slot_of=lambda item: item % 3)
+        batch = TurnBatch(self.clock, self.run_chunk, max_items=2, group_of=lambda item: item % 3)
         results = [batch.submit(i) for i in range(7)]
         self.clock.advance(0)
         self.assertEqual(self.runs, [[0, 3], [6], [1, 4], [2, 5]])
@@ -64,8 +64,8 @@ class TurnBatchTests(SynchronousTestCase):
             answer.callback([i * 10 for i in chunk])
         self.assertEqual([self.successResultOf(r) for r in results], [0, 10, 20, 30, 40, 50, 60])
 
-    def test_per_slot_run_failure_fails_that_slot_only(self):
-        batch = TurnBatch(self.clock, self.run_chunk, slot_of=lambda item: item % 2)
+    def test_per_group_run_failure_fails_that_group_only(self):
+        batch = TurnBatch(self.clock, self.run_chunk, group_of=lambda item: item % 2)
         even, odd = batch.submit(0), batch.submit(1)
         self.clock.advance(0)
         self.answers[0].errback(ConnectionError("its master died"))
@@ -73,8 +73,8 @@ class TurnBatchTests(SynchronousTestCase):
         self.failureResultOf(even, ConnectionError)
         self.assertEqual(self.successResultOf(odd), "one")
 
-    def test_slot_of_raising_fails_the_turn_not_the_batch(self):
-        batch = TurnBatch(self.clock, self.run_chunk, slot_of=lambda item: 1 // item)
+    def test_group_of_raising_fails_the_turn_not_the_batch(self):
+        batch = TurnBatch(self.clock, self.run_chunk, group_of=lambda item: 1 // item)
         failed = batch.submit(0)
         self.clock.advance(0)
         self.failureResultOf(failed, ZeroDivisionError)

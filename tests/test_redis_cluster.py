@@ -98,15 +98,23 @@ class RoutingTests(ClusterTestCase):
         self.assertEqual(values, [f"v{i}" for i in range(60)] + [None])
 
     @defer.inlineCallbacks
-    def test_script_on_one_slot_and_cross_slot_refused(self):
+    def test_scripts_on_one_slot_and_on_one_node(self):
         redis = self.client.redis
+        write = "for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[i]) end return #KEYS"
         keys = ["{t}a", "{t}b"]
-        n = yield redis.eval("for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[i]) end return #KEYS", keys, ["1", "2"])
-        self.assertEqual(int(n), 2)
+        self.assertEqual(int((yield redis.eval(write, keys, ["1", "2"]))), 2)
         self.assertEqual((yield redis.mget(keys)), ["1", "2"])
+        # Keys of several slots of one node: one script, keys passed in ARGV.
+        owner = self.client.node_of(key_slot("a"))
+        same_node = [k for k in (f"k{i}" for i in range(200)) if self.client.node_of(key_slot(k)) == owner][:5]
+        self.assertEqual(len({key_slot(k) for k in same_node}), 5)
+        self.assertEqual(int((yield redis.eval(write, same_node, list("abcde")))), 5)
+        self.assertEqual((yield redis.mget(same_node)), list("abcde"))
+        # Keys of two nodes in one script: Redis refuses the other node's.
+        elsewhere = next(k for k in (f"k{i}" for i in range(200)) if self.client.node_of(key_slot(k)) != owner)
         with self.assertRaises(Exception) as refused:
-            yield redis.eval("return 1", ["a", "b"], [])
-        self.assertIn("CROSSSLOT", str(refused.exception))
+            yield redis.eval(write, [same_node[0], elsewhere], ["x", "y"])
+        self.assertIn("non local key", str(refused.exception))
 
     @defer.inlineCallbacks
     def test_ask_during_migration_then_moved_after_it(self):

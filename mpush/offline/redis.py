@@ -62,7 +62,7 @@ from mpush.offline.interfaces import (
     check_owner,
     check_user_id,
 )
-from mpush.store.redis_batch import TurnBatch, cluster_slots
+from mpush.store.redis_batch import TurnBatch, cluster_groups
 from mpush.store.redis_cluster import colocated, is_cluster
 from mpush.store.redis_calls import BoundedRedis, RedisComponent
 from mpush.store.redis_connection import RedisClient
@@ -314,13 +314,13 @@ class RedisOfflineStore(RedisComponent):
         # the batches send one script per slot.
         self._keys: Callable[[str], list[str]] = _cluster_keys if is_cluster(redis) else _keys
         self._existing: TurnBatch = TurnBatch(
-            clock, self._existing_many, refusal=partial(refusal, "claim"), slot_of=cluster_slots(redis, lambda queue: queue)
+            clock, self._existing_many, refusal=partial(refusal, "claim"), group_of=cluster_groups(redis, lambda queue: queue)
         )
         self._releases: TurnBatch = TurnBatch(
             clock,
             self._release_many,
             refusal=partial(refusal, "release"),
-            slot_of=cluster_slots(redis, lambda release: offline_queue_key(release[0])),
+            group_of=cluster_groups(redis, lambda release: offline_queue_key(release[0])),
         )
 
     # -- IOfflineStore ---------------------------------------------------

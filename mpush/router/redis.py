@@ -68,8 +68,8 @@ from mpush.router.interfaces import (
     kick_message,
 )
 from mpush.router.pubsub import RedisSubscriber
-from mpush.store.redis_batch import TurnBatch, cluster_slots
-from mpush.store.redis_cluster import colocated, is_cluster, per_slot
+from mpush.store.redis_batch import TurnBatch, cluster_groups
+from mpush.store.redis_cluster import colocated, is_cluster, per_node
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 from mpush.store.redis_connection import RedisClient, connect_redis, parse_redis_url
 
@@ -87,12 +87,14 @@ __all__ = [
 # The old owner comes from the old JSON (cjson), so an undecodable old value
 # only skips the clean-up.  Returns the old values (nil where none).
 #   ARGV[1]: index key prefix; then per route: field, new value, index
-#   member, new index key ("" when the route is offline or has no host)
+#   member, new index key ("" when the route is offline or has no host),
+#   and what comes before the prefix in this route's index keys (on a
+#   Redis Cluster the hash tag of the route's slot, else "")
 _REGISTER_MANY = """
 local prefix = ARGV[1]
 local olds = {}
 for i, key in ipairs(KEYS) do
-  local a = 4 * i - 2
+  local a = 5 * i - 3
   local field, member, index = ARGV[a], ARGV[a + 2], ARGV[a + 3]
   local old = redis.call('HGET', key, field)
   redis.call('HSET', key, field, ARGV[a + 1])
@@ -101,7 +103,7 @@ for i, key in ipairs(KEYS) do
     local ok, loc = pcall(cjson.decode, old)
     if ok and type(loc) == 'table' and type(loc['host']) == 'string'
         and type(loc['port']) == 'number' then
-      local was = prefix .. loc['host'] .. ':' .. string.format('%d', loc['port'])
+      local was = ARGV[a + 4] .. prefix .. loc['host'] .. ':' .. string.format('%d', loc['port'])
       if was ~= index then redis.call('SREM', was, member) end
     end
   end
@@ -264,15 +266,15 @@ class RedisRemoteRouter(RedisComponent):
         # registers (bounded), and the reads and writes of compare-and-sets
         # (inside a bounded mark_offline already).
         self._cluster = is_cluster(redis)
-        by_key = partial(cluster_slots, redis)
+        by_key = partial(cluster_groups, redis)
         self._registers: TurnBatch = TurnBatch(
             clock,
             self._register_many,
             refusal=partial(self._calls.refusal, "register"),
-            slot_of=by_key(lambda route: route[1]),
+            group_of=by_key(lambda route: route[1]),
         )
-        self._reads: TurnBatch = TurnBatch(clock, self._read_many, slot_of=by_key(lambda read: read[0]))
-        self._swaps: TurnBatch = TurnBatch(clock, self._swap_many, slot_of=by_key(lambda swap: swap[0]))
+        self._reads: TurnBatch = TurnBatch(clock, self._read_many, group_of=by_key(lambda read: read[0]))
+        self._swaps: TurnBatch = TurnBatch(clock, self._swap_many, group_of=by_key(lambda swap: swap[0]))
 
     def _index_key(self, host: str, port: int, route_key: str) -> str:
         """The route index of node C{host:port} that holds the route C{route_key}."""
@@ -295,10 +297,10 @@ class RedisRemoteRouter(RedisComponent):
     def _register_many(self, routes: list[tuple[str, str, str, str, str, str]]) -> defer.Deferred:
         keys = [route[1] for route in routes]
         # The old owner's index is named by the script: in a cluster, the one
-        # in this batch's slot.
-        args = [colocated(NODE_ROUTES_PREFIX, keys[0]) if self._cluster else NODE_ROUTES_PREFIX]
-        for _, _, field, value, member, index in routes:
-            args += (field, value, member, index)
+        # in each route's slot.
+        args = [NODE_ROUTES_PREFIX]
+        for _, key, field, value, member, index in routes:
+            args += (field, value, member, index, colocated("", key) if self._cluster else "")
 
         def decoded(olds) -> list:
             return [self._decode(old, route[0], route[2]) for old, route in zip(olds, routes)]
@@ -340,7 +342,7 @@ class RedisRemoteRouter(RedisComponent):
     def _hgetall_many(self, keys: list[str]) -> defer.Deferred:
         if not self._cluster:
             return self._redis.eval(_HGETALL_MANY, keys, [])
-        return per_slot(keys, lambda some: self._redis.eval(_HGETALL_MANY, some, []))
+        return per_node(self._calls.client, keys, lambda some: self._redis.eval(_HGETALL_MANY, some, []))
 
     def lookup_type(self, user_id: str, client_type: int) -> defer.Deferred:
         try:

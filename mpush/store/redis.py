@@ -30,7 +30,7 @@ from mpush.store.interfaces import (
     check_session_id,
     check_ttl,
 )
-from mpush.store.redis_batch import TurnBatch, cluster_slots
+from mpush.store.redis_batch import TurnBatch, cluster_groups
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 from mpush.store.redis_connection import RedisClient
 
@@ -106,7 +106,7 @@ class RedisSessionStore(RedisComponent):
         self._load_batch: TurnBatch = TurnBatch(clock, self._load_many, refusal=partial(refusal, "load"))
         # In a cluster, one save script per slot (an MGET is split by the client).
         self._save_batch: TurnBatch = TurnBatch(
-            clock, self._save_many, refusal=partial(refusal, "save"), slot_of=cluster_slots(redis, lambda save: save[0])
+            clock, self._save_many, refusal=partial(refusal, "save"), group_of=cluster_groups(redis, lambda save: save[0])
         )
         self._client = redis if isinstance(redis, RedisClient) else None
         self._close_connection = close_connection

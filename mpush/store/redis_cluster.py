@@ -38,10 +38,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mpush.redis_status import RedisReachability
-from mpush.store.redis_batch import group_by_slot
+from mpush.store.redis_batch import group_by
 from mpush.store.redis_connection import RedisAddress, RedisClient
 
-__all__ = ["SLOTS", "RedisClusterClient", "colocated", "crc16", "is_cluster", "key_slot", "per_slot", "slot_tag"]
+__all__ = ["SLOTS", "RedisClusterClient", "colocated", "crc16", "is_cluster", "key_slot", "per_node", "slot_tag"]
 
 #: Hash slots of a Redis Cluster.
 SLOTS = 16384
@@ -109,13 +109,13 @@ def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisClusterClient)
 
 
-def per_slot(keys: list, send: Callable[[list], defer.Deferred]) -> defer.Deferred:
+def per_node(redis: "RedisClusterClient", keys: list, send: Callable[[list], defer.Deferred]) -> defer.Deferred:
     """
-    C{send(some_keys)} once per slot among C{keys} (a command that must touch
-    one slot and answers one value per key); fires the values in the order
-    of C{keys}, or the first failure.
+    C{send(some_keys)} once per cluster node among C{keys} (a command that
+    answers one value per key); fires the values in the order of C{keys},
+    or the first failure.
     """
-    groups = group_by_slot(keys, key_slot)
+    groups = group_by(keys, redis.group_of)
     if len(groups) <= 1:
         return send(keys)
     sent = [send([keys[i] for i in group]) for group in groups]
@@ -131,7 +131,40 @@ def per_slot(keys: list, send: Callable[[list], defer.Deferred]) -> defer.Deferr
     return gathered.addCallbacks(reassembled, lambda failure: failure.value.subFailure)
 
 
+# A script run with its keys passed in ARGV (see _ClusterCommands.eval): the
+# first ARGV is their count; KEYS and ARGV are rebuilt as locals, so the
+# script itself reads as usual.
+_NODE_LOCAL = """local count = tonumber(ARGV[1])
+local KEYS, ARGV = {unpack(ARGV, 2, count + 1)}, {unpack(ARGV, count + 2)}
+"""
+
+# GET of each key (false where none or not a string, as MGET answers): an
+# MGET of keys of many slots of one node.
+_GET_EACH = """
+local values = {}
+for i, key in ipairs(KEYS) do
+  local value = redis.pcall('GET', key)
+  if type(value) == 'table' and value.err then
+    if string.sub(value.err, 1, 9) ~= 'WRONGTYPE' then return value end
+    value = false
+  end
+  values[i] = value
+end
+return values
+"""
+
 Node = tuple[str, int]
+
+
+_node_local_scripts: dict[str, str] = {}
+
+
+def _node_local(script: str) -> str:
+    """C{script} reading its keys from ARGV (see L{_NODE_LOCAL}); one text per script, so EVALSHA caches it."""
+    wrapped = _node_local_scripts.get(script)
+    if wrapped is None:
+        wrapped = _node_local_scripts[script] = _NODE_LOCAL + script
+    return wrapped
 
 
 class _ClusterCommands:
@@ -158,11 +191,26 @@ class _ClusterCommands:
 
     def mget(self, keys, *more) -> defer.Deferred:
         keys = ([keys] if isinstance(keys, (str, bytes)) else list(keys)) + list(more)
-        return per_slot(keys, lambda some: self._cluster.execute(key_slot(some[0]), "mget", (some,), {}))
+        if len({key_slot(key) for key in keys}) <= 1:
+            return self._cluster.execute(key_slot(keys[0]) if keys else None, "mget", (keys,), {})
+        return per_node(self._cluster, keys, lambda some: self.eval(_GET_EACH, some, []))
 
     def eval(self, script, keys=(), args=()) -> defer.Deferred:
-        slot = key_slot(keys[0]) if keys else None
-        return self._cluster.execute(slot, "eval", (script, list(keys), list(args)), {})
+        """
+        C{EVAL} on the master of the keys' slot; keys of several slots (of one
+        node, as L{cluster_groups} batches them) go in ARGV with no declared
+        key, which Redis allows a script without flags to touch as long as
+        they are the node's own: a key that is not (a stale map, a slot being
+        migrated) fails the script with "non local key", and the map is read
+        again.
+        """
+        keys, args = list(keys), list(args)
+        slots = {key_slot(key) for key in keys}
+        if len(slots) <= 1:
+            return self._cluster.execute(key_slot(keys[0]) if keys else None, "eval", (script, keys, args), {})
+        return self._cluster.execute(
+            key_slot(keys[0]), "eval", (_node_local(script), [], [str(len(keys)), *keys, *args]), {}
+        )
 
     def disconnect(self) -> defer.Deferred:
         return self._cluster.disconnect()
@@ -228,6 +276,11 @@ class RedisClusterClient(RedisClient):
     def slot_of(self, key: str | bytes) -> int:
         return key_slot(key)
 
+    def group_of(self, key: str | bytes) -> object:
+        """What a batch groups C{key} by: the node serving its slot, or the slot while no node is known."""
+        slot = key_slot(key)
+        return self._owners[slot] or slot
+
     def node_of(self, slot: int) -> Node | None:
         """The master serving C{slot} as far as this client knows."""
         return self._owners[slot]
@@ -285,7 +338,12 @@ class RedisClusterClient(RedisClient):
             return failure
         if not failure.check(txredisapi.ResponseError) or redirects >= MAX_REDIRECTS or self._closed:
             return failure
-        kind, _, rest = failure.getErrorMessage().partition(" ")
+        why = failure.getErrorMessage()
+        if "non local key" in why:
+            # A node-local script met a key of a slot this node no longer serves.
+            self.refresh_soon()
+            return failure
+        kind, _, rest = why.partition(" ")
         if kind in ("MOVED", "ASK"):
             moved_slot, _, where = rest.partition(" ")
             host, _, port = where.rpartition(":")
