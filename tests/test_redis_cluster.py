@@ -10,6 +10,7 @@ killed under pushes and reconnects.
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from mpush.config import RedisConfig, load_config
 from mpush.offline.interfaces import DEFAULT_MAX_BYTES, DEFAULT_MAX_COUNT
 from mpush.offline.redis import RedisOfflineStore, offline_data_key, offline_queue_key
 from mpush.protocol.routing import (
@@ -26,7 +27,7 @@ from mpush.store.redis import RedisSessionStore, session_key
 from mpush.store.redis_cluster import RedisClusterClient, colocated, crc16, key_slot
 from mpush.store.redis_connection import InvalidRedisUrl, cluster_url, connect_redis, parse_redis_url
 
-from tests import test_multi_node, test_redis_router, test_sentinel
+from tests import test_multi_node, test_offline_e2e, test_redis_router, test_sentinel
 from tests.process_support import NodeProcess, connect_device
 from tests.redis_cluster import shared_redis_cluster, start_redis_cluster
 from tests.test_memory_router import RoutingContractMixin
@@ -415,3 +416,18 @@ class ClusterFailoverTests(TestCase):
         self.assertNotIn("Traceback", node.log())
 
     eventually = ClusterTestCase.eventually
+
+
+class OfflineMessagesOnClusterTests(test_offline_e2e.OfflineMessagesTests):
+    """Offline messages end to end (store, fast connect, deliver once, ack) with the node's state on a Redis Cluster."""
+
+    def base_config(self):
+        cluster = shared_redis_cluster()
+        return load_config(None).replace(redis=RedisConfig(nodes=cluster.nodes, cluster_model="cluster"))
+
+    def test_expired_messages_dropped_and_counted(self):
+        """Counted by the in-memory store only: on Redis (one or a cluster) the expired queue's keys expire whole."""
+
+    test_expired_messages_dropped_and_counted.skip = (  # type: ignore[attr-defined]
+        "the Redis offline store lets an expired queue's keys expire unseen: not counted, on one Redis too"
+    )

@@ -257,6 +257,9 @@ class RedisClusterClient(RedisClient):
         self._refresh_call = None
         self._last_refresh = -MIN_REFRESH_INTERVAL
         self._closed = False
+        # Waits bounded by a timer (a pool's first connection, CLUSTER
+        # SLOTS): cancelled by disconnect, so that no timer outlives us.
+        self._bounded: set[defer.Deferred] = set()
         #: Slot maps read: tests and figures count refreshes with it.
         self.refreshes = 0
         slot_tag(0)  # the tags' table: computed once at start (0.1 s), not mid-storm
@@ -311,7 +314,7 @@ class RedisClusterClient(RedisClient):
             sent = defer.fail()
         if not connected:
             # Waits for the pool's first connection, not for ever.
-            sent.addTimeout(self._timeout, self._clock)
+            self._bound(sent)
         return sent.addErrback(self._redirected, slot, method, args, kwargs, redirects, node)
 
     def execute_on(self, node: Node, method: str, args: tuple, kwargs: dict) -> defer.Deferred:
@@ -327,8 +330,22 @@ class RedisClusterClient(RedisClient):
             self._refresh_call.cancel()
         self._refresh_call = None
         self._fail_map_waiters(txredisapi.ConnectionError(f"redis {self.address.label} is closed"))
+        bounded, self._bounded = self._bounded, set()
+        for waiting in bounded:
+            waiting.cancel()
         pools, self._pools = list(self._pools.values()), {}
         return defer.gatherResults([pool.disconnect() for pool in pools]).addBoth(lambda _: None)
+
+    def _bound(self, waiting: defer.Deferred) -> defer.Deferred:
+        """C{waiting}, failed with a TimeoutError after the timeout (or cancelled at disconnect)."""
+        self._bounded.add(waiting)
+        waiting.addTimeout(self._timeout, self._clock)
+
+        def settled(result):
+            self._bounded.discard(waiting)
+            return result
+
+        return waiting.addBoth(settled)
 
     # -- redirections ---------------------------------------------------------
 
@@ -365,8 +382,7 @@ class RedisClusterClient(RedisClient):
     def _ask(self, target: Node, slot, method, args, kwargs, redirects: int) -> defer.Deferred:
         """C{ASKING} then the command, on one connection of C{target}'s pool."""
         pool = self._pool(target)
-        found = pool._factory.getConnection(peek=True)
-        found.addTimeout(self._timeout, self._clock)
+        found = self._bound(pool._factory.getConnection(peek=True))
 
         def send(connection) -> defer.Deferred:
             connection.execute_command("ASKING").addErrback(lambda _: None)
@@ -408,8 +424,7 @@ class RedisClusterClient(RedisClient):
         if not candidates or self._closed:
             return defer.fail(txredisapi.ConnectionError("no redis cluster node answered CLUSTER SLOTS"))
         node = candidates[0]
-        asked = self._pool(node).redis.execute_command("CLUSTER", "SLOTS")
-        asked.addTimeout(self._timeout, self._clock)
+        asked = self._bound(self._pool(node).redis.execute_command("CLUSTER", "SLOTS"))
         asked.addCallback(self._apply_map, node)
         asked.addErrback(lambda _: self._read_map(candidates[1:]))
         return asked
