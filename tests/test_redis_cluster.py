@@ -27,7 +27,7 @@ from mpush.store.redis import RedisSessionStore, session_key
 from mpush.store.redis_cluster import RedisClusterClient, colocated, crc16, key_slot
 from mpush.store.redis_connection import InvalidRedisUrl, cluster_url, connect_redis, parse_redis_url
 
-from tests import test_multi_node, test_offline_e2e, test_redis_router, test_sentinel
+from tests import test_multi_node, test_offline_e2e, test_redis_router, test_sentinel, test_shared_ip
 from tests.process_support import NodeProcess, connect_device
 from tests.redis_cluster import shared_redis_cluster, start_redis_cluster
 from tests.test_memory_router import RoutingContractMixin
@@ -431,3 +431,11 @@ class OfflineMessagesOnClusterTests(test_offline_e2e.OfflineMessagesTests):
     test_expired_messages_dropped_and_counted.skip = (  # type: ignore[attr-defined]
         "the Redis offline store lets an expired queue's keys expire unseen: not counted, on one Redis too"
     )
+
+
+class SharedOnlineListOnClusterTests(_NodesOnCluster, test_shared_ip.SharedOnlineListTests):
+    """Nodes sharing an IP keep each other's online users, with the counts and sets beside the list's slot."""
+
+    def listed(self):
+        key = "mp:oul:127.0.0.1"
+        return {user.decode() for user in self.redis.on_owner(key, "ZRANGE", key, "0", "-1")}
