@@ -2,9 +2,11 @@
 C{[redis] cluster-model = "cluster"} against a real Redis Cluster (three
 masters, three replicas): slots, routing, C{MGET} across slots, real C{ASK}
 and C{MOVED} from resharding one slot by hand, the slot map following a
-killed master's promoted replica; the session store, the routing and
-offline contracts, and the multi-node process suites on a cluster; a master
-killed under pushes and reconnects.
+killed master's promoted replica, kicks across nodes; the session store,
+the routing and offline contracts, offline messages end to end, and the
+multi-node and shared-IP process suites on a cluster; a master killed under
+pushes and reconnects.  Tests that only read and write share one cluster per
+process (L{shared_redis_cluster}); those that kill or reshard start their own.
 """
 
 from twisted.internet import defer, reactor, task
