@@ -143,6 +143,36 @@ class RoutingTests(ClusterTestCase):
         self.assertEqual(self.cluster.command(target, "GET", key), b"again")
 
     @defer.inlineCallbacks
+    def test_node_batch_meeting_a_moved_slot_fails_then_the_map_catches_up(self):
+        redis = self.client.redis
+        key = "migrating-key"
+        slot = key_slot(key)
+        yield redis.set(key, "0")  # the map is read
+        source = self.cluster.owner_of(slot)
+        neighbour = next(
+            k for k in (f"n{i}" for i in range(500))
+            if key_slot(k) != slot and self.client.node_of(key_slot(k)) == ("127.0.0.1", source.port)
+        )
+        write = "for i, k in ipairs(KEYS) do redis.call('SET', k, ARGV[i]) end return #KEYS"
+        self.assertEqual(int((yield redis.eval(write, [key, neighbour], ["1", "2"]))), 2)
+        target = next(m for m in self.cluster.masters() if m is not source)
+        self.cluster.begin_migration(slot, target)
+        self.cluster.migrate_key(source, target, key)
+        self.cluster.end_migration(slot, target)
+        # The client's map still sends the batch to the source, which no
+        # longer serves the key: that batch fails, and the map is read again.
+        refreshes = self.client.refreshes
+        with self.assertRaises(Exception) as refused:
+            yield redis.eval(write, [key, neighbour], ["3", "4"])
+        self.assertIn("non local key", str(refused.exception))
+        yield self.eventually(lambda: self.client.refreshes > refreshes)
+        self.assertEqual(self.client.node_of(slot), ("127.0.0.1", target.port))
+        # Batched again by node, as a TurnBatch would: each part on its own master.
+        self.assertEqual(int((yield redis.eval(write, [key], ["3"]))), 1)
+        self.assertEqual(int((yield redis.eval(write, [neighbour], ["4"]))), 1)
+        self.assertEqual((yield redis.mget([key, neighbour])), ["3", "4"])
+
+    @defer.inlineCallbacks
     def test_map_follows_a_killed_master(self):
         redis = self.client.redis
         key = "survivor"
