@@ -21,8 +21,12 @@ from tests.loopback_support import LoopbackNode
 class OfflineMessagesTests(TestCase):
     timeout = 30
 
+    def base_config(self):
+        """The node's config before the test's [offline]: in memory here."""
+        return load_config(None)
+
     def start(self, **offline):
-        config = load_config(None)
+        config = self.base_config()
         if offline:
             config = config.replace(offline=OfflineConfig(**offline))
         self.server = LoopbackNode(self, config=config)

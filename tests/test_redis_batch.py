@@ -53,6 +53,36 @@ class TurnBatchTests(SynchronousTestCase):
             answer.callback([i * 10 for i in chunk])
         self.assertEqual([self.successResultOf(r) for r in results], [0, 10, 20, 30, 40])
 
+    def test_per_group_runs_keep_each_callers_answer(self):
+        # A cluster's batch: one run per node (here the item mod 3), chunked,
+        # and each caller still gets its own answer.
+        batch = TurnBatch(self.clock, self.run_chunk, max_items=2, group_of=lambda item: item % 3)
+        results = [batch.submit(i) for i in range(7)]
+        self.clock.advance(0)
+        self.assertEqual(self.runs, [[0, 3], [6], [1, 4], [2, 5]])
+        for answer, chunk in zip(self.answers, self.runs):
+            answer.callback([i * 10 for i in chunk])
+        self.assertEqual([self.successResultOf(r) for r in results], [0, 10, 20, 30, 40, 50, 60])
+
+    def test_per_group_run_failure_fails_that_group_only(self):
+        batch = TurnBatch(self.clock, self.run_chunk, group_of=lambda item: item % 2)
+        even, odd = batch.submit(0), batch.submit(1)
+        self.clock.advance(0)
+        self.answers[0].errback(ConnectionError("its master died"))
+        self.answers[1].callback(["one"])
+        self.failureResultOf(even, ConnectionError)
+        self.assertEqual(self.successResultOf(odd), "one")
+
+    def test_group_of_raising_fails_the_turn_not_the_batch(self):
+        batch = TurnBatch(self.clock, self.run_chunk, group_of=lambda item: 1 // item)
+        failed = batch.submit(0)
+        self.clock.advance(0)
+        self.failureResultOf(failed, ZeroDivisionError)
+        later = batch.submit(1)
+        self.clock.advance(0)
+        self.answers[0].callback(["fine"])
+        self.assertEqual(self.successResultOf(later), "fine")
+
     def test_a_failure_result_fails_its_item_alone(self):
         batch = TurnBatch(self.clock, self.run_chunk)
         good, bad = batch.submit("good"), batch.submit("bad")

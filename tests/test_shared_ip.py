@@ -15,13 +15,13 @@ from tests.redis_server import start_redis_server
 from tests.test_redis_router import raw_command
 
 
-def shared_ip_config(redis_port):
+def shared_ip_config(redis_port, redis_section=None):
     return (
         "[net]\n"
         'local-ip = "127.0.0.1"\n'
         'public-ip = "127.0.0.1"\n'
-        f'[redis]\nnodes = ["127.0.0.1:{redis_port}"]\n'
-        '[cluster]\nnode-ttl = "2s"\nnode-refresh = "500ms"\ndrain-timeout = "1s"\n'
+        + (redis_section or f'[redis]\nnodes = ["127.0.0.1:{redis_port}"]\n')
+        + '[cluster]\nnode-ttl = "2s"\nnode-refresh = "500ms"\ndrain-timeout = "1s"\n'
     )
 
 
@@ -31,8 +31,11 @@ class SharedOnlineListTests(TestCase):
     def setUp(self):
         self.redis = start_redis_server(self)
 
+    #: The [redis] section of the nodes' config; None: C{self.redis}'s port.
+    redis_section = None
+
     def node(self):
-        node = NodeProcess(shared_ip_config(self.redis.port))
+        node = NodeProcess(shared_ip_config(self.redis.port, self.redis_section))
         self.addCleanup(node.stop)
         node.start()
         return node

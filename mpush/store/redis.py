@@ -30,7 +30,7 @@ from mpush.store.interfaces import (
     check_session_id,
     check_ttl,
 )
-from mpush.store.redis_batch import TurnBatch
+from mpush.store.redis_batch import TurnBatch, cluster_groups
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 from mpush.store.redis_connection import RedisClient
 
@@ -104,7 +104,10 @@ class RedisSessionStore(RedisComponent):
         # One MGET for the lookups of a turn, one script for its saves.
         refusal = self._calls.refusal
         self._load_batch: TurnBatch = TurnBatch(clock, self._load_many, refusal=partial(refusal, "load"))
-        self._save_batch: TurnBatch = TurnBatch(clock, self._save_many, refusal=partial(refusal, "save"))
+        # In a cluster, one save script per slot (an MGET is split by the client).
+        self._save_batch: TurnBatch = TurnBatch(
+            clock, self._save_many, refusal=partial(refusal, "save"), group_of=cluster_groups(redis, lambda save: save[0])
+        )
         self._client = redis if isinstance(redis, RedisClient) else None
         self._close_connection = close_connection
 

@@ -13,6 +13,10 @@ answer.
 
 Nothing here waits: a batch is sent in the first turn after its first
 request (C{callLater(0)}), so a lone request costs one turn, not a delay.
+
+On a Redis Cluster a command must go to the node that serves its keys:
+given C{group_of}, a batch sends one command per cluster node among its
+items (see L{cluster_groups}), and each caller still gets its own answer.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-__all__ = ["DEFAULT_MAX_ITEMS", "TurnBatch"]
+__all__ = ["DEFAULT_MAX_ITEMS", "TurnBatch", "cluster_groups", "group_by"]
 
 Item = TypeVar("Item")
 
@@ -31,6 +35,26 @@ Item = TypeVar("Item")
 #: a few commands, small enough that one script keeps Redis busy for only a
 #: few milliseconds.
 DEFAULT_MAX_ITEMS = 500
+
+
+def cluster_groups(redis: object, key: Callable[[Item], str]) -> Callable[[Item], object] | None:
+    """
+    For a L{TurnBatch} on C{redis}: when C{redis} is a Redis Cluster client,
+    the node that serves an item's key C{key(item)} (its slot while the map
+    is not known); else C{None} (one Redis: any keys in one command).
+    """
+    group_of = getattr(redis, "group_of", None)
+    if group_of is None:
+        return None
+    return lambda item: group_of(key(item))
+
+
+def group_by(items: Sequence[Item], group_of: Callable[[Item], object]) -> list[list[int]]:
+    """The indices of C{items}, one list per group, in order within each."""
+    groups: dict[object, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(group_of(item), []).append(index)
+    return list(groups.values())
 
 
 class TurnBatch(Generic[Item]):
@@ -46,9 +70,11 @@ class TurnBatch(Generic[Item]):
     @param refusal: C{refusal()} is asked on each request: an exception
         fails the request at once instead of batching it (a closed
         component, a known outage: see L{BoundedRedis.refusal}).
+    @param group_of: C{group_of(item)}, the Redis Cluster node of an item's
+        keys: a C{run} then gets items of one group only (L{cluster_groups}).
     """
 
-    __slots__ = ("_clock", "_run", "_max_items", "_refusal", "_items", "_waiters", "_flush_call")
+    __slots__ = ("_clock", "_run", "_max_items", "_refusal", "_items", "_waiters", "_flush_call", "_group_of")
 
     def __init__(
         self,
@@ -56,6 +82,7 @@ class TurnBatch(Generic[Item]):
         run: Callable[[list[Item]], defer.Deferred],
         max_items: int = DEFAULT_MAX_ITEMS,
         refusal: Callable[[], Exception | None] = lambda: None,
+        group_of: Callable[[Item], object] | None = None,
     ) -> None:
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
             raise ValueError(f"max_items must be a positive int, not {max_items!r}")
@@ -63,6 +90,7 @@ class TurnBatch(Generic[Item]):
         self._run = run
         self._max_items = max_items
         self._refusal = refusal
+        self._group_of = group_of
         self._items: list[Item] = []
         self._waiters: list[defer.Deferred] = []
         self._flush_call: IDelayedCall | None = None
@@ -94,9 +122,24 @@ class TurnBatch(Generic[Item]):
             call.cancel()
         items, waiters = self._items, self._waiters
         self._items, self._waiters = [], []
+        if self._group_of is not None:
+            self._send_per_group(items, waiters)
+            return
         size = self._max_items
         for start in range(0, len(items), size):
             self._send(items[start : start + size], waiters[start : start + size])
+
+    def _send_per_group(self, items: list[Item], waiters: list[defer.Deferred]) -> None:
+        try:
+            groups = group_by(items, self._group_of)
+        except Exception:
+            self._failed(Failure(), waiters)
+            return
+        size = self._max_items
+        for group in groups:
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                self._send([items[i] for i in chunk], [waiters[i] for i in chunk])
 
     def _send(self, items: list[Item], waiters: list[defer.Deferred]) -> None:
         try:
