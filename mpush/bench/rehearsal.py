@@ -356,6 +356,7 @@ def node_config(host: str, redis_section: str, zk: str | None, token: str, key: 
         f'[net]\nlocal-ip = "{address}"\npublic-ip = "{address}"\n'
         f'connect-server-bind-ip = "{address}"\nconnect-server-port = {CONNECT_PORT}\n'
         f'gateway-server-bind-ip = "{address}"\ngateway-server-port = {GATEWAY_PORT}\n'
+        f'gateway-allow = ["{PREFIX}0/24"]\n'
         f'admin-server-bind-ip = "127.0.0.1"\nadmin-server-port = {ADMIN_PORT}\n'
         f'http-server-bind-ip = "{address}"\nhttp-server-port = {HTTP_PORT}\n'
         f'[http]\napi-token = "{token}"\npublic-paths = ["/healthz", "/v1/allot"]\n'
