@@ -268,10 +268,10 @@ class NetConfig:
 class RedisConfig:
     """``[redis]`` (MPush ``mp.redis``): empty ``nodes`` means in-memory stores."""
 
-    nodes: tuple[str, ...] = ()   # "host:port" as in MPush; the sentinels with "sentinel"
+    nodes: tuple[str, ...] = ()   # "host:port" as in MPush; the sentinels with "sentinel", seeds with "cluster"
     password: str = field(default="", repr=False)
     db: int = 0
-    cluster_model: str = "single"  # or "sentinel"
+    cluster_model: str = "single"  # or "sentinel" or "cluster"
     sentinel_master: str = ""      # the master's name, with "sentinel"
     #: After a session write, WAIT until this many replicas have it (0: don't).
     wait_replicas: int = 0
@@ -286,11 +286,11 @@ class RedisConfig:
             _need_node("[redis] nodes", index, node)
         _need_str("[redis] password", self.password)
         _need_int("[redis] db", self.db, 0)
-        if self.cluster_model == "cluster":
-            raise ConfigError("Redis Cluster is not implemented", key="[redis] cluster-model")
-        if self.cluster_model not in ("single", "sentinel"):
-            raise ConfigError(f"expected \"single\" or \"sentinel\", got {self.cluster_model!r}",
+        if self.cluster_model not in ("single", "sentinel", "cluster"):
+            raise ConfigError(f"expected \"single\", \"sentinel\" or \"cluster\", got {self.cluster_model!r}",
                               key="[redis] cluster-model")
+        if self.cluster_model == "cluster" and self.db:
+            raise ConfigError("a Redis Cluster has only db 0", key="[redis] db")
         _need_str("[redis] sentinel-master", self.sentinel_master)
         if self.cluster_model == "sentinel" and self.nodes and not self.sentinel_master:
             raise ConfigError("cluster-model \"sentinel\" needs the master's name",
@@ -302,11 +302,16 @@ class RedisConfig:
     def url(self) -> str | None:
         """
         ``redis://[:password@]host:port/db`` for the first node, or with
-        Sentinel ``redis+sentinel://[:password@]sentinel,.../master/db``;
-        None without nodes.
+        Sentinel ``redis+sentinel://[:password@]sentinel,.../master/db``, or
+        with Redis Cluster ``redis+cluster://[:password@]seed,...``; None
+        without nodes.
         """
         if not self.nodes:
             return None
+        if self.cluster_model == "cluster":
+            from mpush.store.redis_connection import cluster_url
+
+            return cluster_url(self.nodes, self.password)
         if self.cluster_model == "sentinel":
             from mpush.store.redis_connection import sentinel_url
 
@@ -979,17 +984,35 @@ def load_config(path: str | None = None) -> Config:
     return parse_config(data, source=path)
 
 
+_CLUSTER_URL = "redis+cluster://"
+
+
 def _mask(url: str) -> str:
     """Hide a password before a URL goes into an error message or a log."""
     return re.sub(r"//.*@", "//***@", url)
 
 
 def parse_redis_url(url: str) -> RedisConfig:
-    """``redis://[:password@]host[:port][/db]`` -> RedisConfig (port 6379, db 0 default)."""
+    """
+    ``redis://[:password@]host[:port][/db]`` -> RedisConfig (port 6379, db 0
+    default); ``redis+cluster://[:password@]host:port,...`` -> a Redis
+    Cluster's seed nodes.
+    """
     if not isinstance(url, str):
         raise ConfigError(f"expected a redis:// URL string, got {type(url).__name__}",
                           key="redis url")
     shown = _mask(url)
+    if url.startswith(_CLUSTER_URL):
+        where, _, path = url[len(_CLUSTER_URL):].partition("/")
+        auth, at, hosts = where.rpartition("@")
+        try:
+            if path.strip("/") not in ("", "0"):
+                raise ConfigError("a Redis Cluster has only db 0", key="redis url")
+            return RedisConfig(nodes=tuple(hosts.split(",")), password=unquote(auth.partition(":")[2]) if at else "",
+                               cluster_model="cluster")
+        except ConfigError as e:
+            raise ConfigError(f"{e.reason} in {shown!r} (expected redis+cluster://[:password@]host:port,...)",
+                              key="redis url") from None
 
     def bad(reason: str) -> ConfigError:
         return ConfigError(f"{reason} in {shown!r} (expected "

@@ -522,7 +522,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         self.assertIn("NEVER USE IT IN PRODUCTION", text)
 
     def test_redis_example(self):
-        (line, sentinels), _ = self._uncommented("nodes = ")
+        (line, sentinels, seeds), _ = self._uncommented("nodes = ")
         self.assertEqual(line, 'nodes = ["127.0.0.1:6379"]')
         config = parse(f"[redis]\n{line}\n")
         self.assertEqual(config.redis.url(), "redis://127.0.0.1:6379/0")
@@ -532,6 +532,9 @@ class EtcMpushTomlTests(SynchronousTestCase):
         self.assertEqual(
             config.redis.url(), "redis+sentinel://10.0.0.11:26379,10.0.0.12:26379,10.0.0.13:26379/mymaster/0"
         )
+        cluster = self._uncommented("cluster-model = ")[0][1]
+        config = parse(f"[redis]\n{cluster}\n{seeds}\n")
+        self.assertEqual(config.redis.url(), "redis+cluster://10.0.0.21:7000,10.0.0.22:7000,10.0.0.23:7000")
 
 
 class ErrorTests(ConfigErrorAssertions, SynchronousTestCase):
@@ -720,6 +723,17 @@ class ErrorTests(ConfigErrorAssertions, SynchronousTestCase):
         self.assertConfigError('[redis]\ncluster-model = "sentinel"\nnodes = ["127.0.0.1:26379"]\n',
                                "[redis] sentinel-master", "needs the master's name")
 
+    def test_cluster(self):
+        config = parse_config(
+            {"redis": {"cluster-model": "cluster", "password": "p@ss", "nodes": ["127.0.0.1:7000", "10.0.0.2:7001"]}}
+        )
+        self.assertEqual(config.redis.url(), "redis+cluster://:p%40ss@127.0.0.1:7000,10.0.0.2:7001")
+        address = parse_address(config.redis.url())
+        self.assertEqual(address.cluster_nodes, (("127.0.0.1", 7000), ("10.0.0.2", 7001)))
+        self.assertEqual(address.password, "p@ss")
+        self.assertConfigError('[redis]\ncluster-model = "cluster"\ndb = 1\nnodes = ["127.0.0.1:7000"]\n',
+                               "[redis] db", "only db 0")
+
     def test_bad_sentinel_urls(self):
         for url in ("redis+sentinel://127.0.0.1:26379", "redis+sentinel://127.0.0.1/m",
                     "redis+sentinel://127.0.0.1:0/m", "redis+sentinel://h:1/m/x"):
@@ -736,8 +750,7 @@ class ErrorTests(ConfigErrorAssertions, SynchronousTestCase):
             ("net", "gateway-server-net", '"udp"', "only 'tcp'"),
             ("net", "ws-path", '"/ws"', "only '/'"),
             ("net", "public-host-mapping", '{ "10.0.0.1" = "1.2.3.4" }', "set public-ip"),
-            ("redis", "cluster-model", '"cluster"', "Redis Cluster is not implemented"),
-            ("redis", "cluster-model", '"ring"', "expected \"single\" or \"sentinel\""),
+            ("redis", "cluster-model", '"ring"', "expected \"single\", \"sentinel\" or \"cluster\""),
             ("http", "proxy-enabled", '"false"', "expected true or false"),
         ]:
             self.assertConfigError(f"[{table}]\n{key} = {value}\n", f"[{table}] {key}", needle)
@@ -854,6 +867,15 @@ class RedisUrlTests(ConfigErrorAssertions, SynchronousTestCase):
                          RedisConfig(nodes=("127.0.0.1:6379",)))
         self.assertEqual(parse_redis_url("redis://:pw@redis.internal:6380/5"),
                          RedisConfig(nodes=("redis.internal:6380",), password="pw", db=5))
+
+    def test_cluster(self):
+        redis = parse_redis_url("redis+cluster://:p%40ss@10.0.0.1:7000,10.0.0.2:7001")
+        self.assertEqual(redis, RedisConfig(nodes=("10.0.0.1:7000", "10.0.0.2:7001"), password="p@ss",
+                                            cluster_model="cluster"))
+        self.assertEqual(redis.url(), "redis+cluster://:p%40ss@10.0.0.1:7000,10.0.0.2:7001")
+        for bad in ("redis+cluster://10.0.0.1", "redis+cluster://h:1/2"):
+            e = self.assertRaises(ConfigError, parse_redis_url, bad)
+            self.assertIn("redis+cluster://", str(e))
 
     def test_defaults(self):
         self.assertEqual(parse_redis_url("redis://localhost"),

@@ -20,15 +20,16 @@ from tests.process_support import NodeProcess
 from tests.redis_server import start_redis_server
 
 
-def node_config(redis_port, node_ttl="2s", node_refresh="500ms"):
+def node_config(redis_port, node_ttl="2s", node_refresh="500ms", redis_section=None):
+    """A node's config on the Redis at C{redis_port}, or as C{redis_section} says (a cluster)."""
     return (
         "[security]\n"
         f'private-key = "{MPUSH_DEMO_PRIVATE_KEY}"\n'
         f'public-key = "{MPUSH_DEMO_PUBLIC_KEY}"\n'
         "[net]\n"
         'local-ip = "127.0.0.1"\n'
-        f'[redis]\nnodes = ["127.0.0.1:{redis_port}"]\n'
-        f'[cluster]\nnode-ttl = "{node_ttl}"\nnode-refresh = "{node_refresh}"\n'
+        + (redis_section or f'[redis]\nnodes = ["127.0.0.1:{redis_port}"]\n')
+        + f'[cluster]\nnode-ttl = "{node_ttl}"\nnode-refresh = "{node_refresh}"\n'
     )
 
 
@@ -42,8 +43,11 @@ class ClusterCase(TestCase):
     def setUp(self):
         self.redis = start_redis_server(self)
 
+    #: The [redis] section of the nodes' config; None: C{self.redis}'s port.
+    redis_section = None
+
     def start_node(self):
-        node = NodeProcess(node_config(self.redis.port))
+        node = NodeProcess(node_config(self.redis.port, redis_section=self.redis_section))
         self.addCleanup(node.stop)
         return node.start()
 

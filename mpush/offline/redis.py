@@ -37,6 +37,7 @@ import base64
 import binascii
 import json
 from functools import partial
+from typing import Callable
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
@@ -61,7 +62,8 @@ from mpush.offline.interfaces import (
     check_owner,
     check_user_id,
 )
-from mpush.store.redis_batch import TurnBatch
+from mpush.store.redis_batch import TurnBatch, cluster_slots
+from mpush.store.redis_cluster import colocated, is_cluster
 from mpush.store.redis_calls import BoundedRedis, RedisComponent
 from mpush.store.redis_connection import RedisClient
 
@@ -308,14 +310,24 @@ class RedisOfflineStore(RedisComponent):
         self._close_connection = close_connection
         self.counters = OfflineCounters(listener)
         refusal = self._calls.refusal
-        self._existing: TurnBatch = TurnBatch(clock, self._existing_many, refusal=partial(refusal, "claim"))
-        self._releases: TurnBatch = TurnBatch(clock, self._release_many, refusal=partial(refusal, "release"))
+        # On a Redis Cluster a user's data hash sits in its queue's slot, and
+        # the batches send one script per slot.
+        self._keys: Callable[[str], list[str]] = _cluster_keys if is_cluster(redis) else _keys
+        self._existing: TurnBatch = TurnBatch(
+            clock, self._existing_many, refusal=partial(refusal, "claim"), slot_of=cluster_slots(redis, lambda queue: queue)
+        )
+        self._releases: TurnBatch = TurnBatch(
+            clock,
+            self._release_many,
+            refusal=partial(refusal, "release"),
+            slot_of=cluster_slots(redis, lambda release: offline_queue_key(release[0])),
+        )
 
     # -- IOfflineStore ---------------------------------------------------
 
     def add(self, user_id: str, message: OfflineMessage) -> defer.Deferred:
         try:
-            keys = _keys(user_id)
+            keys = self._keys(user_id)
             if not isinstance(message, OfflineMessage):
                 raise OfflineInputError(f"expected an OfflineMessage, not {type(message).__name__}")
         except Exception:
@@ -338,7 +350,7 @@ class RedisOfflineStore(RedisComponent):
 
     def claim(self, user_id: str, owner: str, lease_ms: int, now_ms: int) -> defer.Deferred:
         try:
-            keys = _keys(user_id)
+            keys = self._keys(user_id)
             args = [check_owner(owner), str(check_now(now_ms) + check_lease(lease_ms)), str(now_ms)]
         except Exception:
             return defer.fail()
@@ -360,7 +372,7 @@ class RedisOfflineStore(RedisComponent):
     def _release_many(self, releases: list[tuple[str, str]]) -> defer.Deferred:
         keys: list[str] = []
         for user_id, _ in releases:
-            keys += _keys(user_id)
+            keys += self._keys(user_id)
         owners = [owner for _, owner in releases]
         return self._calls.call(
             "release", lambda: self._redis.eval(_RELEASE_ALL_MANY, keys, owners), lambda done: [int(n) for n in done]
@@ -371,7 +383,7 @@ class RedisOfflineStore(RedisComponent):
 
     def release(self, user_id: str, owner: str, message_ids=None) -> defer.Deferred:
         try:
-            keys = _keys(user_id)
+            keys = self._keys(user_id)
             args = [check_owner(owner)]
             wanted = check_message_ids(message_ids)
         except Exception:
@@ -439,7 +451,7 @@ class RedisOfflineStore(RedisComponent):
 
     def _remove(self, user_id: str, message_id: str, counter: str | None) -> defer.Deferred:
         try:
-            keys = _keys(user_id)
+            keys = self._keys(user_id)
             args = [check_message_id(message_id)]
         except Exception:
             return defer.fail()
@@ -455,4 +467,9 @@ class RedisOfflineStore(RedisComponent):
 
 def _keys(user_id: str) -> list[str]:
     return [offline_queue_key(user_id), offline_data_key(user_id)]
+
+
+def _cluster_keys(user_id: str) -> list[str]:
+    queue = offline_queue_key(user_id)
+    return [queue, colocated(offline_data_key(user_id), queue)]
 

@@ -5,6 +5,12 @@ C{mp:oul:<publicIp>} and its channels, kicks on C{/mpush/kick/<host>:<port>};
 plus ours, which Java ignores: the per-node route index C{mp:nr:<host>:<port>}
 and the node registry C{mp:node:<host>:<port>} / C{mp:nodes}.
 
+On a Redis Cluster, MPush's keys keep their names; each of ours is put in
+the slot of the MPush key a script touches with it (L{colocated}): a route's
+index entry in the route's slot (the index is then one set per slot, found
+by SCAN when a node dies), the counts, sets and IP map of an online list in
+that list's slot.
+
 Every call is bounded by a deadline on the injected clock and fails with
 L{RouterUnavailable} (see L{mpush.store.redis_calls}).  A call that timed out
 may still have been carried out by Redis.  Route changes that must not race
@@ -62,7 +68,8 @@ from mpush.router.interfaces import (
     kick_message,
 )
 from mpush.router.pubsub import RedisSubscriber
-from mpush.store.redis_batch import TurnBatch
+from mpush.store.redis_batch import TurnBatch, cluster_slots, group_by_slot
+from mpush.store.redis_cluster import colocated, is_cluster
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 from mpush.store.redis_connection import RedisClient, connect_redis, parse_redis_url
 
@@ -256,9 +263,21 @@ class RedisRemoteRouter(RedisComponent):
         # What a turn's binds and closes ask goes as one script each: the
         # registers (bounded), and the reads and writes of compare-and-sets
         # (inside a bounded mark_offline already).
-        self._registers: TurnBatch = TurnBatch(clock, self._register_many, refusal=partial(self._calls.refusal, "register"))
-        self._reads: TurnBatch = TurnBatch(clock, self._read_many)
-        self._swaps: TurnBatch = TurnBatch(clock, self._swap_many)
+        self._cluster = is_cluster(redis)
+        by_key = partial(cluster_slots, redis)
+        self._registers: TurnBatch = TurnBatch(
+            clock,
+            self._register_many,
+            refusal=partial(self._calls.refusal, "register"),
+            slot_of=by_key(lambda route: route[1]),
+        )
+        self._reads: TurnBatch = TurnBatch(clock, self._read_many, slot_of=by_key(lambda read: read[0]))
+        self._swaps: TurnBatch = TurnBatch(clock, self._swap_many, slot_of=by_key(lambda swap: swap[0]))
+
+    def _index_key(self, host: str, port: int, route_key: str) -> str:
+        """The route index of node C{host:port} that holds the route C{route_key}."""
+        index = node_routes_key(host, port)
+        return colocated(index, route_key) if self._cluster else index
 
     def register(self, user_id: str, client_type: int, location: ClientLocation) -> defer.Deferred:
         try:
@@ -270,12 +289,14 @@ class RedisRemoteRouter(RedisComponent):
             return defer.fail()
         # Only online routes are indexed: the index is what a node's death
         # would have to mark offline.
-        index = node_routes_key(location.host, location.port) if location.host is not None and location.online else ""
+        index = self._index_key(location.host, location.port, key) if location.host is not None and location.online else ""
         return self._registers.submit((user_id, key, field, value, member, index))
 
     def _register_many(self, routes: list[tuple[str, str, str, str, str, str]]) -> defer.Deferred:
         keys = [route[1] for route in routes]
-        args = [NODE_ROUTES_PREFIX]
+        # The old owner's index is named by the script: in a cluster, the one
+        # in this batch's slot.
+        args = [colocated(NODE_ROUTES_PREFIX, keys[0]) if self._cluster else NODE_ROUTES_PREFIX]
         for _, _, field, value, member, index in routes:
             args += (field, value, member, index)
 
@@ -314,7 +335,24 @@ class RedisRemoteRouter(RedisComponent):
             return [self._decode_all(dict(zip(flat[::2], flat[1::2])), user_id)
                     for flat, user_id in zip(replies, user_ids)]
 
-        return self._calls.call("lookup", lambda: self._redis.eval(_HGETALL_MANY, keys, []), decoded)
+        return self._calls.call("lookup", lambda: self._hgetall_many(keys), decoded)
+
+    def _hgetall_many(self, keys: list[str]) -> defer.Deferred:
+        if not self._cluster:
+            return self._redis.eval(_HGETALL_MANY, keys, [])
+        groups = group_by_slot(keys, self._calls.client.slot_of)
+        sent = [self._redis.eval(_HGETALL_MANY, [keys[i] for i in group], []) for group in groups]
+
+        def reassembled(replies: list) -> list:
+            routes: list = [None] * len(keys)
+            for group, reply in zip(groups, replies):
+                for index, flat in zip(group, reply):
+                    routes[index] = flat
+            return routes
+
+        return defer.gatherResults(sent, consumeErrors=True).addCallbacks(
+            reassembled, lambda failure: failure.value.subFailure
+        )
 
     def lookup_type(self, user_id: str, client_type: int) -> defer.Deferred:
         try:
@@ -374,7 +412,7 @@ class RedisRemoteRouter(RedisComponent):
             raw = yield self._reads.submit((key, field))
             location = self._decode(raw, user_id, field)
             if location is not None and should(location):
-                index = node_routes_key(location.host, location.port) if location.host is not None else ""
+                index = self._index_key(location.host, location.port, key) if location.host is not None else ""
                 new = encode_location(location.offline())
                 expected, missing = raw, "0"
             elif drop_index is not None:
@@ -394,7 +432,31 @@ class RedisRemoteRouter(RedisComponent):
             index = node_routes_key(host, port)
         except Exception:
             return defer.fail()
+        if self._cluster:
+            return self._walk_shards(index, (host, port))
         return self._walk_index(index, (host, port))
+
+    @defer.inlineCallbacks
+    def _walk_shards(self, index: str, gateway: tuple[str, int]):
+        # In a cluster the index is a set per slot, "{tag}" + index: SCAN
+        # every master for them, then walk each.
+        pattern = "{*}" + "".join("\\" + c if c in "*?[]\\" else c for c in index)
+        count = 0
+        for node in sorted(self._calls.client.masters()):
+            cursor = "0"
+            while True:
+                page = yield self._calls.call(
+                    "mark_node_offline scan",
+                    lambda c=cursor, n=node: self._calls.client.execute_on(
+                        n, "scan", (c,), {"pattern": pattern, "count": _SCAN_COUNT * 5}
+                    ),
+                )
+                cursor = str(page[0])
+                for shard in page[1]:
+                    count += yield self._walk_index(shard, gateway)
+                if cursor == "0":
+                    break
+        return count
 
     @defer.inlineCallbacks
     def _walk_index(self, index: str, gateway: tuple[str, int]):
@@ -498,12 +560,25 @@ class RedisUserEvents(RedisComponent):
         host, port = gateway
         self._member = encode_node_member(host, port)
         self._gateway = (host, port)
-        self._keys = [self._key, online_counts_key(public_ip), node_online_key(host, port), ONLINE_IPS_KEY]
+        self._cluster = is_cluster(redis)
+        self._keys = self._list_keys(public_ip, host, port)
         self._calls = BoundedRedis(redis, clock, timeout, "redis user events", RouterUnavailable)
         self._redis = self._calls.redis
         self._client = _client_of(redis)
         self._close_connection = close_connection
         self._events: TurnBatch = TurnBatch(clock, self._send_events, refusal=partial(self._calls.refusal, "online/offline events"))
+
+    def _list_keys(self, ip: str, host: str, port: int) -> list[str]:
+        """
+        The online list of C{ip}, its counts, node C{host:port}'s set and the
+        node-to-IP map; in a cluster, ours in the list's slot (the map is then
+        one per list, beside the global one that says where to look).
+        """
+        users = online_users_key(ip)
+        ours = [online_counts_key(ip), node_online_key(host, port), ONLINE_IPS_KEY]
+        if self._cluster:
+            ours = [colocated(key, users) for key in ours]
+        return [users, *ours]
 
     def user_online(self, user_id: str) -> defer.Deferred:
         return self._event(user_id, ONLINE_CHANNEL)
@@ -520,11 +595,18 @@ class RedisUserEvents(RedisComponent):
         args = [ONLINE_CHANNEL, OFFLINE_CHANNEL, self._member, self.public_ip]
         for event in events:
             args += event
-        return self._calls.call(
-            "online/offline events",
-            lambda: self._redis.eval(_EVENTS, self._keys, args),
-            lambda _: [None] * len(events),
-        )
+
+        def send() -> defer.Deferred:
+            sent = self._redis.eval(_EVENTS, self._keys, args)
+            if not self._cluster:
+                return sent
+            # Where survivors look up this node's IP (another slot).
+            mapped = self._redis.hset(ONLINE_IPS_KEY, self._member, self.public_ip)
+            return defer.gatherResults([sent, mapped], consumeErrors=True).addErrback(
+                lambda failure: failure.value.subFailure
+            )
+
+        return self._calls.call("online/offline events", send, lambda _: [None] * len(events))
 
     def count_online(self) -> defer.Deferred:
         return self._calls.call("count_online", lambda: self._redis.zcard(self._key), int)
@@ -534,7 +616,7 @@ class RedisUserEvents(RedisComponent):
         # Our own IP is tried first, so that at a start the first command
         # sent is the clean-up itself, ahead of any new bind's events.
         yield self._release(*self._gateway, dead=False, ip=self.public_ip)
-        keys = [self._key, online_counts_key(self.public_ip)]
+        keys = self._keys[:2]
         yield self._calls.call("clear", lambda: self._redis.eval(_SWEEP_UNCLAIMED, keys, []), lambda _: None)
 
     def release_node(self, host: str, port: int) -> defer.Deferred:
@@ -556,12 +638,25 @@ class RedisUserEvents(RedisComponent):
                     return 0
                 if isinstance(ip, bytes):
                     ip = ip.decode("utf-8", "replace")
-            keys = [online_users_key(ip), online_counts_key(ip), node_online_key(host, port), ONLINE_IPS_KEY,
-                    node_key(host, port)]
+            keys = self._list_keys(ip, host, port)
+            if not self._cluster:
+                keys.append(node_key(host, port))
+                dead_check = "1" if dead else "0"
+            else:
+                # The registration is in another slot: asked first, so a
+                # node that comes back in between still cleans up after itself.
+                if dead:
+                    back = yield self._calls.call("release", lambda: self._redis.exists(node_key(host, port)), int)
+                    if back:
+                        return 0
+                keys.append(keys[3])
+                dead_check = "0"
             gone = yield self._calls.call(
-                "release", lambda: self._redis.eval(_RELEASE_NODE, keys, [member, ip, "1" if dead else "0"]), int
+                "release", lambda: self._redis.eval(_RELEASE_NODE, keys, [member, ip, dead_check]), int
             )
             if gone != -2:
+                if self._cluster and gone >= 0:
+                    yield self._calls.call("release", lambda: self._redis.hdel(ONLINE_IPS_KEY, member), int)
                 return max(gone, 0)
             ip = None
         return 0

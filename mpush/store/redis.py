@@ -30,7 +30,7 @@ from mpush.store.interfaces import (
     check_session_id,
     check_ttl,
 )
-from mpush.store.redis_batch import TurnBatch
+from mpush.store.redis_batch import TurnBatch, cluster_slots
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
 from mpush.store.redis_connection import RedisClient
 
@@ -110,7 +110,10 @@ class RedisSessionStore(RedisComponent):
         # One MGET for the lookups of a turn, one script for its saves.
         refusal = self._calls.refusal
         self._load_batch: TurnBatch = TurnBatch(clock, self._load_many, refusal=partial(refusal, "load"))
-        self._save_batch: TurnBatch = TurnBatch(clock, self._save_many, refusal=partial(refusal, "save"))
+        # In a cluster, one save script per slot (an MGET is split by the client).
+        self._save_batch: TurnBatch = TurnBatch(
+            clock, self._save_many, refusal=partial(refusal, "save"), slot_of=cluster_slots(redis, lambda save: save[0])
+        )
         self._client = redis if isinstance(redis, RedisClient) else None
         self._close_connection = close_connection
         if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:

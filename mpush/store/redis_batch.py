@@ -13,6 +13,11 @@ answer.
 
 Nothing here waits: a batch is sent in the first turn after its first
 request (C{callLater(0)}), so a lone request costs one turn, not a delay.
+
+On a Redis Cluster a command may only touch keys of one hash slot: given
+C{slot_of}, a batch sends one command per slot among its items (see
+L{cluster_slots}); the commands of one turn still leave together, one write
+per cluster node, and each caller still gets its own answer.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from twisted.internet import defer
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
-__all__ = ["DEFAULT_MAX_ITEMS", "TurnBatch"]
+__all__ = ["DEFAULT_MAX_ITEMS", "TurnBatch", "cluster_slots", "group_by_slot"]
 
 Item = TypeVar("Item")
 
@@ -31,6 +36,26 @@ Item = TypeVar("Item")
 #: a few commands, small enough that one script keeps Redis busy for only a
 #: few milliseconds.
 DEFAULT_MAX_ITEMS = 500
+
+
+def cluster_slots(redis: object, key: Callable[[Item], str]) -> Callable[[Item], int] | None:
+    """
+    For a L{TurnBatch} on C{redis}: the slot of an item's key C{key(item)}
+    when C{redis} is a Redis Cluster client, else C{None} (one Redis: any
+    keys in one command).
+    """
+    slot_of = getattr(redis, "slot_of", None)
+    if slot_of is None:
+        return None
+    return lambda item: slot_of(key(item))
+
+
+def group_by_slot(items: Sequence[Item], slot_of: Callable[[Item], int]) -> list[list[int]]:
+    """The indices of C{items}, one list per slot, in order within each."""
+    groups: dict[int, list[int]] = {}
+    for index, item in enumerate(items):
+        groups.setdefault(slot_of(item), []).append(index)
+    return list(groups.values())
 
 
 class TurnBatch(Generic[Item]):
@@ -46,9 +71,11 @@ class TurnBatch(Generic[Item]):
     @param refusal: C{refusal()} is asked on each request: an exception
         fails the request at once instead of batching it (a closed
         component, a known outage: see L{BoundedRedis.refusal}).
+    @param slot_of: C{slot_of(item)}, the Redis Cluster slot of an item's
+        keys: a C{run} then gets items of one slot only (L{cluster_slots}).
     """
 
-    __slots__ = ("_clock", "_run", "_max_items", "_refusal", "_items", "_waiters", "_flush_call")
+    __slots__ = ("_clock", "_run", "_max_items", "_refusal", "_items", "_waiters", "_flush_call", "_slot_of")
 
     def __init__(
         self,
@@ -56,6 +83,7 @@ class TurnBatch(Generic[Item]):
         run: Callable[[list[Item]], defer.Deferred],
         max_items: int = DEFAULT_MAX_ITEMS,
         refusal: Callable[[], Exception | None] = lambda: None,
+        slot_of: Callable[[Item], int] | None = None,
     ) -> None:
         if isinstance(max_items, bool) or not isinstance(max_items, int) or max_items < 1:
             raise ValueError(f"max_items must be a positive int, not {max_items!r}")
@@ -63,6 +91,7 @@ class TurnBatch(Generic[Item]):
         self._run = run
         self._max_items = max_items
         self._refusal = refusal
+        self._slot_of = slot_of
         self._items: list[Item] = []
         self._waiters: list[defer.Deferred] = []
         self._flush_call: IDelayedCall | None = None
@@ -94,9 +123,24 @@ class TurnBatch(Generic[Item]):
             call.cancel()
         items, waiters = self._items, self._waiters
         self._items, self._waiters = [], []
+        if self._slot_of is not None:
+            self._send_per_slot(items, waiters)
+            return
         size = self._max_items
         for start in range(0, len(items), size):
             self._send(items[start : start + size], waiters[start : start + size])
+
+    def _send_per_slot(self, items: list[Item], waiters: list[defer.Deferred]) -> None:
+        try:
+            groups = group_by_slot(items, self._slot_of)
+        except Exception:
+            self._failed(Failure(), waiters)
+            return
+        size = self._max_items
+        for group in groups:
+            for start in range(0, len(group), size):
+                chunk = group[start : start + size]
+                self._send([items[i] for i in chunk], [waiters[i] for i in chunk])
 
     def _send(self, items: list[Item], waiters: list[defer.Deferred]) -> None:
         try:

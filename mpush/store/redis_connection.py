@@ -15,6 +15,7 @@ install a non-default reactor before importing it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from urllib.parse import quote, unquote, urlsplit
 
 import txredisapi
@@ -28,11 +29,14 @@ from mpush.redis_status import RedisReachability
 
 __all__ = [
     "InvalidRedisUrl",
+    "AnyNodeEndpoint",
     "RedisAddress",
     "RedisClient",
     "SentinelMasterEndpoint",
     "close_endpoint",
+    "cluster_url",
     "connect_redis",
+    "open_pool",
     "parse_redis_url",
     "redis_endpoint",
     "sentinel_url",
@@ -40,12 +44,14 @@ __all__ = [
 
 _DEFAULT_PORT = 6379
 _SENTINEL_SCHEME = "redis+sentinel"
+_CLUSTER_SCHEME = "redis+cluster"
 
 
 class InvalidRedisUrl(ValueError):
     """
     The configured Redis URL is not C{redis://[[user]:password@]host[:port][/db]}
-    nor C{redis+sentinel://[:password@]host:port,...,host:port/master[/db]}.
+    nor C{redis+sentinel://[:password@]host:port,...,host:port/master[/db]}
+    nor C{redis+cluster://[:password@]host:port,...,host:port}.
     """
 
 
@@ -62,10 +68,15 @@ class RedisAddress:
     #: master named C{master} (C{host:port} is then the first sentinel).
     sentinels: tuple[tuple[str, int], ...] = ()
     master: str = ""
+    #: With Redis Cluster: the seed nodes, asked for the slot map
+    #: (C{host:port} is then the first seed).
+    cluster_nodes: tuple[tuple[str, int], ...] = ()
 
     @property
     def label(self) -> str:
         """What log lines call this server."""
+        if self.cluster_nodes:
+            return f"cluster {','.join(f'{h}:{p}' for h, p in self.cluster_nodes)}"
         if self.sentinels:
             return f"sentinel master {self.master}"
         return f"{self.host}:{self.port}"
@@ -84,18 +95,39 @@ def sentinel_url(sentinels: tuple[str, ...], master: str, db: int = 0, password:
     return f"{_SENTINEL_SCHEME}://{auth}{','.join(sentinels)}/{quote(master, safe='')}/{db}"
 
 
-def _parse_sentinel_url(url: str) -> RedisAddress:
-    rest = url[len(_SENTINEL_SCHEME) + 3:]
+def cluster_url(nodes: tuple[str, ...], password: str = "") -> str:
+    """The URL of the Redis Cluster that seed C{nodes} (C{"host:port"} each) belong to."""
+    auth = f":{quote(password, safe='')}@" if password else ""
+    return f"{_CLUSTER_SCHEME}://{auth}{','.join(nodes)}"
+
+
+def _parse_hosts(url: str, scheme: str, what: str) -> tuple[str, str | None, list[tuple[str, int]]]:
+    """The path, password and C{host:port} list of a URL of several servers."""
+    rest = url[len(scheme) + 3:]
     where, _, path = rest.partition("/")
     auth, at, hosts = where.rpartition("@")
     password = unquote(auth.partition(":")[2]) if at else None
-    sentinels = []
+    found = []
     for node in hosts.split(","):
         host, colon, port = node.rpartition(":")
         host = host.strip("[]")
         if not colon or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
-            raise InvalidRedisUrl(f"sentinel must be host:port, got {node!r} in {_redact(url)!r}")
-        sentinels.append((host, int(port)))
+            raise InvalidRedisUrl(f"{what} must be host:port, got {node!r} in {_redact(url)!r}")
+        found.append((host, int(port)))
+    return path, password, found
+
+
+def _parse_cluster_url(url: str) -> RedisAddress:
+    path, password, nodes = _parse_hosts(url, _CLUSTER_SCHEME, "cluster node")
+    if path.strip("/") not in ("", "0"):
+        raise InvalidRedisUrl(f"a redis cluster has only db 0, got {path!r}")
+    return RedisAddress(
+        host=nodes[0][0], port=nodes[0][1], password=password or None, cluster_nodes=tuple(nodes)
+    )
+
+
+def _parse_sentinel_url(url: str) -> RedisAddress:
+    path, password, sentinels = _parse_hosts(url, _SENTINEL_SCHEME, "sentinel")
     master, _, db = path.partition("/")
     if not master:
         raise InvalidRedisUrl(f"sentinel url names no master: {_redact(url)!r}")
@@ -120,6 +152,8 @@ def parse_redis_url(url: str) -> RedisAddress:
         raise InvalidRedisUrl(f"redis url must be text, not {type(url).__name__}")
     if url.startswith(_SENTINEL_SCHEME + "://"):
         return _parse_sentinel_url(url)
+    if url.startswith(_CLUSTER_SCHEME + "://"):
+        return _parse_cluster_url(url)
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -229,8 +263,42 @@ class SentinelMasterEndpoint:
         return self._sentinel.disconnect().addBoth(lambda _: None)
 
 
+@implementer(IStreamClientEndpoint)
+class AnyNodeEndpoint:
+    """
+    Connects to the first of several servers that answers, starting with the
+    one that answered last: a Redis Cluster subscriber hears every node's
+    PUBLISH on any node, so losing its node only sends it to the next.
+    """
+
+    def __init__(self, reactor, nodes: tuple[tuple[str, int], ...], timeout: float) -> None:
+        self._reactor = reactor
+        self._nodes = nodes
+        self._timeout = timeout
+        self._first = 0
+
+    def connect(self, protocol_factory) -> defer.Deferred:
+        order = [(self._first + i) % len(self._nodes) for i in range(len(self._nodes))]
+
+        def attempt(failure, index: int):
+            if index == len(order):
+                return failure
+            host, port = self._nodes[order[index]]
+            tried = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout).connect(protocol_factory)
+            tried.addCallback(lambda protocol: self._answered(order[index], protocol))
+            return tried.addErrback(attempt, index + 1)
+
+        return attempt(None, 0)
+
+    def _answered(self, node: int, protocol):
+        self._first = node
+        return protocol
+
+
 def redis_endpoint(reactor, address: RedisAddress, timeout: float):
-    """Where connections to C{address} go: the server, or the master the sentinels name."""
+    """Where connections to C{address} go: the server, the master the sentinels name, or any cluster node."""
+    if address.cluster_nodes:
+        return AnyNodeEndpoint(reactor, address.cluster_nodes, timeout)
     if address.sentinels:
         return SentinelMasterEndpoint(reactor, address, timeout)
     return HostnameEndpoint(reactor, address.host, address.port, timeout=timeout)
@@ -319,6 +387,11 @@ class RedisClient:
         """
         return bool(self._factory.pool)
 
+    @property
+    def was_up(self) -> bool:
+        """Whether the whole pool was connected once (or gave up): a pool down now is then a lost server."""
+        return self._factory.deferred is None
+
     def disconnect(self) -> defer.Deferred:
         """
         Stop reconnecting and close every connection.  Safe to call more than
@@ -394,6 +467,45 @@ def connect_redis(
         raise ValueError(f"max_retry_delay must be positive, not {max_retry_delay!r}")
     if reply_timeout is not None and not reply_timeout > 0:
         raise ValueError(f"reply_timeout must be positive or None, not {reply_timeout!r}")
+    if address.cluster_nodes:
+        from mpush.store.redis_cluster import RedisClusterClient
+
+        return RedisClusterClient(
+            address,
+            clock,
+            partial(
+                open_pool,
+                clock=clock,
+                poolsize=poolsize,
+                connect_timeout=connect_timeout,
+                reply_timeout=reply_timeout,
+                max_retry_delay=max_retry_delay,
+                close_timeout=close_timeout,
+            ),
+            timeout=connect_timeout,
+        )
+    return open_pool(
+        address,
+        clock,
+        poolsize=poolsize,
+        connect_timeout=connect_timeout,
+        reply_timeout=reply_timeout,
+        max_retry_delay=max_retry_delay,
+        close_timeout=close_timeout,
+    )
+
+
+def open_pool(
+    address: RedisAddress,
+    clock: IReactorTime | None,
+    *,
+    poolsize: int,
+    connect_timeout: float,
+    reply_timeout: float | None,
+    max_retry_delay: float,
+    close_timeout: float,
+) -> RedisClient:
+    """The pool of L{connect_redis} to one server (or sentinel master), arguments checked."""
     from twisted.internet import reactor
 
     if clock is None:
