@@ -91,6 +91,36 @@ class WaitReplicasTests(TestCase):
             self.assertRaises(ValueError, RedisSessionStore, object(), reactor, wait_replicas=bad)
 
 
+class ClusterWaitReplicasTests(TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_each_slot_waits_on_its_own_master(self):
+        """
+        Saves of many slots: each batch's script and WAIT go to its slot's
+        master (a WAIT elsewhere would count nothing of it; a script
+        elsewhere would be MOVED), and every master's replica confirms.
+        """
+        from tests.redis_cluster import shared_redis_cluster
+
+        from mpush.store.redis_cluster import key_slot
+
+        cluster = shared_redis_cluster()
+        ids = [f"c{number}" for number in range(30)]
+        for slot in {key_slot(session_key(session_id)) for session_id in ids}:
+            cluster.wait_replicated(slot)  # every replica linked up
+        client = connect_redis(cluster.url, reactor, max_retry_delay=0.2)
+        self.addCleanup(client.disconnect)
+        store = RedisSessionStore(client, reactor, timeout=2.0, close_connection=False,
+                                  wait_replicas=1, wait_timeout=1.0)
+        self.addCleanup(store.close)
+        yield defer.gatherResults([store.save(session_id, SESSION, 600) for session_id in ids])
+        for session_id in ids:
+            key = session_key(session_id)
+            self.assertEqual(cluster.on_owner(key, "GET", key), encode_reusable_session(SESSION).encode())
+        self.assertEqual(sorted(_wait_calls(master.port) > 0 for master in cluster.masters()), [True] * 3)
+
+
 def _wait_calls(port: int) -> int:
     stats = raw_command(port, "INFO", "commandstats").decode()
     for line in stats.splitlines():

@@ -32,6 +32,7 @@ from mpush.store.interfaces import (
 )
 from mpush.store.redis_batch import TurnBatch, cluster_slots
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
+from mpush.store.redis_cluster import is_cluster
 from mpush.store.redis_connection import RedisClient
 
 __all__ = ["KEY_PREFIX", "LOAD_PATIENCE", "RedisSessionStore", "session_key"]
@@ -165,7 +166,12 @@ class RedisSessionStore(RedisComponent):
     def _save_and_wait(self, keys: list[str], args: list[str]):
         # WAIT counts the replicas that have this connection's writes: the
         # script and the WAIT must share one connection, hence a pipeline.
-        pipe = yield self._redis.pipeline()
+        client = self._client
+        if is_cluster(client):
+            # The pipeline of the master of this batch's slot (one per batch).
+            pipe = yield client.execute(client.slot_of(keys[0]), "pipeline", (), {})
+        else:
+            pipe = yield self._redis.pipeline()
         pipe.eval(_SAVE_MANY, keys, args)
         pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
         replies = yield pipe.execute_pipeline()
