@@ -19,6 +19,7 @@ from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from mpush.client.protocol import connect_client
+from mpush.protocol.routing import user_route_key
 from mpush.push import AckModel, PushClient, PushStatus
 from mpush.store.redis_connection import sentinel_url
 
@@ -139,10 +140,18 @@ class FailoverUnderLoad:
         return fleet.config("probe", node)
 
     _probes = 0
+    #: With Redis Cluster, the slot whose master is killed: probes use users
+    #: whose route lives there, so they measure that slot's recovery.
+    fault_slot: int | None = None
 
-    def next_probe(self) -> int:
-        self._probes += 1
-        return self._probes
+    def probe_user(self, prefix: str) -> str:
+        from mpush.store.redis_cluster import key_slot
+
+        while True:
+            self._probes += 1
+            user = f"{prefix}-{self._probes}"
+            if self.fault_slot is None or key_slot(user_route_key(user)) == self.fault_slot:
+                return user
 
     @defer.inlineCallbacks
     def push_to_a_new_device(self):
@@ -150,7 +159,7 @@ class FailoverUnderLoad:
         A device binding now has its route written to the promoted master,
         and a push finds it there, through the other node's gateway.
         """
-        user = f"probe-{self.next_probe()}"
+        user = self.probe_user("probe")
         yield self.probe(self.nodes[0], user, f"phone-{user}")
         pusher = PushClient(reactor, redis_url=self.redis_url, redis_timeout=1.0, timeout=2.0)
         try:
@@ -165,7 +174,7 @@ class FailoverUnderLoad:
         A user binding on the second node kicks its device on the first:
         the first node is subscribed to its kick channel on the new master.
         """
-        user = f"mover-{self.next_probe()}"
+        user = self.probe_user("mover")
         kicked = defer.Deferred()
         yield self.probe(self.nodes[0], user, "phone-1", on_kick=lambda *who: kicked.callback(who))
         yield self.probe(self.nodes[1], user, "phone-2")
@@ -197,5 +206,33 @@ class SentinelFailoverTests(FailoverUnderLoad, TestCase):
         def promoted():
             answer = raw_command(self.sentinels[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
             return int(answer[1]) == self.replica.port
+
+        return eventually(reactor, promoted, RECOVERY_BOUND)
+
+
+class ClusterFailoverTests(FailoverUnderLoad, TestCase):
+    """
+    A Redis Cluster of three masters and three replicas; the master of the
+    slot of one device's route is SIGKILLed and its replica takes over.
+    """
+
+    model = "cluster"
+
+    def start_redis(self):
+        from tests.redis_cluster import start_redis_cluster
+
+        self.cluster = start_redis_cluster(self)
+        self.redis_url = self.cluster.url
+        return f'[redis]\ncluster-model = "cluster"\nnodes = {json.dumps(list(self.cluster.nodes))}\n', self.redis_url
+
+    def kill_master(self):
+        from mpush.store.redis_cluster import key_slot
+
+        self.fault_slot = key_slot(user_route_key("dev-0"))
+        dead = self.cluster.kill_master(self.fault_slot)
+
+        def promoted():
+            owner = self.cluster.owner_of(self.fault_slot)
+            return owner is not dead and owner.running
 
         return eventually(reactor, promoted, RECOVERY_BOUND)
