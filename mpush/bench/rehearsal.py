@@ -294,9 +294,17 @@ class ClusterRedis:
         return " ".join(redis_cli(host, HOST_ADDRESSES[host], REDIS_PORT, "-c", "HGETALL", key).split())
 
     def promoted(self) -> bool:
+        """The cluster is ok and (after a kill) the dead master serves no slot any more."""
         host = HOSTS[1]
         info = redis_cli(host, HOST_ADDRESSES[host], REDIS_PORT, "CLUSTER", "INFO")
-        return "cluster_state:ok" in info
+        if "cluster_state:ok" not in info:
+            return False
+        if self.killed is None:
+            return True
+        nodes = redis_cli(host, HOST_ADDRESSES[host], REDIS_PORT, "CLUSTER", "NODES").splitlines()
+        # id address flags master ping pong epoch link [slot ranges...]
+        dead = [line.split() for line in nodes if f" {self.killed}@" in line]
+        return bool(dead) and len(dead[0]) <= 8
 
 
 def cluster_supported() -> bool:
