@@ -391,7 +391,8 @@ def start_node(processes: Processes, host: str, text: str) -> None:
 class LoadProcesses:
     """The load processes in the load host, driven by JSON lines."""
 
-    def __init__(self, processes: Processes, count: int, devices: int, token: str, public_key: str) -> None:
+    def __init__(self, processes: Processes, count: int, devices: int, token: str, public_key: str,
+                 reconnect_spread: float) -> None:
         nodes = ",".join(f"{HOST_ADDRESSES[h]}:{CONNECT_PORT}" for h in HOSTS)
         apis = ",".join(f"{HOST_ADDRESSES[h]}:{HTTP_PORT}" for h in HOSTS)
         self.answers: queue.Queue = queue.Queue()
@@ -401,6 +402,7 @@ class LoadProcesses:
                 sys.executable, "-m", "mpush.bench.rehearsal_load", "--index", str(index), "--of", str(count),
                 "--devices", str(devices), "--nodes", nodes, "--apis", apis,
                 "--sources", ",".join(LOAD_SOURCES), "--token", token, "--public-key", public_key,
+                "--reconnect-spread", str(reconnect_spread),
             ], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(processes.log(f"load-{index}"), "ab"))
             self.members.append(process)
             threading.Thread(target=self._read, args=(index, process), daemon=True).start()
@@ -480,7 +482,8 @@ def rehearse(options) -> dict:
     directory = tempfile.mkdtemp(prefix="mpush-rehearsal-")
     processes = Processes(directory)
     network = Network()
-    results: dict = {"devices": options.devices, "workers per node": WORKERS, "logs": directory}
+    results: dict = {"devices": options.devices, "workers per node": WORKERS, "logs": directory,
+                     "reconnect spread s": options.reconnect_spread}
     try:
         say(f"network: bridge {BRIDGE}, hosts {', '.join(f'{h}={a}' for h, a in HOST_ADDRESSES.items())}, "
             f"load host {LOAD_HOST} with {len(LOAD_SOURCES)} source addresses")
@@ -503,7 +506,7 @@ def rehearse(options) -> dict:
             results["zookeeper cs entries at start"] = zookeeper_entries(zk, f"rehearsal:{token}")
 
         load = LoadProcesses(processes, options.load_processes, options.devices, token,
-                             key.public_key().to_x509_base64())
+                             key.public_key().to_x509_base64(), options.reconnect_spread)
         started = time.monotonic()
         connected = load.ask(options.devices / 20 + 120, cmd="connect")
         seconds = time.monotonic() - started
@@ -592,6 +595,8 @@ def parse(argv) -> argparse.Namespace:
     parser.add_argument("--load-processes", type=int, default=4, help="load processes (default 4)")
     parser.add_argument("--recovery-deadline", type=float, default=180.0,
                         help="seconds to wait for the dead node's devices to come back (default 180)")
+    parser.add_argument("--reconnect-spread", type=float, default=2.0,
+                        help="seconds over which a dead node's devices start reconnecting (default 2)")
     parser.add_argument("--no-zk", action="store_true", help="run without ZooKeeper")
     parser.add_argument("--keep-logs", action="store_true", help="keep every process's log")
     parser.add_argument("--json", metavar="PATH", help="also write the results to PATH")

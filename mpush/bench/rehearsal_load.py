@@ -45,8 +45,8 @@ REHEARSAL_NETWORK = ipaddress.ip_network("10.77.0.0/24")
 CONNECT_WINDOW = 200
 #: Requested heartbeat (ms); the node's max-heartbeat caps it.
 HEARTBEAT_MS = 240_000
-#: Seconds a device waits before it reconnects, at most (spread like a
-#: fleet of real clients noticing a dead socket at different times).
+#: Seconds a device waits before it reconnects, at most, by default (spread
+#: like a fleet of real clients noticing a dead socket at different times).
 RECONNECT_SPREAD = 2.0
 RECONNECT_ATTEMPTS = 20
 REQUEST_TIMEOUT = 10.0
@@ -235,7 +235,7 @@ class LoadProcess:
             self.refreshing = None
 
     async def reconnect(self, device: Device, lost_at: float) -> None:
-        await asyncio.sleep(random.uniform(0, RECONNECT_SPREAD))
+        await asyncio.sleep(random.uniform(0, self.options.reconnect_spread))
         try:
             for attempt in range(RECONNECT_ATTEMPTS):
                 await self.refresh_allot()
@@ -319,7 +319,9 @@ class LoadProcess:
             next_at += interval
             await asyncio.sleep(max(next_at - time.monotonic(), 0))
         if pending:
-            await asyncio.wait(pending, timeout=timeout_ms / 1000 + 10.0)
+            # Each push tries every API node, each try bounded: past that
+            # bound, a push still unanswered hangs.
+            await asyncio.wait(pending, timeout=len(self.apis) * (timeout_ms / 1000 + 5.0) + 5.0)
         return {"sent": sent, "answered": dict(answered), "unanswered": len(pending),
                 "retried": dict(retried), "pushes received by devices": self.received - received_before,
                 "bound but offline": sorted(unroutable)}
@@ -380,6 +382,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sources", required=True, help="source addresses")
     parser.add_argument("--token", required=True)
     parser.add_argument("--public-key", required=True)
+    parser.add_argument("--reconnect-spread", type=float, default=RECONNECT_SPREAD)
     options = parser.parse_args(argv)
     asyncio.run(serve(options))
     return 0
