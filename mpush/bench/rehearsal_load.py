@@ -39,7 +39,7 @@ from mpush.bench.wire import (
 from mpush.protocol.crypto import RsaPublicKey
 from mpush.protocol.errors import ProtocolError
 
-#: The only network the rehearsal ever uses (with loopback).
+#: The only network the load processes talk to (the nodes use loopback too).
 REHEARSAL_NETWORK = ipaddress.ip_network("10.77.0.0/24")
 #: Devices handshaking at once per load process.
 CONNECT_WINDOW = 200
