@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import os
 import random
+import shutil
 import tempfile
 
 from twisted.internet import defer, task
@@ -94,9 +95,8 @@ class DeviceFleet:
         closed.addBoth(lambda _: self.connect(user))
 
     def close(self) -> defer.Deferred:
-        return defer.gatherResults(
-            [client.close() for client in self.clients.values()], consumeErrors=True
-        ).addBoth(lambda _: None)
+        closed = defer.gatherResults([client.close() for client in self.clients.values()], consumeErrors=True)
+        return closed.addBoth(lambda _: shutil.rmtree(self.directory, ignore_errors=True))
 
 
 class PushLedger:

@@ -12,18 +12,18 @@ generous bound is asserted (the machine is shared and noisy).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
+from mpush.client.config import ClientConfig
 from mpush.client.protocol import connect_client
 from mpush.protocol.routing import user_route_key
 from mpush.push import AckModel, PushClient, PushStatus
 from mpush.store.redis_connection import sentinel_url
 
-from tests.failover_load import DeviceFleet, Load, PushLedger, eventually, sleep
+from tests.failover_load import DeviceFleet, Load, PushLedger, eventually, public_key_of, sleep
 from tests.process_support import NodeProcess
 from tests.redis_server import start_sentinel_set
 from tests.test_redis_router import raw_command
@@ -124,8 +124,9 @@ class FailoverUnderLoad:
     # -- recovery probes ------------------------------------------------------
 
     def probe(self, node, user: str, device: str, **callbacks) -> defer.Deferred:
-        config = dataclasses.replace(
-            self.fleet_config(node), device_id=device, user_id=user, session_file=None
+        config = ClientConfig(
+            host="127.0.0.1", port=node.port, public_key=public_key_of(node), device_id=device,
+            user_id=user, handshake_timeout=3.0, bind_timeout=3.0, connect_timeout=3.0,
         )
 
         def prepare(protocol):
@@ -134,10 +135,6 @@ class FailoverUnderLoad:
 
         connected = connect_client(config, reactor, prepare=prepare)
         return connected.addCallback(lambda client: self.addCleanup(client.close) or client)
-
-    def fleet_config(self, node):
-        fleet = DeviceFleet(reactor, [node], 0)
-        return fleet.config("probe", node)
 
     _probes = 0
     #: With Redis Cluster, the slot whose master is killed: probes use users
