@@ -1,6 +1,7 @@
 # One command to run the server on its embedded default, one to run the tests.
 #   make run     set up .venv and start `twistd -n mpush` (in-memory stores)
 #   make test    set up .venv and run the whole trial suite
+#   sudo make rehearsal   the multi-host rehearsal (README "Scaling out"); options in ARGS
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ ARGS ?=
 
 export PYTHONPATH := $(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH))
 
-.PHONY: setup run test clean
+.PHONY: setup run test clean rehearsal
 
 setup: $(STAMP)
 
@@ -25,6 +26,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/trial $(TESTS)
+
+rehearsal: $(STAMP)
+	$(BIN)/python -m mpush.bench.rehearsal $(ARGS)
 
 clean:
 	rm -rf $(VENV) _trial_temp build *.egg-info

@@ -274,6 +274,10 @@ class RedisConfig:
     db: int = 0
     cluster_model: str = "single"  # or "sentinel" or "cluster"
     sentinel_master: str = ""      # the master's name, with "sentinel"
+    #: After a session write, WAIT until this many replicas have it (0: don't).
+    wait_replicas: int = 0
+    #: How long that WAIT may hold a handshake's reply, in milliseconds.
+    wait_timeout: int = 100
 
     def __post_init__(self) -> None:
         if not isinstance(self.nodes, tuple):
@@ -292,6 +296,9 @@ class RedisConfig:
         if self.cluster_model == "sentinel" and self.nodes and not self.sentinel_master:
             raise ConfigError("cluster-model \"sentinel\" needs the master's name",
                               key="[redis] sentinel-master")
+        _need_int("[redis] wait-replicas", self.wait_replicas, 0, 16, what=" replicas")
+        # WAIT 0 would mean "forever", and a session write has 2 s in all.
+        _need_int("[redis] wait-timeout", self.wait_timeout, 1, 1000, what=" ms")
 
     def url(self) -> str | None:
         """
@@ -766,6 +773,8 @@ _SCHEMA: dict[str, dict[str, object]] = {
         "db": _Field("db", _same),
         "cluster-model": _Field("cluster_model", _same),
         "sentinel-master": _Field("sentinel_master", _same),
+        "wait-replicas": _Field("wait_replicas", _same),
+        "wait-timeout": _Field("wait_timeout", _millis),
         "write-to-zk": _ANY,
         "config": {k: _ANY for k in (
             "maxTotal", "maxIdle", "minIdle", "lifo", "fairness", "maxWaitMillis",

@@ -229,7 +229,8 @@ class Backends:
             )
             self.broadcasts = RedisBroadcastControl(self.redis, clock)
             self.sessions = RedisSessionStore(
-                self.redis, clock, close_connection=False, load_patience=SESSION_LOAD_PATIENCE
+                self.redis, clock, close_connection=False, load_patience=SESSION_LOAD_PATIENCE,
+                wait_replicas=config.redis.wait_replicas, wait_timeout=config.redis.wait_timeout / 1000,
             )
             self.remote = RedisRemoteRouter(self.redis, clock)
             self.events = RedisUserEvents(self.redis, public_ip(config.net), clock, gateway=gateway_of(config))

@@ -79,6 +79,8 @@ password = "s3cret"
 db = 3
 cluster-model = "sentinel"
 sentinel-master = "mymaster"
+wait-replicas = 1
+wait-timeout = "250ms"
 
 [push]
 flow-control.global.limit = 20000
@@ -345,6 +347,7 @@ class EveryKeyTests(ConfigErrorAssertions, SynchronousTestCase):
         self.assertEqual(config.redis.nodes, ("redis.internal:6380", "10.0.0.9:6379"))
         self.assertEqual(config.redis.password, "s3cret")
         self.assertEqual(config.redis.db, 3)
+        self.assertEqual((config.redis.wait_replicas, config.redis.wait_timeout), (1, 250))
         self.assertEqual((config.redis.cluster_model, config.redis.sentinel_master), ("sentinel", "mymaster"))
         self.assertEqual(config.redis.url(), "redis+sentinel://:s3cret@redis.internal:6380,10.0.0.9:6379/mymaster/3")
         self.assertEqual(config.push, PushConfig(
@@ -493,7 +496,7 @@ class EtcMpushTomlTests(SynchronousTestCase):
         with open(ETC_MPUSH_TOML, encoding="utf-8") as f:
             text = f.read()
         keys = re.findall(r"^([a-z][a-z-]*) = ", EVERY_KEY, re.M)
-        self.assertEqual(len(keys), 46)
+        self.assertEqual(len(keys), 48)
         for key in keys:
             self.assertTrue(re.search(rf"(?m)^(# )?{key} = ", text), key)
         for key in re.findall(r"^([A-Za-z_][\w-]*) = ", MPUSH_REFERENCE, re.M):

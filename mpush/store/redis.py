@@ -32,6 +32,7 @@ from mpush.store.interfaces import (
 )
 from mpush.store.redis_batch import TurnBatch, cluster_groups
 from mpush.store.redis_calls import BoundedRedis, RedisComponent, check_timeout
+from mpush.store.redis_cluster import is_cluster
 from mpush.store.redis_connection import RedisClient
 
 __all__ = ["KEY_PREFIX", "LOAD_PATIENCE", "RedisSessionStore", "session_key"]
@@ -83,6 +84,10 @@ class RedisSessionStore(RedisComponent):
     @param close_connection: whether L{close} also disconnects C{redis}.
         Disconnecting a L{RedisClient} twice is harmless, so stores sharing
         one client may all leave this on.
+    @param wait_replicas: after each turn's saves, Redis C{WAIT} until this
+        many replicas have them (0: no WAIT), so a device holding its
+        HandshakeOk can still fast-connect after a failover; a save that
+        fewer replicas confirmed within C{wait_timeout} seconds fails.
     """
 
     log = Logger()
@@ -95,6 +100,8 @@ class RedisSessionStore(RedisComponent):
         *,
         close_connection: bool = True,
         load_patience: float | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 0.1,
     ) -> None:
         self._calls = BoundedRedis(
             redis, clock, check_timeout(timeout), "redis session store", StoreUnavailable
@@ -110,6 +117,10 @@ class RedisSessionStore(RedisComponent):
         )
         self._client = redis if isinstance(redis, RedisClient) else None
         self._close_connection = close_connection
+        if isinstance(wait_replicas, bool) or not isinstance(wait_replicas, int) or wait_replicas < 0:
+            raise ValueError(f"wait_replicas must be an int of 0 or more, not {wait_replicas!r}")
+        self._wait_replicas = wait_replicas
+        self._wait_ms = max(1, round(check_timeout(wait_timeout) * 1000))
 
     def save(self, session_id: str, session: ReusableSession, ttl: int) -> defer.Deferred:
         try:
@@ -143,9 +154,37 @@ class RedisSessionStore(RedisComponent):
     def _save_many(self, saves: list[tuple[str, str, str]]) -> defer.Deferred:
         keys = [key for key, _, _ in saves]
         args = [part for _, value, ttl in saves for part in (value, ttl)]
+        if not self._wait_replicas:
+            return self._calls.call(
+                "save", lambda: self._redis.eval(_SAVE_MANY, keys, args), lambda _: [None] * len(saves)
+            )
         return self._calls.call(
-            "save", lambda: self._redis.eval(_SAVE_MANY, keys, args), lambda _: [None] * len(saves)
+            "save", lambda: self._save_and_wait(keys, args), partial(self._replicated, len(saves))
         )
+
+    @defer.inlineCallbacks
+    def _save_and_wait(self, keys: list[str], args: list[str]):
+        # WAIT counts the replicas that have this connection's writes: the
+        # script and the WAIT must share one connection, hence a pipeline.
+        client = self._client
+        if is_cluster(client):
+            # The pipeline of the master of this batch's slot (one per batch).
+            pipe = yield client.execute(client.slot_of(keys[0]), "pipeline", (), {})
+        else:
+            pipe = yield self._redis.pipeline()
+        pipe.eval(_SAVE_MANY, keys, args)
+        pipe.execute_command("WAIT", self._wait_replicas, self._wait_ms)
+        replies = yield pipe.execute_pipeline()
+        return replies
+
+    def _replicated(self, count: int, replies: list) -> list[None]:
+        replicas = int(replies[-1])
+        if replicas < self._wait_replicas:
+            raise StoreUnavailable(
+                f"session saved on the master, but {replicas} of {self._wait_replicas} "
+                f"replicas confirmed it within {self._wait_ms} ms"
+            )
+        return [None] * count
 
     def close(self) -> defer.Deferred:
         self._calls.close()
