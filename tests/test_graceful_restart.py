@@ -338,9 +338,10 @@ class PushTrackerTests(SynchronousTestCase):
         harness.clock.advance(1.0)  # the next window: written, waiting for its ack
         [(_, _, _, first), (_, _, _, second)] = device.received()
         self.assertEqual(PushMessage.decode(second).content, b"two")
-        # Its result goes to the gateway, not through the tracker's Deferred:
-        # counted until its deadline plus a grace at most.
-        harness.clock.advance(3.0 + lifecycle.EXPIRY_GRACE)
+        # Counted until its handle ends: here at its deadline, unacked.
+        harness.clock.advance(1.9)
+        self.assertEqual(harness.tracker.in_flight, 1)
+        harness.clock.advance(0.1)
         self.assertEqual(harness.tracker.in_flight, 0)
 
     def test_parked_push_acked_ends_when_answered(self):

@@ -475,13 +475,16 @@ class PushClient:
                 return PushResult(user_id, client_type if client_type > 0 else local.client_type,
                                   PushStatus.SUCCESS, node_name(host, port), None, None, tuple(points),
                                   redirected)
-            else:
-                reply = GatewayReply(False, Command.GATEWAY_PUSH, code, ErrorCode(code).reason)
+            reply = GatewayReply(False, Command.GATEWAY_PUSH, code, ErrorCode(code).reason)
             named = _named_targets(local.routes or {}, client_type)
             return self._answer(reply, local.client_type, named, user_id, client_type, host, port,
                                 content, ack, timeout, points, redirected)
 
-        return pushed.addCallback(ended)
+        if pushed.outcome is not None:
+            # Ended already (the usual case): no Deferred to wait on.
+            answered = ended(pushed)
+            return answered if isinstance(answered, defer.Deferred) else defer.succeed(answered)
+        return pushed.ended().addCallback(ended)
 
     @defer.inlineCallbacks
     def _send_gateway(self, user_id, client_type, host, port, content, ack, timeout, points, redirected):

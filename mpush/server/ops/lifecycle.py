@@ -40,6 +40,7 @@ from mpush.config import Config, ConfigError
 from mpush.protocol.errors import ErrorCode
 from mpush.protocol.routing import encode_push_result
 from mpush.server.device.bind_validator import load_bind_validator
+from mpush.server.gateway.push_center import Outcome, PushHandle
 
 __all__ = [
     "CLOSE_GRACE",
@@ -76,65 +77,9 @@ GATEWAY_GRACE = 5.0
 POLL_INTERVAL = 0.05
 #: Seconds one backend step of a drain (routes, registry) may take.
 STEP_TIMEOUT = 5.0
-#: Seconds past its own timeout a push parked by flow control is still
-#: counted in flight (its later attempt reports to no one we can watch).
-EXPIRY_GRACE = 1.0
 
 
 # -- pushes in flight ---------------------------------------------------------
-
-
-class _TrackedReply:
-    """
-    A gateway reply that tells its tracker when the push is answered (or,
-    for a silent timeout, ends: C{settle}).
-    """
-
-    __slots__ = ("_reply", "_tracker", "settled", "_timer")
-
-    def __init__(self, reply, tracker):
-        self._reply = reply
-        self._tracker = tracker
-        self.settled = False
-        self._timer = None
-
-    @property
-    def report_timeouts(self):
-        return self._reply.report_timeouts
-
-    @property
-    def connection(self):
-        return self._reply.connection
-
-    @property
-    def session_id(self):
-        return self._reply.session_id
-
-    def ok(self, data):
-        try:
-            self._reply.ok(data)
-        finally:
-            if not self.settled:
-                self.settle()
-
-    def error(self, code, data, reason=None):
-        try:
-            self._reply.error(code, data, reason)
-        finally:
-            self.settle()
-
-    def settle(self, result=None):
-        if not self.settled:
-            self.settled = True
-            if self._timer is not None:
-                if self._timer.active():
-                    self._timer.cancel()
-                self._timer = None
-            self._tracker._in_flight -= 1
-        return result
-
-    def expire_after(self, clock, seconds):
-        self._timer = clock.callLater(seconds, self.settle)
 
 
 class PushTracker:
@@ -169,31 +114,19 @@ class PushTracker:
 
     def push(self, message, flags, reply):
         if self.draining:
-            self._refuse(message, reply)
-            return None
-        tracked = _TrackedReply(reply, self)
+            return self._refuse(message, reply)
         self._in_flight += 1
         try:
-            result = self.push_center.push(message, flags, tracked)
+            handle = self.push_center.push(message, flags, reply)
         except BaseException:
-            tracked.settle()
+            self._in_flight -= 1
             raise
-        if result.__class__ is str:
-            # Ended (settled by its answer), or PENDING: settled by its
-            # answer or, for a silent timeout, by the push center.
-            pass
-        elif isinstance(result, defer.Deferred):
-            # A silent timeout answers no one: the Deferred still fires.
-            result.addBoth(tracked.settle)
-        elif not tracked.settled:
-            if result is None and message.user_id is not None:
-                # Parked by flow control: its retry's result goes nowhere we
-                # see, but it ends by its own deadline at the latest.
-                timeout = message.timeout if message.timeout > 0 else self.node.config.push.default_timeout
-                tracked.expire_after(self.clock, timeout / 1000.0 + EXPIRY_GRACE)
-            else:
-                tracked.settle()
-        return result
+        # Every push ends (answered, or a silent timeout), at once or later.
+        handle.observe(self._ended)
+        return handle
+
+    def _ended(self, handle):
+        self._in_flight -= 1
 
     def _refuse(self, message, reply):
         """
@@ -205,16 +138,14 @@ class PushTracker:
         if message.user_id is None:
             reply.error(int(ErrorCode.PUSH_CLIENT_FAILURE), None, DRAINING_REASON)
             self.node.metrics.push("failure")
-            return
+            return PushHandle(Outcome.FAILURE)
         now = self.node.now_ms()
         data = encode_push_result(
             message.user_id, message.client_type, [("push-center-begin", now), ("offline-end", now)]
         )
         reply.error(int(ErrorCode.OFFLINE), data, DRAINING_REASON)
         self.node.metrics.push("offline")
-
-    def _finished(self):
-        self._in_flight -= 1
+        return PushHandle(Outcome.OFFLINE)
 
 
 # -- draining -----------------------------------------------------------------
