@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mpush.protocol.errors import ErrorCode
+from mpush.protocol.fields import EXTENDED_LENGTH
 from mpush.protocol.messages import GatewayPushMessage
 from mpush.protocol.packet import DEFAULT_MAX_PACKET_SIZE, Command
 from mpush.protocol.routing import InvalidPushResult, decode_push_result
@@ -286,7 +287,7 @@ class PushClient:
         content = _check_content(content)
         ack = _check_ack(ack)
         timeout = _check_timeout(timeout, self.timeout)
-        self._check_size(GatewayPushMessage(user_id, 0, 0, content))
+        self._check_user_push_size(user_id, content)
         if self._closed:
             return defer.fail(PushClientClosed("push client is closed"))
         return _settled(self._push_user(user_id, content, ack, timeout))
@@ -311,7 +312,7 @@ class PushClient:
         if users:
             # The frame's size grows with the user id's UTF-8 length alone.
             longest = max(users, key=lambda user_id: len(user_id.encode("utf-8", "surrogatepass")))
-            self._check_size(GatewayPushMessage(longest, 0, 0, content))
+            self._check_user_push_size(longest, content)
         if self._closed:
             return defer.fail(PushClientClosed("push client is closed"))
         if len(users) <= self._concurrency:
@@ -382,6 +383,24 @@ class PushClient:
             size = len(message.encode())
         except (ValueError, TypeError) as exc:
             raise InvalidPush(f"cannot encode the push: {exc}") from None
+        limit = self.max_packet_size
+        if limit is not None and size > limit:
+            raise PushTooLarge(size, limit)
+
+    def _check_user_push_size(self, user_id: str, content: bytes) -> None:
+        """
+        L{_check_size} of a push to C{user_id}, counted instead of encoded
+        when both fields are short (every push a request makes pays this).
+        """
+        try:
+            user_bytes = len(user_id.encode("utf-8"))
+        except UnicodeEncodeError:
+            user_bytes = EXTENDED_LENGTH
+        if user_bytes >= EXTENDED_LENGTH or len(content) >= EXTENDED_LENGTH:
+            self._check_size(GatewayPushMessage(user_id, 0, 0, content))
+            return
+        # Two length-prefixed fields, two ints, three empty fields.
+        size = 2 + user_bytes + 8 + 2 + len(content) + 6
         limit = self.max_packet_size
         if limit is not None and size > limit:
             raise PushTooLarge(size, limit)
