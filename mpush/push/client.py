@@ -410,7 +410,9 @@ class PushClient:
             host, port = self._gateway
             pushed = self._guard(user_id, 0, self._send, user_id, 0, host, port, content, ack, timeout,
                                  [], False)
-            return pushed.addCallback(_one)
+            if isinstance(pushed, defer.Deferred):
+                return pushed.addCallback(_one)
+            return defer.succeed([pushed])
         try:
             looked_up = self._lookup(user_id)
         except Exception:
@@ -419,6 +421,7 @@ class PushClient:
                                       errbackArgs=(user_id,))
 
     def _push_routes(self, routes, user_id: str, content: bytes, ack: AckModel, timeout: float):
+        """The results of a push to each route: a list, or a Deferred of one while some are under way."""
         if not routes:
             return [PushResult(user_id, 0, PushStatus.OFFLINE, reason="user has no route")]
         pushes = [
@@ -426,17 +429,24 @@ class PushClient:
                         content, ack, timeout)
             for client_type in sorted(routes)
         ]
+        waiting = [pushed for pushed in pushes if isinstance(pushed, defer.Deferred)]
+        if not waiting:
+            return pushes
         if len(pushes) == 1:
-            return pushes[0].addCallback(_one)
-        return defer.gatherResults(pushes, consumeErrors=True)
+            return waiting[0].addCallback(_one)
+        return _gather([pushed if isinstance(pushed, defer.Deferred) else defer.succeed(pushed)
+                        for pushed in pushes])
 
     def _lookup(self, user_id: str) -> defer.Deferred:
         if self._lookups is not None:
             return self._lookups.submit(user_id)
         return self._router.lookup(user_id)
 
-    def _guard(self, user_id: str, client_type: int, push, *args) -> defer.Deferred:
-        """A bug must not turn one route's result into a failed push_many."""
+    def _guard(self, user_id: str, client_type: int, push, *args) -> PushResult | defer.Deferred:
+        """
+        A bug must not turn one route's result into a failed push_many: the
+        result of C{push(*args)}, a L{PushResult} when known at once.
+        """
 
         def unexpected(failure):
             self.log.failure("push to {user}/{type} failed unexpectedly", failure,
@@ -449,27 +459,27 @@ class PushClient:
         except Exception:
             return defer.fail().addErrback(unexpected)
         if not isinstance(pushed, defer.Deferred):
-            return defer.succeed(pushed)
+            return pushed
         return pushed.addErrback(unexpected)
 
     def _push_route(self, user_id, client_type, location, content, ack, timeout, points=None,
-                    redirected=False) -> defer.Deferred:
+                    redirected=False) -> PushResult | defer.Deferred:
         # The type sent is the hash field the route is stored under, which is
         # how nodes index routes; Java recomputes it from osName, which gives
         # the same value for every route a node (Java or ours) wrote.
         points = [] if points is None else points
         if not location.online:
-            return defer.succeed(PushResult(
+            return PushResult(
                 user_id, client_type, PushStatus.OFFLINE, reason="route offline",
                 time_points=tuple(points), redirected=redirected,
-            ))
+            )
         host, port = location.gateway
         if not host or not 0 < port < 65536:
-            return defer.succeed(PushResult(
+            return PushResult(
                 user_id, client_type, PushStatus.FAILURE,
                 reason=f"route has no usable gateway address ({host!r}, {port!r})",
                 time_points=tuple(points), redirected=redirected,
-            ))
+            )
         return self._send(user_id, client_type, host, port, content, ack, timeout, points, redirected)
 
     def _send(self, user_id, client_type, host, port, content, ack, timeout, points, redirected):
@@ -500,9 +510,8 @@ class PushClient:
                                 content, ack, timeout, points, redirected)
 
         if pushed.outcome is not None:
-            # Ended already (the usual case): no Deferred to wait on.
-            answered = ended(pushed)
-            return answered if isinstance(answered, defer.Deferred) else defer.succeed(answered)
+            # Ended already (the usual case): its result, no Deferred.
+            return ended(pushed)
         return pushed.ended().addCallback(ended)
 
     @defer.inlineCallbacks
