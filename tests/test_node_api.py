@@ -219,6 +219,42 @@ class InProcessAndOfflineTests(TestCase):
         self.assertEqual(asked, [["u1", "u2", "u3"]])
         self.assertEqual([r["status"] for r in outcome.results], ["success", "success", "offline"])
 
+    @defer.inlineCallbacks
+    def test_many_users_in_chunks_acks_awaited(self):
+        """
+        A many-user push looks its users up a chunk at a time, keeps their
+        order, and waits for the acks of the users that must ack.
+        """
+        from mpush.push.client import LOOKUP_CHUNK
+
+        yield self.device("u7")
+        yield self.device("u3")
+        remote = self.server.backends.remote
+        asked = []
+        real = remote.lookup_many
+        remote.lookup_many = lambda user_ids: asked.append(len(user_ids)) or real(user_ids)
+        users = tuple(f"u{i}" for i in range(LOOKUP_CHUNK * 2))
+        outcome = yield self.api.push(PushRequest(users=users, content=b"x", ack="auto"))
+        self.assertEqual(asked, [LOOKUP_CHUNK, LOOKUP_CHUNK])
+        self.assertEqual([r["user"] for r in outcome.results], list(users))
+        statuses = {r["user"]: r["status"] for r in outcome.results if r["status"] != "offline"}
+        self.assertEqual(statuses, {"u3": "success", "u7": "success"})
+        for result in outcome.results:
+            if result["status"] == "success":
+                self.assertIn("waiting-ack", [name for name, _ in result["time_points"]])
+
+    @defer.inlineCallbacks
+    def test_many_users_lookup_failure(self):
+        """A failed look-up fails each of its users' pushes, with the reason."""
+
+        def broken(user_ids):
+            return defer.fail(RuntimeError("store down"))
+
+        self.server.backends.remote.lookup_many = broken
+        outcome = yield self.api.push(PushRequest(users=("a", "b"), content=b"x"))
+        self.assertEqual([(r["user"], r["status"]) for r in outcome.results], [("a", "failure"), ("b", "failure")])
+        self.assertIn("store down", outcome.results[0]["reason"])
+
 
     @defer.inlineCallbacks
     def wait_for(self, predicate):

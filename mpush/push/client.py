@@ -166,6 +166,11 @@ def _check_gateway(gateway) -> tuple[str, int]:
     return host, port
 
 
+#: Users a many-user push looks up in one command at most (as many as a
+#: turn's batch of one-user look-ups: L{mpush.store.redis_batch.DEFAULT_MAX_ITEMS}).
+LOOKUP_CHUNK = 500
+
+
 class PushClient:
     """
     Push to users and broadcast through mpush (or MPush) gateways.
@@ -315,6 +320,8 @@ class PushClient:
             self._check_user_push_size(longest, content)
         if self._closed:
             return defer.fail(PushClientClosed("push client is closed"))
+        if self._lookups is not None and len(users) <= self._concurrency:
+            return self._push_users(users, content, ack, timeout)
         if len(users) <= self._concurrency:
             pushes = [self._push_user(user_id, content, ack, timeout) for user_id in users]
         else:
@@ -419,6 +426,38 @@ class PushClient:
             looked_up = defer.fail()
         return looked_up.addCallbacks(self._push_routes, _lookup_failed, (user_id, content, ack, timeout),
                                       errbackArgs=(user_id,))
+
+    def _push_users(self, users: list[str], content: bytes, ack: AckModel, timeout: float) -> defer.Deferred:
+        """
+        L{push_many} with a router that looks many users up at once: one
+        look-up per chunk of users, then each user's routes pushed with no
+        Deferred of its own unless its push waits (an ack, another node).
+        """
+        looked_up = []
+        for start in range(0, len(users), LOOKUP_CHUNK):
+            chunk = users[start:start + LOOKUP_CHUNK]
+            try:
+                found = self._router.lookup_many(chunk)
+            except Exception:
+                found = defer.fail()
+            looked_up.append(found.addCallbacks(self._push_chunk, _chunk_lookup_failed,
+                                                (chunk, content, ack, timeout), errbackArgs=(chunk,)))
+
+        def pushed(per_chunk):
+            results = [result for chunk_results in per_chunk for result in chunk_results]
+            if not any(isinstance(result, defer.Deferred) for result in results):
+                return dict(zip(users, results))
+            return _gather([result if isinstance(result, defer.Deferred) else defer.succeed(result)
+                            for result in results]).addCallback(lambda done: dict(zip(users, done)))
+
+        return _gather(looked_up).addCallback(pushed)
+
+    def _push_chunk(self, found, chunk: list[str], content: bytes, ack: AckModel, timeout: float) -> list:
+        """Each user's results (a list, or a Deferred of one) from its routes C{found}."""
+        if len(found) != len(chunk):
+            raise ValueError(f"{len(found)} route sets for {len(chunk)} users")
+        return [self._push_routes(routes, user_id, content, ack, timeout)
+                for user_id, routes in zip(chunk, found)]
 
     def _push_routes(self, routes, user_id: str, content: bytes, ack: AckModel, timeout: float):
         """The results of a push to each route: a list, or a Deferred of one while some are under way."""
@@ -700,6 +739,10 @@ def _one(result: PushResult) -> list[PushResult]:
 
 def _lookup_failed(failure, user_id: str) -> list[PushResult]:
     return [PushResult(user_id, 0, PushStatus.FAILURE, reason=f"route lookup failed: {failure.getErrorMessage()}")]
+
+
+def _chunk_lookup_failed(failure, chunk: list[str]) -> list[list[PushResult]]:
+    return [_lookup_failed(failure, user_id) for user_id in chunk]
 
 
 def _broadcast_count(data: str | None) -> int | None:
