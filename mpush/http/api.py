@@ -377,7 +377,8 @@ class ApiResource(Resource):
 
     def _push(self, request):
         push = schema.parse_push(self._json_body(request, required=True))
-        deferred = defer.maybeDeferred(self._node.push, push)
+        # The node API's push returns a Deferred; anything it raises is answered by render.
+        deferred = self._node.push(push)
 
         def view(outcome) -> Reply:
             return Reply.json({"message_id": outcome.message_id, "results": list(outcome.results)})
