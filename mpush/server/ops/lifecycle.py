@@ -85,11 +85,12 @@ STEP_TIMEOUT = 5.0
 class PushTracker:
     """
     The push center as the gateway sees it: every push it starts is counted
-    until it is answered, so a drain knows when the work it started is done;
-    while draining, new pushes are answered at once instead.
+    until its L{mpush.server.gateway.push_center.PushHandle} ends, so a drain
+    knows when the work it started is done; while draining, new pushes are
+    answered at once instead.
 
     Give it to L{mpush.server.gateway.gateway.GatewayFactory} in place of the push
-    center (it has the same C{push(message, flags, reply)}).
+    center (it has the same C{push(message, flags, reply)}, and returns a handle too).
 
     @ivar draining: set by L{Drainer}; new pushes are then refused.
     @ivar refused: how many pushes were refused while draining.
@@ -97,10 +98,9 @@ class PushTracker:
 
     log = Logger()
 
-    def __init__(self, push_center, clock=None):
+    def __init__(self, push_center):
         self.push_center = push_center
         self.node = push_center.node
-        self.clock = clock if clock is not None else self.node.clock
         self.draining = False
         self.refused = 0
         self._in_flight = 0
