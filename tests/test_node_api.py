@@ -200,6 +200,23 @@ class InProcessAndOfflineTests(TestCase):
         self.assertEqual(self.server.node.metrics.totals()["pushes"]["offline"], 1)
 
     @defer.inlineCallbacks
+    def test_stale_local_route_stored(self):
+        """
+        Stored after this node found the user gone: counted offline by the
+        node that found it, and stored_offline by the API that stored it.
+        """
+        from mpush.protocol.routing import ClientLocation
+
+        here = self.server.node.router_center.gateway
+        location = ClientLocation(host=here[0], port=here[1], os_name="android", client_version="1",
+                                  device_id="d-1", conn_id="c-1")
+        yield self.server.backends.remote.register("ghost", 1, location)
+        outcome = yield self.api.push(PushRequest(users=("ghost",), content=b"x", offline_ttl=60))
+        self.assertEqual([r["status"] for r in outcome.results], ["stored_offline"])
+        pushes = self.server.node.metrics.totals()["pushes"]
+        self.assertEqual((pushes["offline"], pushes["stored_offline"]), (1, 1))
+
+    @defer.inlineCallbacks
     def test_many_users_one_lookup(self):
         """
         A many-user push reads every user's routes in one lookup_many.
