@@ -107,6 +107,24 @@ class PushHandleTests(SynchronousTestCase):
         self.assertEqual((self.reply.answers, self.ends.seen), ([("error", int(ErrorCode.OFFLINE))],
                                                                 [Outcome.OFFLINE]))
 
+    def test_stale_route_not_released_still_ends(self):
+        """
+        A route naming this node with no connection behind it: offline,
+        and a store that cannot mark it offline is logged, not raised.
+        """
+        from twisted.internet import defer
+
+        from mpush.protocol.routing import ClientLocation
+
+        here = self.node.router_center.gateway
+        remote = self.node.router_center.remote
+        remote.register("ghost", 1, ClientLocation(host=here[0], port=here[1], os_name="android",
+                                                   client_version="1", device_id="d-9", conn_id="c-9"))
+        remote.mark_offline = lambda *args, **kwargs: defer.fail(RuntimeError("store down"))
+        handle = self.push("ghost")
+        self.assertEqual((handle.outcome, self.reply.answers), (Outcome.OFFLINE, [("error", int(ErrorCode.OFFLINE))]))
+        self.assertEqual(self.flushLoggedErrors(RuntimeError), [])
+
     def test_every_client_type(self):
         handle = self.push("alice", client_type=0)
         self.assertEqual((handle.outcome, self.ends.seen), (Outcome.SUCCESS, [Outcome.SUCCESS]))

@@ -509,6 +509,7 @@ class PushCenter:
         reply = task.reply
         try:
             if reply is None:
+                # Made in this process (push_local): the handle is the answer.
                 pass
             elif outcome == Outcome.SUCCESS:
                 reply.ok(task.result())
