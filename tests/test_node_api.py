@@ -272,6 +272,14 @@ class InProcessAndOfflineTests(TestCase):
         self.assertEqual([(r["user"], r["status"]) for r in outcome.results], [("a", "failure"), ("b", "failure")])
         self.assertIn("store down", outcome.results[0]["reason"])
 
+    @defer.inlineCallbacks
+    def test_many_users_lookup_short_answer(self):
+        """A look-up answering for fewer users than asked fails them all, as a failed look-up."""
+        self.server.backends.remote.lookup_many = lambda user_ids: defer.succeed([{}])
+        outcome = yield self.api.push(PushRequest(users=("a", "b"), content=b"x"))
+        self.assertEqual([(r["user"], r["status"]) for r in outcome.results], [("a", "failure"), ("b", "failure")])
+        self.assertIn("1 route sets for 2 users", outcome.results[1]["reason"])
+
 
     @defer.inlineCallbacks
     def wait_for(self, predicate):

@@ -455,7 +455,8 @@ class PushClient:
     def _push_chunk(self, found, chunk: list[str], content: bytes, ack: AckModel, timeout: float) -> list:
         """Each user's results (a list, or a Deferred of one) from its routes C{found}."""
         if len(found) != len(chunk):
-            raise ValueError(f"{len(found)} route sets for {len(chunk)} users")
+            return _chunk_lookup_failed(Failure(RuntimeError(f"{len(found)} route sets for {len(chunk)} users")),
+                                        chunk)
         return [self._push_routes(routes, user_id, content, ack, timeout)
                 for user_id, routes in zip(chunk, found)]
 
