@@ -167,16 +167,24 @@ class NodeAPI:
                 timeout=timeout,
             )
             pushed.addCallback(lambda sent: [self._broadcast_result(r) for r in sent])
+            return pushed.addCallback(self._outcome, message_id, task_id, ack)
+        users = request.users
+        if len(users) == 1:
+            pushed = self.pusher.push(users[0], request.content, ack, timeout)
         else:
-            users = request.users
-            if len(users) == 1:
-                user_id = users[0]
-                pushed = self.pusher.push(user_id, request.content, ack, timeout)
-                pushed.addCallback(lambda results: {user_id: results})
-            else:
-                pushed = self.pusher.push_many(users, request.content, ack, timeout)
-            pushed.addCallback(self._settle, request, message_id, task_id)
-        return pushed.addCallback(self._outcome, message_id, task_id, ack)
+            pushed = self.pusher.push_many(users, request.content, ack, timeout)
+        return pushed.addCallback(self._users_pushed, request, message_id, task_id, ack)
+
+    def _users_pushed(self, pushed, request, message_id, task_id, ack):
+        """
+        The outcome of a push to users, from their results (a list for a
+        one-user push, a dict by user for several): L{_settle}, then counted.
+        """
+        per_user = {request.users[0]: pushed} if isinstance(pushed, list) else pushed
+        shown = self._settle(per_user, request, message_id, task_id)
+        if isinstance(shown, defer.Deferred):
+            return shown.addCallback(self._outcome, message_id, task_id, ack)
+        return self._outcome(shown, message_id, task_id, ack)
 
     def _outcome(self, results, message_id, task_id, ack):
         self._count(task_id, results, ack)

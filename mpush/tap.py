@@ -605,10 +605,7 @@ def track_pushes(node: ServerNode) -> PushTracker:
     The node's push centre as its gateway sees it: pushes counted until
     answered, refused once a drain starts.
     """
-    return PushTracker(
-        node.push_center, clock=node.clock, metrics=node.metrics,
-        default_timeout_ms=lambda: node.config.push.default_timeout,
-    )
+    return PushTracker(node.push_center, clock=node.clock, metrics=node.metrics)
 
 
 def _serves_tls(tls: TlsConfig) -> bool:

@@ -36,7 +36,7 @@ from mpush.protocol.packet import Command, Flags, PacketDecoder, encode_packet
 from mpush.protocol.body import make_raw_packet
 from mpush.protocol.routing import NodeInfo
 from mpush.push import AckModel, PushClient, PushStatus
-from mpush.server.ops import drain, push_tracking
+from mpush.server.ops import drain
 from mpush.server.device.bind_validator import AcceptAll, HmacTokenValidator
 from mpush.server.gateway.gateway import GatewayFactory
 from mpush.server.ops.drain import Drainer
@@ -353,9 +353,10 @@ class PushTrackerTests(SynchronousTestCase):
         harness.clock.advance(1.0)  # the next window: written, waiting for its ack
         [(_, _, _, first), (_, _, _, second)] = device.received()
         self.assertEqual(PushMessage.decode(second).content, b"two")
-        # Its result goes to the gateway, not through the tracker's Deferred:
-        # counted until its deadline plus a grace at most.
-        harness.clock.advance(3.0 + push_tracking.EXPIRY_GRACE)
+        # Counted until its handle ends: here at its deadline, unacked.
+        harness.clock.advance(1.9)
+        self.assertEqual(harness.tracker.in_flight, 1)
+        harness.clock.advance(0.1)
         self.assertEqual(harness.tracker.in_flight, 0)
 
     def test_parked_push_acked_ends_when_answered(self):
@@ -375,7 +376,7 @@ class PushTrackerTests(SynchronousTestCase):
                 raise RuntimeError("bug")
 
         node = self.harness.node
-        tracker = PushTracker(Exploding(), clock=node.clock, metrics=node.metrics, default_timeout_ms=lambda: 1000)
+        tracker = PushTracker(Exploding(), clock=node.clock, metrics=node.metrics)
         message = GatewayPushMessage("alice", 1, 1000, b"x")
         self.assertRaises(RuntimeError, tracker.push, message, 0, None)
         self.assertEqual(tracker.in_flight, 0)

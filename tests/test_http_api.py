@@ -894,6 +894,21 @@ def _resolve(document: dict, node: dict) -> dict:
     return node
 
 
+class RouteTableTests(unittest.SynchronousTestCase):
+    def test_fixed_routes_are_what_the_templates_choose(self):
+        """
+        A route without parameters is found in one look-up: the same route
+        the templates, tried in order, give for its method and path.
+        """
+        fixed = [route for route in ROUTES if "{" not in route.path]
+        self.assertEqual(sorted(route.path for route in api._FIXED.values()), sorted(r.path for r in fixed))
+        for (method, segments), route in api._FIXED.items():
+            chosen = next(candidate for candidate, template in api._TEMPLATES
+                          if candidate.method.encode("ascii") == method
+                          and api._match(list(segments), template) is not None)
+            self.assertIs(chosen, route)
+
+
 class OpenApiTests(unittest.SynchronousTestCase):
     """openapi.json and the code describe the same API, both ways."""
 

@@ -171,6 +171,24 @@ class FastChannelTests(unittest.TestCase):
         self.clock.advance(1)
         self.assertTrue(self.transport.disconnecting)
 
+    def test_not_idle_while_a_request_is_served(self):
+        """
+        A push slower than the idle timeout keeps its connection; idleness
+        counts from its answer, and from each later answer.
+        """
+        self.node.push_answer = defer.Deferred()
+        self.channel.dataReceived(request())
+        self.clock.advance(self.site.timeOut * 2.5)
+        self.assertFalse(self.transport.disconnecting)
+        self.node.push_answer.callback(PushOutcome("a" * 32, []))
+        self.node.push_answer = None
+        self.clock.advance(self.site.timeOut - 1)
+        self.channel.dataReceived(request())
+        self.clock.advance(self.site.timeOut - 1)
+        self.assertFalse(self.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.transport.disconnecting)
+
     def test_partial_head_closed_when_idle(self):
         self.channel.dataReceived(b"POST /v1/push HTTP/1.1\r\nHost")
         self.clock.advance(self.site.timeOut)

@@ -3,7 +3,7 @@ NodeAPI against a whole node on loopback: pushes through the real gateway,
 kicks, routes, counts, allot and the config view.
 """
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
 
 from mpush.client.config import ClientConfig
@@ -201,6 +201,23 @@ class InProcessAndOfflineTests(TestCase):
         self.assertEqual(self.server.node.metrics.totals()["pushes"]["offline"], 1)
 
     @defer.inlineCallbacks
+    def test_stale_local_route_stored(self):
+        """
+        Stored after this node found the user gone: counted offline by the
+        node that found it, and stored_offline by the API that stored it.
+        """
+        from mpush.protocol.routing import ClientLocation
+
+        here = self.server.node.router_center.gateway
+        location = ClientLocation(host=here[0], port=here[1], os_name="android", client_version="1",
+                                  device_id="d-1", conn_id="c-1")
+        yield self.server.backends.remote.register("ghost", 1, location)
+        outcome = yield self.api.push(PushRequest(users=("ghost",), content=b"x", offline_ttl=60))
+        self.assertEqual([r["status"] for r in outcome.results], ["stored_offline"])
+        pushes = self.server.node.metrics.totals()["pushes"]
+        self.assertEqual((pushes["offline"], pushes["stored_offline"]), (1, 1))
+
+    @defer.inlineCallbacks
     def test_many_users_one_lookup(self):
         """
         A many-user push reads every user's routes in one lookup_many.
@@ -219,6 +236,50 @@ class InProcessAndOfflineTests(TestCase):
         outcome = yield self.api.push(PushRequest(users=("u1", "u2", "u3"), content=b"x"))
         self.assertEqual(asked, [["u1", "u2", "u3"]])
         self.assertEqual([r["status"] for r in outcome.results], ["success", "success", "offline"])
+
+    @defer.inlineCallbacks
+    def test_many_users_in_chunks_acks_awaited(self):
+        """
+        A many-user push looks its users up a chunk at a time, keeps their
+        order, and waits for the acks of the users that must ack.
+        """
+        from mpush.push.client import LOOKUP_CHUNK
+
+        yield self.device("u7")
+        yield self.device("u3")
+        remote = self.server.backends.remote
+        asked = []
+        real = remote.lookup_many
+        remote.lookup_many = lambda user_ids: asked.append(len(user_ids)) or real(user_ids)
+        users = tuple(f"u{i}" for i in range(LOOKUP_CHUNK * 2))
+        outcome = yield self.api.push(PushRequest(users=users, content=b"x", ack="auto"))
+        self.assertEqual(asked, [LOOKUP_CHUNK, LOOKUP_CHUNK])
+        self.assertEqual([r["user"] for r in outcome.results], list(users))
+        statuses = {r["user"]: r["status"] for r in outcome.results if r["status"] != "offline"}
+        self.assertEqual(statuses, {"u3": "success", "u7": "success"})
+        for result in outcome.results:
+            if result["status"] == "success":
+                self.assertIn("waiting-ack", [name for name, _ in result["time_points"]])
+
+    @defer.inlineCallbacks
+    def test_many_users_lookup_failure(self):
+        """A failed look-up fails each of its users' pushes, with the reason."""
+
+        def broken(user_ids):
+            return defer.fail(RuntimeError("store down"))
+
+        self.server.backends.remote.lookup_many = broken
+        outcome = yield self.api.push(PushRequest(users=("a", "b"), content=b"x"))
+        self.assertEqual([(r["user"], r["status"]) for r in outcome.results], [("a", "failure"), ("b", "failure")])
+        self.assertIn("store down", outcome.results[0]["reason"])
+
+    @defer.inlineCallbacks
+    def test_many_users_lookup_short_answer(self):
+        """A look-up answering for fewer users than asked fails them all, as a failed look-up."""
+        self.server.backends.remote.lookup_many = lambda user_ids: defer.succeed([{}])
+        outcome = yield self.api.push(PushRequest(users=("a", "b"), content=b"x"))
+        self.assertEqual([(r["user"], r["status"]) for r in outcome.results], [("a", "failure"), ("b", "failure")])
+        self.assertIn("1 route sets for 2 users", outcome.results[1]["reason"])
 
     @defer.inlineCallbacks
     def test_delivered_and_acked_later(self):

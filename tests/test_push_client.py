@@ -833,6 +833,21 @@ class EmbeddedClientTests(unittest.TestCase):
         self.assertEqual(result.status, PushStatus.SUCCESS)
         self.assertEqual(len(self.gateway.received[0][0].body), 10240)
 
+    def test_counted_size_is_the_encoded_size(self):
+        """
+        A one-user push's size is counted, not encoded: the same number as
+        the encoder's for short and long fields, ASCII or not.
+        """
+        for user_id, content in [("u1", b""), ("u1", b"x" * 100), ("\u00e9l\u00e8ve-\U0001f600", b"y" * 7),
+                                 ("u" * 0x7FFE, b"z"), ("u" * 0x7FFF, b"z"), ("u1", b"x" * 0x7FFF)]:
+            size = len(GatewayPushMessage(user_id, 0, 0, content).encode())
+            fits = PushClient(reactor, gateway=("127.0.0.1", 1), max_packet_size=size)
+            fits._check_user_push_size(user_id, content)
+            tight = PushClient(reactor, gateway=("127.0.0.1", 1), max_packet_size=size - 1)
+            exc = self.assertRaises(PushTooLarge, tight._check_user_push_size, user_id, content)
+            self.assertIn(str(size), str(exc))
+        self.assertRaises(InvalidPush, fits._check_user_push_size, "\ud800", b"x")
+
     def test_bad_construction(self):
         for kwargs in [
             {},

@@ -130,3 +130,83 @@ class DoorsAgreeTests(TestCase):
             {"sent": 1, "acked": 1, "stored_offline": 1, "delivered_offline": 1},
         )
         self.assertEqual((yield self.call("GET", "/v1/tasks/t-all")).json()["sent"], 2)
+
+    @defer.inlineCallbacks
+    def doors(self):
+        """What /v1/stats, the console's stats and /metrics say, after checking they agree."""
+        stats = (yield self.call("GET", "/v1/stats")).json()
+        console = yield self.console_stats()
+        exposed = yield self.metrics()
+        self.assertEqual({key: value for key, value in console.items() if key != "uptime_s"},
+                         {key: value for key, value in stats.items() if key != "uptime_s"})
+        self.assertEqual(stats["pushes"], {result: exposed["pushes"][result] for result in PUSH_RESULTS})
+        self.assertEqual(stats["offline"], {event: exposed["offline"][event] for event in OFFLINE_EVENTS})
+        return stats
+
+    @defer.inlineCallbacks
+    def task(self, task_id):
+        counts = (yield self.call("GET", f"/v1/tasks/{task_id}")).json()
+        return {name: value for name, value in counts.items() if value and name != "task_id"}
+
+    @defer.inlineCallbacks
+    def test_timeouts_acks_and_offline_deliveries_counted_alike(self):
+        """
+        Ack timeouts through both doors, a gateway broadcast, and offline
+        messages delivered later with and without acks: the node's counts
+        agree everywhere, and each task follows its messages to the end.
+        """
+        alice = yield self.server.device("alice")
+        pusher = PushClient(reactor, gateway=("127.0.0.1", self.server.gateway_port))
+        self.addCleanup(pusher.close)
+
+        # Never acked: one through the gateway, one through HTTP (with a user offline).
+        [result] = yield pusher.push("alice", b"gw-biz", AckModel.BIZ_ACK, timeout=0.3)
+        self.assertEqual(result.status.value, "ack_timeout")
+        response = yield self.call("POST", "/v1/push", {"users": ["alice", "nobody"], "content": "biz",
+                                                        "ack": "biz", "timeout_ms": 300})
+        self.assertEqual([r["status"] for r in response.json()["results"]], ["ack_timeout", "offline"])
+        self.assertEqual((yield self.task(response.json()["message_id"])), {"ack_timeout": 1, "offline": 1})
+
+        # Stored, then delivered when their users bind: one needs no ack, one a business ack.
+        tasks = {}
+        for user, ack in (("bob", "none"), ("carol", "biz")):
+            response = yield self.call("POST", "/v1/push", {"users": [user], "content": f"for {user}", "ack": ack,
+                                                            "offline_ttl": 600})
+            self.assertEqual(response.json()["results"][0]["status"], "stored_offline")
+            tasks[user] = response.json()["message_id"]
+            self.assertEqual((yield self.task(tasks[user])), {"stored_offline": 1})
+        bob = yield self.server.device("bob")
+        self.assertEqual((yield bob.wait_for_push(timeout=5)).content, b"for bob")
+        carol = yield self.server.device("carol")
+        received = yield carol.wait_for_push(timeout=5)
+        self.assertEqual(received.content, b"for carol")
+
+        @defer.inlineCallbacks
+        def delivered():
+            return (yield self.task(tasks["bob"])).get("delivered_offline") == 1 \
+                and (yield self.task(tasks["carol"])).get("delivered_offline") == 1
+
+        yield wait_until(delivered)
+        self.assertEqual((yield self.task(tasks["bob"])), {"stored_offline": 1, "delivered_offline": 1, "sent": 1})
+        self.assertEqual((yield self.task(tasks["carol"])), {"stored_offline": 1, "delivered_offline": 1, "sent": 1})
+        carol.ack(received.session_id)
+
+        @defer.inlineCallbacks
+        def acked():
+            return (yield self.task(tasks["carol"])).get("acked") == 1
+
+        yield wait_until(acked)
+        self.assertEqual((yield self.task(tasks["carol"])),
+                         {"stored_offline": 1, "delivered_offline": 1, "sent": 1, "acked": 1})
+
+        # A broadcast straight to the gateway reaches all three.
+        [node_result] = yield pusher.broadcast(b"all")
+        self.assertEqual(node_result.count, 3)
+        for device in (alice, bob, carol):
+            while (yield device.wait_for_push(timeout=5)).content != b"all":
+                pass
+
+        stats = yield self.doors()
+        pushes = {result: count for result, count in stats["pushes"].items() if count}
+        self.assertEqual(pushes, {"ack_timeout": 2, "offline": 1, "stored_offline": 2, "success": 3})
+        self.assertEqual((stats["offline"]["stored"], stats["offline"]["delivered"]), (2, 2))

@@ -88,8 +88,15 @@ ROUTES = (
     Route("GET", "/v1/openapi.json", "_openapi"),
 )
 
+#: L{Reply.json}'s encoder, made once (C{json.dumps} with an option makes one a call).
+_ENCODER = json.JSONEncoder(allow_nan=False)
+
 #: Each route with its template, made once.
 _TEMPLATES = tuple((route, route.segments) for route in ROUTES)
+#: The routes without parameters by (method, path below C{/v1/}): found with
+#: one look-up (no template of the same method matches their paths).
+_FIXED = {(route.method.encode("ascii"), tuple(part.encode("ascii") for part in template)): route
+          for route, template in _TEMPLATES if not any(part.startswith("{") for part in template)}
 
 #: The fields of one entry of C{GET /v1/users/{user_id}}'s C{routes}.
 ROUTE_FIELDS = ("client_type", "client_type_name", "online", "node", "device_id",
@@ -109,7 +116,7 @@ class Reply:
     def json(cls, value: object, status: int = 200) -> "Reply":
         # ASCII escapes: a lone surrogate in a user id read from Redis is
         # still sent as valid bytes; allow_nan=False keeps the output JSON.
-        return cls(status, json.dumps(value, allow_nan=False).encode("ascii"))
+        return cls(status, _ENCODER.encode(value).encode("ascii"))
 
     @classmethod
     def text(cls, text: str, status: int = 200) -> "Reply":
@@ -323,6 +330,11 @@ class ApiResource(Resource):
 
     def _dispatch(self, request) -> Reply | tuple[defer.Deferred, float]:
         segments = request.postpath
+        route = _FIXED.get((request.method, tuple(segments)))
+        if route is not None:
+            if route.path not in self._public:
+                check_bearer(request, self._token)
+            return getattr(self, route.handler)(request)
         candidates = [(route, params) for route, template in _TEMPLATES
                       if (params := _match(segments, template)) is not None]
         if not candidates:
@@ -365,7 +377,8 @@ class ApiResource(Resource):
 
     def _push(self, request):
         push = schema.parse_push(self._json_body(request, required=True))
-        deferred = defer.maybeDeferred(self._node.push, push)
+        # The node API's push returns a Deferred; anything it raises is answered by render.
+        deferred = self._node.push(push)
 
         def view(outcome) -> Reply:
             return Reply.json({"message_id": outcome.message_id, "results": list(outcome.results)})

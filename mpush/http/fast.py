@@ -260,7 +260,6 @@ class FastApiChannel(protocol.Protocol):
             if len(buffer) < total:
                 return
             self._buffer = buffer[total:]
-            self._disarm()
             request = FastRequest(self, method, target, headers, buffer[end + 4:total], close)
             self.pending = request
             self.served += 1
@@ -303,9 +302,17 @@ class FastApiChannel(protocol.Protocol):
     # -- idle timeout ----------------------------------------------------------
 
     def _arm(self) -> None:
+        """
+        Idle from now: the one timer of the connection is moved later (a
+        cheap C{reset}: no timer made or cancelled per request).  A request
+        being served is never idle: the timer finding one re-arms.
+        """
         if self.idle_timeout and self.handed_over is None:
-            self._disarm()
-            self._idle = self.clock.callLater(self.idle_timeout, self._timed_out)
+            idle = self._idle
+            if idle is not None and idle.active():
+                idle.reset(self.idle_timeout)
+            else:
+                self._idle = self.clock.callLater(self.idle_timeout, self._timed_out)
 
     def _disarm(self) -> None:
         if self._idle is not None:
@@ -315,6 +322,10 @@ class FastApiChannel(protocol.Protocol):
 
     def _timed_out(self) -> None:
         self._idle = None
-        if self.pending is None and self.handed_over is None:
-            self._closing = True
-            self.transport.loseConnection()
+        if self.handed_over is not None:
+            return
+        if self.pending is not None:
+            self._arm()
+            return
+        self._closing = True
+        self.transport.loseConnection()

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mpush.protocol.errors import ErrorCode
-from mpush.protocol.fields import INT32_MAX
+from mpush.protocol.fields import EXTENDED_LENGTH, INT32_MAX
 from mpush.protocol.messages import GatewayPushMessage
 from mpush.protocol.packet import DEFAULT_MAX_PACKET_SIZE, Command
 from mpush.protocol.routing import InvalidPushResult, decode_push_result
@@ -165,6 +165,11 @@ def _check_gateway(gateway) -> tuple[str, int]:
     return host, port
 
 
+#: Users a many-user push looks up in one command at most (as many as a
+#: turn's batch of one-user look-ups: L{mpush.store.redis_batch.DEFAULT_MAX_ITEMS}).
+LOOKUP_CHUNK = 500
+
+
 class PushClient:
     """
     Push to users and broadcast through mpush (or MPush) gateways.
@@ -286,7 +291,7 @@ class PushClient:
         content = _check_content(content)
         ack = _check_ack(ack)
         timeout = _check_timeout(timeout, self.timeout)
-        self._check_size(GatewayPushMessage(user_id, 0, 0, content))
+        self._check_user_push_size(user_id, content)
         if self._closed:
             return defer.fail(PushClientClosed("push client is closed"))
         return _settled(self._push_user(user_id, content, ack, timeout))
@@ -311,9 +316,11 @@ class PushClient:
         if users:
             # The frame's size grows with the user id's UTF-8 length alone.
             longest = max(users, key=lambda user_id: len(user_id.encode("utf-8", "surrogatepass")))
-            self._check_size(GatewayPushMessage(longest, 0, 0, content))
+            self._check_user_push_size(longest, content)
         if self._closed:
             return defer.fail(PushClientClosed("push client is closed"))
+        if self._lookups is not None and len(users) <= self._concurrency:
+            return self._push_users(users, content, ack, timeout)
         if len(users) <= self._concurrency:
             pushes = [self._push_user(user_id, content, ack, timeout) for user_id in users]
         else:
@@ -386,12 +393,32 @@ class PushClient:
         if limit is not None and size > limit:
             raise PushTooLarge(size, limit)
 
+    def _check_user_push_size(self, user_id: str, content: bytes) -> None:
+        """
+        L{_check_size} of a push to C{user_id}, counted instead of encoded
+        when both fields are short (every push a request makes pays this).
+        """
+        try:
+            user_bytes = len(user_id.encode("utf-8"))
+        except UnicodeEncodeError:
+            user_bytes = EXTENDED_LENGTH
+        if user_bytes >= EXTENDED_LENGTH or len(content) >= EXTENDED_LENGTH:
+            self._check_size(GatewayPushMessage(user_id, 0, 0, content))
+            return
+        # Two length-prefixed fields, two ints, three empty fields.
+        size = 2 + user_bytes + 8 + 2 + len(content) + 6
+        limit = self.max_packet_size
+        if limit is not None and size > limit:
+            raise PushTooLarge(size, limit)
+
     def _push_user(self, user_id: str, content: bytes, ack: AckModel, timeout: float) -> defer.Deferred:
         if self._gateway is not None:
             host, port = self._gateway
             pushed = self._guard(user_id, 0, self._send, user_id, 0, host, port, content, ack, timeout,
                                  [], False)
-            return pushed.addCallback(_one)
+            if isinstance(pushed, defer.Deferred):
+                return pushed.addCallback(_one)
+            return defer.succeed([pushed])
         try:
             looked_up = self._lookup(user_id)
         except Exception:
@@ -399,7 +426,41 @@ class PushClient:
         return looked_up.addCallbacks(self._push_routes, _lookup_failed, (user_id, content, ack, timeout),
                                       errbackArgs=(user_id,))
 
+    def _push_users(self, users: list[str], content: bytes, ack: AckModel, timeout: float) -> defer.Deferred:
+        """
+        L{push_many} with a router that looks many users up at once: one
+        look-up per chunk of users, then each user's routes pushed with no
+        Deferred of its own unless its push waits (an ack, another node).
+        """
+        looked_up = []
+        for start in range(0, len(users), LOOKUP_CHUNK):
+            chunk = users[start:start + LOOKUP_CHUNK]
+            try:
+                found = self._router.lookup_many(chunk)
+            except Exception:
+                found = defer.fail()
+            looked_up.append(found.addCallbacks(self._push_chunk, _chunk_lookup_failed,
+                                                (chunk, content, ack, timeout), errbackArgs=(chunk,)))
+
+        def pushed(per_chunk):
+            results = [result for chunk_results in per_chunk for result in chunk_results]
+            if not any(isinstance(result, defer.Deferred) for result in results):
+                return dict(zip(users, results))
+            return _gather([result if isinstance(result, defer.Deferred) else defer.succeed(result)
+                            for result in results]).addCallback(lambda done: dict(zip(users, done)))
+
+        return _gather(looked_up).addCallback(pushed)
+
+    def _push_chunk(self, found, chunk: list[str], content: bytes, ack: AckModel, timeout: float) -> list:
+        """Each user's results (a list, or a Deferred of one) from its routes C{found}."""
+        if len(found) != len(chunk):
+            return _chunk_lookup_failed(Failure(RuntimeError(f"{len(found)} route sets for {len(chunk)} users")),
+                                        chunk)
+        return [self._push_routes(routes, user_id, content, ack, timeout)
+                for user_id, routes in zip(chunk, found)]
+
     def _push_routes(self, routes, user_id: str, content: bytes, ack: AckModel, timeout: float):
+        """The results of a push to each route: a list, or a Deferred of one while some are under way."""
         if not routes:
             return [PushResult(user_id, 0, PushStatus.OFFLINE, reason="user has no route")]
         pushes = [
@@ -407,17 +468,24 @@ class PushClient:
                         content, ack, timeout)
             for client_type in sorted(routes)
         ]
+        waiting = [pushed for pushed in pushes if isinstance(pushed, defer.Deferred)]
+        if not waiting:
+            return pushes
         if len(pushes) == 1:
-            return pushes[0].addCallback(_one)
-        return defer.gatherResults(pushes, consumeErrors=True)
+            return waiting[0].addCallback(_one)
+        return _gather([pushed if isinstance(pushed, defer.Deferred) else defer.succeed(pushed)
+                        for pushed in pushes])
 
     def _lookup(self, user_id: str) -> defer.Deferred:
         if self._lookups is not None:
             return self._lookups.submit(user_id)
         return self._router.lookup(user_id)
 
-    def _guard(self, user_id: str, client_type: int, push, *args) -> defer.Deferred:
-        """A bug must not turn one route's result into a failed push_many."""
+    def _guard(self, user_id: str, client_type: int, push, *args) -> PushResult | defer.Deferred:
+        """
+        A bug must not turn one route's result into a failed push_many: the
+        result of C{push(*args)}, a L{PushResult} when known at once.
+        """
 
         def unexpected(failure):
             self.log.failure("push to {user}/{type} failed unexpectedly", failure,
@@ -430,27 +498,27 @@ class PushClient:
         except Exception:
             return defer.fail().addErrback(unexpected)
         if not isinstance(pushed, defer.Deferred):
-            return defer.succeed(pushed)
+            return pushed
         return pushed.addErrback(unexpected)
 
     def _push_route(self, user_id, client_type, location, content, ack, timeout, points=None,
-                    redirected=False) -> defer.Deferred:
+                    redirected=False) -> PushResult | defer.Deferred:
         # The type sent is the hash field the route is stored under, which is
         # how nodes index routes; Java recomputes it from osName, which gives
         # the same value for every route a node (Java or ours) wrote.
         points = [] if points is None else points
         if not location.online:
-            return defer.succeed(PushResult(
+            return PushResult(
                 user_id, client_type, PushStatus.OFFLINE, reason="route offline",
                 time_points=tuple(points), redirected=redirected,
-            ))
+            )
         host, port = location.gateway
         if not host or not 0 < port < 65536:
-            return defer.succeed(PushResult(
+            return PushResult(
                 user_id, client_type, PushStatus.FAILURE,
                 reason=f"route has no usable gateway address ({host!r}, {port!r})",
                 time_points=tuple(points), redirected=redirected,
-            ))
+            )
         return self._send(user_id, client_type, host, port, content, ack, timeout, points, redirected)
 
     def _send(self, user_id, client_type, host, port, content, ack, timeout, points, redirected):
@@ -475,13 +543,15 @@ class PushClient:
                 return PushResult(user_id, client_type if client_type > 0 else local.client_type,
                                   PushStatus.SUCCESS, node_name(host, port), None, None, tuple(points),
                                   redirected)
-            else:
-                reply = GatewayReply(False, Command.GATEWAY_PUSH, code, ErrorCode(code).reason)
+            reply = GatewayReply(False, Command.GATEWAY_PUSH, code, ErrorCode(code).reason)
             named = _named_targets(local.routes or {}, client_type)
             return self._answer(reply, local.client_type, named, user_id, client_type, host, port,
                                 content, ack, timeout, points, redirected)
 
-        return pushed.addCallback(ended)
+        if pushed.outcome is not None:
+            # Ended already (the usual case): its result, no Deferred.
+            return ended(pushed)
+        return pushed.ended().addCallback(ended)
 
     @defer.inlineCallbacks
     def _send_gateway(self, user_id, client_type, host, port, content, ack, timeout, points, redirected):
@@ -669,6 +739,10 @@ def _one(result: PushResult) -> list[PushResult]:
 
 def _lookup_failed(failure, user_id: str) -> list[PushResult]:
     return [PushResult(user_id, 0, PushStatus.FAILURE, reason=f"route lookup failed: {failure.getErrorMessage()}")]
+
+
+def _chunk_lookup_failed(failure, chunk: list[str]) -> list[list[PushResult]]:
+    return [_lookup_failed(failure, user_id) for user_id in chunk]
 
 
 def _broadcast_count(data: str | None) -> int | None:

@@ -12,9 +12,12 @@ delays a push instead of setting the throughput ceiling.
 
 import json
 from json.encoder import encode_basestring
+from typing import Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import Attribute, Interface, implementer
 
 from mpush.log_throttle import LogThrottle
 from mpush.protocol.condition import ConditionError, compile_condition
@@ -65,10 +68,6 @@ _POINT_NAMES = frozenset(
     ["push-center-begin", "before-send", "waiting-ack", *_METRIC_NAMES]
 )
 
-#: What L{PushCenter.push} returns for a push waiting for its device's ack:
-#: its answer goes to the reply when the ack (or the timeout) comes.
-PENDING = "pending"
-
 _ERROR_CODES = {
     Outcome.FAILURE: ErrorCode.PUSH_CLIENT_FAILURE,
     Outcome.OFFLINE: ErrorCode.OFFLINE,
@@ -77,6 +76,22 @@ _ERROR_CODES = {
 }
 
 
+class IPushReply(Interface):
+    """
+    Where the push centre sends the answer of one push: exactly one of
+    C{ok} or C{error}, or nothing at all for a timeout it must not report.
+    """
+
+    report_timeouts = Attribute("Whether a timed-out push is answered (ACK_TIMEOUT) or left silent.")
+
+    def ok(data):
+        """The push succeeded: C{data} is its result JSON (spec 12.6)."""
+
+    def error(code, data, reason=None):
+        """The push ended otherwise: an L{ErrorCode}, its result JSON or C{None}, a reason."""
+
+
+@implementer(IPushReply)
 class GatewayReply:
     """
     Where the result of one GATEWAY_PUSH goes: the gateway connection it came
@@ -97,37 +112,55 @@ class GatewayReply:
         self.connection.answer_error(self.session_id, code, reason or ErrorCode(code).reason, data)
 
 
-class LocalReply:
+class PushHandle:
     """
-    Where the result of a push made in this process goes (the HTTP API's
-    push to a user bound here): no frame, no result JSON, just
-    C{done} firing the L{LocalOutcome}.  Timeouts are always reported.
-    """
-
-    __slots__ = ("done",)
-    report_timeouts = True
-
-    def __init__(self):
-        self.done = defer.Deferred()
-
-
-class LocalOutcome:
-    """
-    How an in-process push ended: the L{Outcome}, the client type, the time
-    points, and for a redirect where the user is (C{{clientType: "host:port"}}).
+    What L{PushCenter.push} returns, whatever the push turns into: its
+    C{outcome} (an L{Outcome}) once it has ended, C{None} before.  Most
+    pushes end before C{push} returns, so it is a plain object that is
+    already settled, not a Deferred; C{observe} and C{ended} are for the
+    callers that wait.
     """
 
-    __slots__ = ("outcome", "client_type", "points", "routes")
+    __slots__ = ("outcome", "_observers")
 
-    def __init__(self, outcome, client_type, points, routes=None):
+    log = Logger()
+
+    def __init__(self, outcome: str | None = None) -> None:
         self.outcome = outcome
-        self.client_type = client_type
-        self.points = points
-        self.routes = routes
+        self._observers: list | None = None
+
+    def observe(self, observer: Callable[["PushHandle"], object]) -> None:
+        """Call C{observer(self)} once the push has ended (now, if it has)."""
+        if self.outcome is not None:
+            observer(self)
+        elif self._observers is None:
+            self._observers = [observer]
+        else:
+            self._observers.append(observer)
+
+    def ended(self) -> defer.Deferred:
+        """A Deferred firing this handle once the push has ended."""
+        if self.outcome is not None:
+            return defer.succeed(self)
+        done = defer.Deferred()
+        self.observe(done.callback)
+        return done
+
+    def _end(self, outcome: str) -> None:
+        if self.outcome is not None:
+            return
+        self.outcome = outcome
+        observers, self._observers = self._observers, None
+        if observers:
+            for observer in observers:
+                try:
+                    observer(self)
+                except Exception:
+                    self.log.failure("observing the end of a push")
 
     @property
-    def error_code(self):
-        """The gateway's ERROR code for this ending (spec 12.6); C{None} for success."""
+    def error_code(self) -> int | None:
+        """The gateway's ERROR code for this ending (spec 12.6); C{None} for success or in progress."""
         code = _ERROR_CODES.get(self.outcome)
         return None if code is None else int(code)
 
@@ -144,14 +177,19 @@ class _LocalMessage:
         self.content = content
 
 
-class SinglePush:
+class SinglePush(PushHandle):
     """
-    One single-user push in progress: its deadline and time points.
+    One single-user push: its deadline and time points, and for a redirect
+    where the user is (C{routes}, C{{clientType: "host:port"}}).  C{reply}
+    is C{None} for a push made in this process (L{PushCenter.push_local}):
+    its handle is its whole answer.
     """
 
     __slots__ = ("user_id", "client_type", "content", "ack_bits", "deadline", "points", "reply", "routes")
 
     def __init__(self, message, flags, reply, now_ms, default_timeout):
+        self.outcome = None
+        self._observers = None
         timeout = message.timeout if message.timeout > 0 else default_timeout
         self.user_id = message.user_id
         self.client_type = message.client_type
@@ -250,25 +288,27 @@ class PushCenter:
         # An outage fails every push the same way: one line a second.
         self._warnings = LogThrottle(node.clock)
 
-    def push(self, message, flags, reply):
+    def push(self, message, flags, reply: IPushReply) -> PushHandle:
         """
         Start a GATEWAY_PUSH: a broadcast when it names no user (spec 12.2).
 
-        @return: the L{Outcome} of a push that ended at once; L{PENDING} for
-            one waiting for its ack, which answers C{reply} when it ends
-            (C{reply.settle()}, if it has one, on a silent timeout); a
-            Deferred firing the outcome of one that waits otherwise (several
-            connections, a route lookup); C{None} for one parked by flow
-            control.
+        @return: the push's L{PushHandle}, ended already when the push ended
+            at once (the common case).  Every push ends, C{reply} answered
+            or (a timeout it must not report) left silent: by its ack, its
+            deadline, a route lookup, or a flow-control retry.
         """
         if message.user_id is None:
             return self.broadcast(message, reply)
         node = self.node
         now = node.now_ms()
         task = SinglePush(message, flags, reply, now, node.config.push.default_timeout)
-        return self._attempt(task, now)
+        waiting = self._attempt(task, now)
+        if waiting is not None:
+            waiting.addErrback(self._failed, task)
+        return task
 
-    def push_local(self, user_id, client_type, content, flags, timeout_ms):
+    def push_local(self, user_id: str, client_type: int, content: bytes, flags: int,
+                   timeout_ms: int) -> PushHandle:
         """
         Push to a user bound here, for a caller in this process: the same
         delivery, flow control and counts as a GATEWAY_PUSH, with none of the
@@ -276,32 +316,45 @@ class PushCenter:
 
         @param flags: the ack bits (L{Flags.AUTO_ACK}, L{Flags.BIZ_ACK}).
         @param timeout_ms: the push's deadline (non-positive: the default).
-        @return: a Deferred that always fires, with a L{LocalOutcome}.
+        @return: the push's L{SinglePush} handle, which always ends (failed,
+            if the push raised): its C{outcome}, C{client_type}, C{points},
+            and C{routes} for a redirect.
         """
         node = self.node
         now = node.now_ms()
-        reply = LocalReply()
-        task = SinglePush(_LocalMessage(user_id, client_type, timeout_ms, content), flags, reply, now,
+        task = SinglePush(_LocalMessage(user_id, client_type, timeout_ms, content), flags, None, now,
                           node.config.push.default_timeout)
+        self._run(task, now)
+        return task
+
+    def _run(self, task, now=None):
+        """L{_attempt}, ending the push as failed if it raises."""
         try:
             waiting = self._attempt(task, now)
         except Exception:
-            self.log.failure("in-process push to {user}", user=user_id)
-            waiting = None
-            if not reply.done.called:
-                self._finish(task, Outcome.FAILURE)
-        if isinstance(waiting, defer.Deferred):
-            waiting.addErrback(self._local_failed, task)
-        return reply.done
+            self.log.failure("push to {user}", user=task.user_id)
+            self._fail(task)
+            return
+        if waiting is not None:
+            waiting.addErrback(self._failed, task)
 
-    def _local_failed(self, failure, task):
-        self.log.failure("in-process push to {user}", failure, user=task.user_id)
-        if not task.reply.done.called:
+    def _failed(self, failure, task):
+        self.log.failure("push to {user}", failure, user=task.user_id)
+        self._fail(task)
+
+    def _fail(self, task):
+        if task.outcome is None:
             self._finish(task, Outcome.FAILURE)
 
     # -- single user ---------------------------------------------------------
 
     def _attempt(self, task, now=None):
+        """
+        Deliver C{task} here, or find where its user is.
+
+        @return: C{None}, or a Deferred while it waits on something other
+            than its ack (several connections, a route lookup).
+        """
         if now is None:
             now = self.node.now_ms()
         if now > task.deadline:
@@ -312,7 +365,7 @@ class PushCenter:
         decision = self.flow.check()
         if decision is not FlowDecision.GO:
             if decision is FlowDecision.WAIT:
-                self.node.clock.callLater(self.flow.delay(), self._attempt, task)
+                self.node.clock.callLater(self.flow.delay(), self._run, task)
                 return None
             return self._finish(task, Outcome.FAILURE, now)
         if len(connections) == 1:
@@ -349,7 +402,7 @@ class PushCenter:
         if waiting.early:
             node.metrics.ack_latency(0.0)
             return self._finish(task, Outcome.SUCCESS)
-        return PENDING
+        return None
 
     def _local_connections(self, task):
         local = self.router_center.local
@@ -433,50 +486,58 @@ class PushCenter:
                 continue
             if location.gateway == mine:
                 # A route of this node with no connection behind it: stale.
-                self.router_center._quietly(
-                    remote.mark_offline(task.user_id, client_type, conn_id=location.conn_id),
-                    "stale route of {user} not marked offline",
-                    user=task.user_id,
-                )
+                released = remote.mark_offline(task.user_id, client_type, conn_id=location.conn_id)
+                released.addErrback(self._stale_route_kept, task.user_id)
             else:
                 elsewhere[str(int(client_type))] = f"{location.host}:{location.port}"
         task.routes = elsewhere
         return self._finish(task, Outcome.REDIRECT if elsewhere else Outcome.OFFLINE)
 
+    def _stale_route_kept(self, failure, user_id):
+        self._warnings.warn(self.log, "stale route kept", "stale route of {user} not marked offline: {why}",
+                            user=user_id, why=failure.getErrorMessage())
+
     def _finish(self, task, outcome, now=None):
+        """End C{task} with C{outcome}: count it, answer its reply, end its handle."""
+        if task.outcome is not None:
+            return
         task.points.append((outcome, self.node.now_ms() if now is None else now))
         self.node.metrics.push(_OUTCOME_METRICS[outcome, bool(task.ack_bits)])
         reply = task.reply
-        if reply.__class__ is LocalReply:
-            reply.done.callback(LocalOutcome(outcome, task.client_type, task.points, task.routes))
-        elif outcome == Outcome.SUCCESS:
-            reply.ok(task.result())
-        elif outcome == Outcome.TIMEOUT and not reply.report_timeouts:
-            # What MPush does, and all its Java PushSender can take: nothing.
-            self.log.info("push to {user} timed out", user=task.user_id)
-            settle = getattr(reply, "settle", None)
-            if settle is not None:
-                settle()
-        else:
-            reply.error(int(_ERROR_CODES[outcome]), task.result())
-        return outcome
+        try:
+            if reply is None:
+                # Made in this process (push_local): the handle is the answer.
+                pass
+            elif outcome == Outcome.SUCCESS:
+                reply.ok(task.result())
+            elif outcome == Outcome.TIMEOUT and not reply.report_timeouts:
+                # What MPush does, and all its Java PushSender can take: nothing.
+                self.log.info("push to {user} timed out", user=task.user_id)
+            else:
+                reply.error(int(_ERROR_CODES[outcome]), task.result())
+        finally:
+            task._end(outcome)
 
     # -- broadcast -----------------------------------------------------------
 
-    def broadcast(self, message, reply):
+    def broadcast(self, message, reply: IPushReply) -> PushHandle:
         """
         Push to every connection of this node that passes the filter
         (spec 12.5), paced by the broadcast flow control (or by the task's
         own rate in C{mp:pt<taskId>}), then answer OK with the number of
         connections written.
+
+        @return: the broadcast's L{BroadcastTask} handle (its C{count}), or
+            a failed L{PushHandle} for a condition that does not compile.
         """
         try:
             matches = self._filter(message)
         except ConditionError as error:
             reply.error(int(ErrorCode.PUSH_CLIENT_FAILURE), None, f"invalid condition: {error}")
-            return None
+            return PushHandle(Outcome.FAILURE)
         task = BroadcastTask(self, message, reply, matches)
-        return task.start()
+        task.start().addErrback(task.failed)
+        return task
 
     def _filter(self, message):
         if message.condition is not None:
@@ -513,16 +574,21 @@ class PushCenter:
         return lambda context: True
 
 
-class BroadcastTask:
+class BroadcastTask(PushHandle):
     """
     One broadcast walking a snapshot of this node's routes, pausing at each
     flow-control window and resuming where it stopped.  With a task id it
-    follows the task's controls and records whom it reached.
+    follows the task's controls and records whom it reached.  Its handle
+    ends with C{count} connections written.
     """
+
+    __slots__ = ("center", "node", "message", "reply", "matches", "task_id", "routes", "index", "count",
+                 "counted", "reached", "started", "flow")
 
     log = Logger()
 
     def __init__(self, center, message, reply, matches):
+        super().__init__()
         self.center = center
         self.node = center.node
         self.message = message
@@ -535,7 +601,6 @@ class BroadcastTask:
         self.counted = 0
         self.reached = []
         self.started = self.node.now_ms()
-        self.done = defer.Deferred()
         self.flow = None
 
     @defer.inlineCallbacks
@@ -554,8 +619,16 @@ class BroadcastTask:
             self.finish()
         else:
             self.walk()
-        count = yield self.done
-        return count
+
+    def failed(self, failure):
+        """The broadcast broke off: answered as failed, if not answered yet."""
+        self.log.failure("broadcast {task}", failure, task=self.task_id)
+        if self.outcome is None:
+            self.count_sent()
+            try:
+                self.reply.error(int(ErrorCode.PUSH_CLIENT_FAILURE), None, "broadcast failed")
+            finally:
+                self._end(Outcome.FAILURE)
 
     def walk(self):
         local = self.center.router_center.local
@@ -604,7 +677,14 @@ class BroadcastTask:
             self.log.info("broadcast {task} cancelled after {n} sends", task=self.task_id, n=self.count)
             self.finish()
             return
-        self.node.clock.callLater(delay, self.walk)
+        self.node.clock.callLater(delay, self.resume)
+
+    def resume(self):
+        """The next window: L{walk} on, ending the broadcast as failed if it raises."""
+        try:
+            self.walk()
+        except Exception:
+            self.failed(Failure())
 
     def record(self):
         if self.reached:
@@ -632,5 +712,7 @@ class BroadcastTask:
             separators=(",", ":"),
             sort_keys=True,
         )
-        self.reply.ok(data)
-        self.done.callback(self.count)
+        try:
+            self.reply.ok(data)
+        finally:
+            self._end(Outcome.SUCCESS)
