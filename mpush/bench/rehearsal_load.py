@@ -257,10 +257,15 @@ class LoadProcess:
 
     async def reconnect(self, device: Device, lost_at: float) -> None:
         await asyncio.sleep(random.uniform(0, self.options.reconnect_spread))
+        # Each device starts at its own place in the allot list and walks it
+        # from there, so a fleet spreads over the nodes listed (starting at
+        # the device's index would send all of one dead node's devices,
+        # whose indices share a residue, to the same survivor).
+        start = random.randrange(len(self.nodes))
         try:
             for attempt in range(RECONNECT_ATTEMPTS):
                 await self.refresh_allot()
-                node = self.allot[(device.index + attempt) % len(self.allot)]
+                node = self.allot[(start + attempt) % len(self.allot)]
                 try:
                     kind = await self.open(device, node, fast=True)
                 except Exception as exc:
