@@ -25,6 +25,7 @@ from mpush.protocol.routing import (
 from mpush.protocol.session import ReusableSession
 from mpush.push import AckModel, PushClient, PushStatus
 from mpush.router.redis import RedisKickChannel
+from mpush.store.interfaces import StoreUnavailable
 from mpush.store.redis import RedisSessionStore, session_key
 from mpush.store.redis_cluster import RedisClusterClient, colocated, crc16, key_slot
 from mpush.store.redis_connection import InvalidRedisUrl, cluster_url, connect_redis, parse_redis_url
@@ -229,6 +230,29 @@ class ClusterSessionStoreTests(ClusterTestCase):
         # MPush's key, readable by a Java node on the slot's master.
         owner = self.cluster.owner_of(key_slot(session_key("s7")))
         self.assertTrue(self.cluster.command(owner, "GET", session_key("s7")))
+
+
+    @defer.inlineCallbacks
+    def test_a_dead_master_fails_only_its_own_sessions_loads(self):
+        # One turn's loads go one command per node: the sessions of a dead
+        # master fail, those of the live masters load (a reconnect storm
+        # meeting a failover keeps two thirds of its fast connects).
+        store = RedisSessionStore(self.client, reactor, timeout=5.0, close_connection=False)
+        self.addCleanup(store.close)
+        session = ReusableSession("android", "9", "1.0", "dev", bytes(range(16)), b"v" * 16)
+        ids = [f"s{i}" for i in range(60)]
+        yield defer.gatherResults([store.save(sid, session, 600) for sid in ids])
+        dead = self.cluster.kill_master(key_slot(session_key(ids[0])))
+        loads = [store.load(sid) for sid in ids]
+        loaded = yield defer.DeferredList(loads, consumeErrors=True)
+        on_dead = [self.cluster.owner_of(key_slot(session_key(sid))) is dead for sid in ids]
+        self.assertTrue(any(on_dead) and not all(on_dead))
+        for sid, was_dead, (ok, value) in zip(ids, on_dead, loaded):
+            if was_dead:
+                self.assertFalse(ok, sid)
+                value.trap(StoreUnavailable)
+            else:
+                self.assertEqual((ok, value), (True, session), sid)
 
 
 class ClusterRoutingContractTests(RoutingContractMixin, TestCase):

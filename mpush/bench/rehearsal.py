@@ -259,7 +259,10 @@ class ClusterRedis:
             for port in (REDIS_PORT, REDIS_REPLICA_PORT):
                 self.processes.start(f"redis-{host}-{port}", host, redis_argv(
                     directory, address, port, "--cluster-enabled", "yes",
-                    "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000"))
+                    "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", "2000",
+                    # A dead master's slots only: the others go on serving
+                    # while its replica is elected (README "Scaling out").
+                    "--cluster-require-full-coverage", "no"))
         for host in HOSTS:
             for port in (REDIS_PORT, REDIS_REPLICA_PORT):
                 wait_port(host, HOST_ADDRESSES[host], port, 20, f"Redis {host}:{port}")
@@ -458,6 +461,7 @@ def push_summary(answers: list[dict]) -> dict:
         "unanswered (hung)": sum(a["unanswered"] for a in answers),
         "retried": merged(answers, "retried"),
         "received by devices": sum(a["pushes received by devices"] for a in answers),
+        "lost (success but not received)": sum(a["success but not received"] for a in answers),
         "users bound but answered offline": len({u for a in answers for u in a["bound but offline"]}),
     }
 
@@ -466,13 +470,79 @@ def offline_users(answers: list[dict]) -> list[str]:
     return sorted({u for a in answers for u in a["bound but offline"]})
 
 
-def routes_of(redis, users: list[str]) -> dict:
-    """Where Redis routes C{users} now: C{{route: count}} (a missing route is C{"none"})."""
+def reconnect_times(reports: list[dict]) -> dict:
+    """How long the dead node's devices took to be bound again, in all and by
+    how they came back: C{{kind: {"devices": n, "ms p50/p90/p99/max": [...]}}}."""
+    by_kind: dict[str, list[float]] = {}
+    for report in reports:
+        for kind, times in report["reconnect ms"].items():
+            by_kind.setdefault(kind, []).extend(times)
+    every = [ms for times in by_kind.values() for ms in times]
+    return {kind: {"devices": len(times),
+                   "ms p50/p90/p99/max": [percentile(times, 0.5), percentile(times, 0.9),
+                                          percentile(times, 0.99), round(max(times)) if times else None]}
+            for kind, times in (("all", every), *sorted(by_kind.items()))}
+
+
+def route_endpoint(route: str, dead: str) -> str:
+    """Where one C{HGETALL mp:ur:<user>} answer (C{client-type json ...}, as
+    L{SentinelRedis.route} flattens it) sends the user: C{host:port}s, the
+    killed node marked; C{"none"} without a route."""
+    if not route:
+        return "none"
+    places = []
+    for value in route.split(" ")[1::2]:
+        try:
+            found = json.loads(value)
+            place = f"{found['host']}:{found['port']}"
+        except (ValueError, KeyError, TypeError):
+            place = "unreadable"
+        places.append(place + (" (the killed node)" if place.startswith(dead + ":") else ""))
+    return ", ".join(places)
+
+
+def routes_of(redis, users: list[str], dead: str) -> dict:
+    """Where Redis routes C{users} now (the first 50): C{{endpoint: users}}."""
     found: dict = {}
     for user in users[:50]:
-        route = redis.route(f"mp:ur:{user}") or "none"
-        found[route] = found.get(route, 0) + 1
+        place = route_endpoint(redis.route(f"mp:ur:{user}"), dead)
+        found[place] = found.get(place, 0) + 1
     return found
+
+
+def counts(answered: dict) -> str:
+    return ", ".join(f"{count:,} {kind}" for kind, count in sorted(answered.items(), key=lambda kv: -kv[1]))
+
+
+def summary(results: dict) -> list[str]:
+    """The results in a few sentences: what a reader of the rehearsal asks first."""
+    connect, back = results["connect"], results["reconnects"]
+    lines = [f"devices bound: {connect['bound']:,} in {connect['seconds']} s ({connect['per second']:,}/s)"]
+    faults = results.get("faults")
+    if faults:
+        lines.append(f"killed: mpush node {faults['mpush node killed']}, Redis master "
+                     f"{faults['redis master killed']} (serving again after {faults['seconds redis kill -> serving']} s)")
+        kinds = ", ".join(f"{times['devices']:,} by {kind} in p50/p90/max "
+                          f"{times['ms p50/p90/p99/max'][0]}/{times['ms p50/p90/p99/max'][1]}/"
+                          f"{times['ms p50/p90/p99/max'][3]} ms"
+                          for kind, times in back["ms lost -> bound again"].items() if kind != "all")
+        failed = sum(n for kind, n in back["by kind"].items() if kind.startswith("attempt failed"))
+        lines.append(f"the killed node's devices back on the survivors: {back['devices back']:,} "
+                     f"({kinds or 'none'}); {failed:,} failed attempts on the way; "
+                     f"{back['still reconnecting']:,} still reconnecting")
+    for phase in ("pushes before the faults", "pushes during the faults", "pushes after recovery"):
+        if phase in results:
+            pushes = results[phase]
+            lines.append(f"{phase}: {pushes['sent']:,} sent, answered {counts(pushes['answered']) or 'none'}; "
+                         f"{pushes['unanswered (hung)']:,} hung")
+    lost = sum(results[p]["lost (success but not received)"] for p in
+               ("pushes before the faults", "pushes during the faults", "pushes after recovery") if p in results)
+    after = results.get("pushes after recovery", {})
+    lines.append(f"loss: {results.get('lost devices (not bound at the end)', 0):,} devices not bound at the end, "
+                 f"{lost:,} pushes answered success but never received, "
+                 f"{after.get('users bound but answered offline', 0):,} users bound but answered offline "
+                 "after recovery (their next bind routes them again)")
+    return lines
 
 
 # ------------------------------------------------------------------ the run
@@ -551,7 +621,7 @@ def rehearse(options) -> dict:
             if not reconnecting or time.monotonic() > ends:
                 break
             time.sleep(1)
-        times = [ms for r in reports for ms in r["reconnect ms"]]
+        times = reconnect_times(reports)
         results["faults"] = {
             "mpush node killed": f"{victim} ({HOST_ADDRESSES[victim]})",
             "redis master killed": killed,
@@ -560,10 +630,8 @@ def rehearse(options) -> dict:
         }
         results["reconnects"] = {
             "by kind": merged(reports, "reconnects"),
-            "devices back": len(times),
-            "ms lost -> bound again p50/p90/p99/max": [
-                percentile(times, 0.5), percentile(times, 0.9), percentile(times, 0.99),
-                round(max(times)) if times else None],
+            "devices back": times["all"]["devices"],
+            "ms lost -> bound again": times,
             "still reconnecting": reconnecting,
             "bound now": sum(r["bound now"] for r in reports),
         }
@@ -572,7 +640,8 @@ def rehearse(options) -> dict:
         results["pushes after recovery"] = push_summary(after)
         say(f"pushes after recovery: {results['pushes after recovery']}")
         if offline_users(after):
-            results["routes in redis of those users (up to 50)"] = routes_of(redis, offline_users(after))
+            results["routes in redis of those users (up to 50)"] = routes_of(
+                redis, offline_users(after), HOST_ADDRESSES[victim])
         if zk:
             results["zookeeper cs entries at the end"] = zookeeper_entries(zk, f"rehearsal:{token}")
         results["lost devices (not bound at the end)"] = options.devices - results["reconnects"]["bound now"]
@@ -635,6 +704,7 @@ def main(argv=None) -> int:
     results["load average before/after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
     text = json.dumps(results, indent=1)
     print("REHEARSAL " + text)
+    print("\n".join(["SUMMARY", *(f"  {line}" for line in summary(results))]))
     if options.json:
         with open(options.json, "w") as written:
             written.write(text + "\n")

@@ -130,6 +130,19 @@ async def http_request(host: str, port: int, source: str, method: str, path: str
         exchange.transport.close()
 
 
+def push_content(number: int) -> bytes:
+    """A push's content: it carries its number, to tell which ones arrived."""
+    return b"rehearsal %d" % number
+
+
+def push_number(content: bytes) -> int | None:
+    """The number L{push_content} put in C{content}, or None for another push."""
+    prefix, _, number = content.partition(b" ")
+    if prefix != b"rehearsal" or not number.isdigit():
+        return None
+    return int(number)
+
+
 class LoadProcess:
     def __init__(self, options) -> None:
         self.options = options
@@ -143,8 +156,13 @@ class LoadProcess:
         ]
         self.home = {device.index: self.nodes[device.index % len(self.nodes)] for device in self.devices}
         self.received = 0
+        #: Which pushes arrived, by the number each push carries in its
+        #: content: a push answered C{success} that is not here was lost.
+        self.received_numbers: set[int] = set()
+        self.pushes_made = 0
         self.reconnects: collections.Counter = collections.Counter()
-        self.reconnect_ms: list[float] = []
+        #: ms from a lost connection to bound again, by how it came back.
+        self.reconnect_ms: dict[str, list[float]] = collections.defaultdict(list)
         self.reconnecting: set[int] = set()
         self.allot: list[tuple[str, int]] = list(self.nodes)
         self.allot_at = 0.0
@@ -155,8 +173,11 @@ class LoadProcess:
 
     # -- devices -------------------------------------------------------------
 
-    def on_push(self, device, content, now_ns) -> None:
+    def on_push(self, device, content: bytes, now_ns) -> None:
         self.received += 1
+        number = push_number(content)
+        if number is not None:
+            self.received_numbers.add(number)
 
     def on_lost(self, protocol: DeviceProtocol) -> None:
         device = protocol.device
@@ -236,10 +257,15 @@ class LoadProcess:
 
     async def reconnect(self, device: Device, lost_at: float) -> None:
         await asyncio.sleep(random.uniform(0, self.options.reconnect_spread))
+        # Each device starts at its own place in the allot list and walks it
+        # from there, so a fleet spreads over the nodes listed (starting at
+        # the device's index would send all of one dead node's devices,
+        # whose indices share a residue, to the same survivor).
+        start = random.randrange(len(self.nodes))
         try:
             for attempt in range(RECONNECT_ATTEMPTS):
                 await self.refresh_allot()
-                node = self.allot[(device.index + attempt) % len(self.allot)]
+                node = self.allot[(start + attempt) % len(self.allot)]
                 try:
                     kind = await self.open(device, node, fast=True)
                 except Exception as exc:
@@ -247,7 +273,7 @@ class LoadProcess:
                     await asyncio.sleep(min(0.5 * (attempt + 1), 3.0))
                     continue
                 self.reconnects[kind] += 1
-                self.reconnect_ms.append((time.monotonic() - lost_at) * 1000)
+                self.reconnect_ms[kind].append((time.monotonic() - lost_at) * 1000)
                 return
             self.reconnects["gave up"] += 1
         finally:
@@ -269,6 +295,7 @@ class LoadProcess:
         answered: collections.Counter = collections.Counter()
         retried: collections.Counter = collections.Counter()
         unroutable: set[str] = set()
+        succeeded: set[int] = set()
         pending: set[asyncio.Task] = set()
         sent = 0
         received_before = self.received
@@ -280,8 +307,10 @@ class LoadProcess:
             # The API node after the device's home, so the push crosses
             # nodes; a back-end that finds it dead moves on to the next.
             home = self.nodes.index(self.home[device.index])
+            self.pushes_made += 1
+            number = self.pushes_made
             body = json.dumps({"users": [device.user_id], "ack": "auto", "timeout_ms": timeout_ms,
-                               "content_b64": base64.b64encode(b"rehearsal").decode()}).encode()
+                               "content_b64": base64.b64encode(push_content(number)).decode()}).encode()
             for step in range(1, len(self.apis) + 1):
                 host, port = self.apis[(home + step) % len(self.apis)]
                 try:
@@ -308,6 +337,8 @@ class LoadProcess:
             except (ValueError, KeyError, TypeError):
                 kinds = ["undecodable"]
             answered[",".join(kinds)] += 1
+            if kinds == ["success"]:
+                succeeded.add(number)
             if kinds == ["offline"] and device.bound and device.index not in self.reconnecting:
                 unroutable.add(device.user_id)
 
@@ -324,6 +355,8 @@ class LoadProcess:
             await asyncio.wait(pending, timeout=len(self.apis) * (timeout_ms / 1000 + 5.0) + 5.0)
         return {"sent": sent, "answered": dict(answered), "unanswered": len(pending),
                 "retried": dict(retried), "pushes received by devices": self.received - received_before,
+                # AUTO_ACK: C{success} means the device acknowledged it.
+                "success but not received": len(succeeded - self.received_numbers),
                 "bound but offline": sorted(unroutable)}
 
     def report(self) -> dict:
@@ -332,7 +365,7 @@ class LoadProcess:
             "bound now": sum(1 for d in self.devices if d.bound),
             "reconnecting now": len(self.reconnecting),
             "reconnects": dict(self.reconnects),
-            "reconnect ms": sorted(self.reconnect_ms),
+            "reconnect ms": {kind: sorted(times) for kind, times in self.reconnect_ms.items()},
         }
 
 

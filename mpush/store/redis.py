@@ -110,7 +110,11 @@ class RedisSessionStore(RedisComponent):
         self._redis = self._calls.redis
         # One MGET for the lookups of a turn, one script for its saves.
         refusal = self._calls.refusal
-        self._load_batch: TurnBatch = TurnBatch(clock, self._load_many, refusal=partial(refusal, "load"))
+        # In a cluster, one per node: a node that is down fails its own
+        # sessions' loads only, not those of the whole turn.
+        self._load_batch: TurnBatch = TurnBatch(
+            clock, self._load_many, refusal=partial(refusal, "load"), group_of=cluster_groups(redis, session_key)
+        )
         # In a cluster, one save script per slot (an MGET is split by the client).
         self._save_batch: TurnBatch = TurnBatch(
             clock, self._save_many, refusal=partial(refusal, "save"), group_of=cluster_groups(redis, lambda save: save[0])
