@@ -1,7 +1,7 @@
 # One command to run the server on its embedded default, one to run the tests.
 #   make run     set up .venv and start `twistd -n mpush` (in-memory stores)
 #   make test    set up .venv and run the whole trial suite
-#   sudo make rehearsal   the multi-host rehearsal (README "Scaling out"); options in ARGS
+#   make rehearsal        (as root) the multi-host rehearsal (README "Scaling out"); options in ARGS
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
