@@ -37,6 +37,7 @@ from mpush.protocol.body import make_raw_packet
 from mpush.protocol.routing import NodeInfo
 from mpush.push import AckModel, PushClient, PushStatus
 from mpush.server.ops import drain
+from mpush.server.ws.websocket import WebSocketConnection, make_ws_dispatcher
 from mpush.server.device.bind_validator import AcceptAll, HmacTokenValidator
 from mpush.server.gateway.gateway import GatewayFactory
 from mpush.server.ops.drain import Drainer
@@ -266,6 +267,28 @@ class DrainTests(SynchronousTestCase):
         self.assertEqual((report.connections_closed, report.connections_aborted), (1, 1))
         self.assertTrue(device.transport.disconnected)  # aborted
 
+    def test_a_browser_that_does_not_close_is_aborted(self):
+        """
+        A WebSocket connection that has not closed by the end of the grace
+        is dropped as a TCP one is: the drain reaches both through
+        IDeviceConnection.
+        """
+        from tests.test_websocket import FakeChannel
+
+        channel = FakeChannel()
+        browser = WebSocketConnection(self.node, make_ws_dispatcher(self.node), channel)
+        browser.opened()
+        done = fired(self.harness.drainer().drain())
+        self.clock.advance(0.05)
+        self.assertEqual(channel.closed_with, 1000)  # asked to close first
+        self.assertFalse(channel.dropped)
+        self.clock.advance(drain.CLOSE_GRACE)  # the browser never finishes closing
+        self.assertTrue(channel.dropped)
+        self.node.connection_lost(browser)
+        self.clock.advance(drain.CLOSE_GRACE)
+        [report] = done
+        self.assertEqual((report.connections_closed, report.connections_aborted), (1, 1))
+
     def test_drains_once(self):
         first = fired(self.harness.drainer().drain())
         self.assertEqual(len(first), 1)
@@ -454,33 +477,6 @@ class ReloadTests(SynchronousTestCase):
         self.assertEqual(report.applied, ("[limits] handshake-rate, handshake-burst",))
         self.assertEqual(self.node.limits.config, new.limits)
         self.assertEqual((self.node.limits.allow_rsa(), self.node.limits.allow_rsa()), (True, False))
-
-    def test_handshake_rate_needs_restart_without_reconfigure(self):
-        class Fixed:
-            def __init__(self, config):
-                self.config = config
-
-        self.node.limits = Fixed(self.base.limits)
-        new = self.base.replace(limits=LimitsConfig(handshake_rate=10, max_pending_packets=10))
-        report = reload(self.node, new)
-        self.assertIn("[limits] handshake-rate, handshake-burst", report.needs_restart)
-        self.assertEqual(self.node.config.limits.handshake_rate, self.base.limits.handshake_rate)
-        self.assertEqual(self.node.config.limits.max_pending_packets, 10)
-        self.assertEqual(self.node.limits.config, self.node.config.limits)
-
-    def test_limits_reconfigured_when_supported(self):
-        class Reconfigurable:
-            def __init__(self):
-                self.seen = []
-
-            def reconfigure(self, limits):
-                self.seen.append(limits)
-
-        self.node.limits = Reconfigurable()
-        new = self.base.replace(limits=LimitsConfig(handshake_rate=10))
-        report = reload(self.node, new)
-        self.assertEqual(self.node.limits.seen, [new.limits])
-        self.assertEqual(report.needs_restart, ())
 
     def test_log_level(self):
         gate = LogLevelGate()

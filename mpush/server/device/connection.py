@@ -232,7 +232,7 @@ class ConnectionProtocol(Protocol):
             packets = self.decoder.feed(data)
         except FramingError as error:
             self.log.info("closing {peer}: {error}", peer=self.peer, error=error)
-            self._abort()
+            self.abort()
             return
         if packets:
             self.last_read_ms = self.node.now_ms()
@@ -498,7 +498,8 @@ class ConnectionProtocol(Protocol):
             self._drop_pending()
             self.transport.loseConnection()
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Drop the connection now, unsent data and all."""
         self.state_machine.close()
         self._drop_pending()
         self.transport.abortConnection()
@@ -509,7 +510,7 @@ class ConnectionProtocol(Protocol):
         limited), abort.
         """
         self.node.limits.refused(self.node.metrics, reason, self.peer, detail)
-        self._abort()
+        self.abort()
 
     def _handshake_overdue(self) -> None:
         if self.is_open and self.state is ConnectionState.NEW:
@@ -556,7 +557,7 @@ class ConnectionProtocol(Protocol):
                 peer=self.peer,
                 n=self._idle.timeouts,
             )
-            self._abort()
+            self.abort()
             return
         self._idle_due = now + self.context.heartbeat / 1000.0
 

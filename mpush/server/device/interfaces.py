@@ -86,3 +86,9 @@ class IDeviceConnection(Interface):
         Close once what was written has gone out; read nothing more.
         C{reason} says why to a device whose wire can carry it.
         """
+
+    def abort():
+        """
+        Drop the connection now, unsent data and all (a drain's last resort
+        for a connection that did not close in its grace).
+        """

@@ -272,15 +272,13 @@ class Drainer:
             try:
                 connection.close()
             except Exception:
-                self.log.failure("drain: closing {peer}", peer=getattr(connection, "peer", "?"))
+                self.log.failure("drain: closing {peer}", peer=connection.peer)
         deadline = self.clock.seconds() + self.close_grace_s
         while any(self._still_open(c) for c in connections) and self.clock.seconds() < deadline:
             await self._sleep(min(self.poll_interval_s, deadline - self.clock.seconds()))
         lingering = [c for c in connections if self._still_open(c)]
         for connection in lingering:
-            transport = getattr(connection, "transport", None)
-            if transport is not None and hasattr(transport, "abortConnection"):
-                transport.abortConnection()
+            connection.abort()
         self.log.info(
             "drain: closed {n} client connection(s), {aborted} aborted after {grace}s; "
             "their devices reconnect to another node",
@@ -330,7 +328,7 @@ class Drainer:
         return len(closing)
 
     def _still_open(self, connection: Any) -> bool:
-        return self.connections.get(getattr(connection, "conn_id", None)) is connection
+        return self.connections.get(connection.conn_id) is connection
 
     async def _bounded(self, what: str, call: Callable[[], Any]) -> tuple[bool, Any]:
         try:

@@ -39,8 +39,6 @@ class ReloadReport:
 
 #: Config tables a reload applies; every other change needs a restart.
 RELOADABLE = ("push", "limits", "bind")
-#: [limits] keys read where they are used; the RSA token bucket is built once.
-_LIMITS_BUCKET_KEYS = ("handshake_rate", "handshake_burst")
 
 
 def _label(name: str) -> str:
@@ -94,22 +92,12 @@ def reload(
             applied.append("[bind] " + ", ".join(_changed_keys(old.bind, new_config.bind)))
     limits = new_config.limits
     if limits != old.limits:
-        node_limits = getattr(node, "limits", None)
-        bucket_changed = any(getattr(limits, k) != getattr(old.limits, k) for k in _LIMITS_BUCKET_KEYS)
-        if bucket_changed and not hasattr(node_limits, "reconfigure"):
-            # Only the bucket's own keys wait for a restart.
-            limits = dataclasses.replace(limits, **{k: getattr(old.limits, k) for k in _LIMITS_BUCKET_KEYS})
-            restart.append("[limits] handshake-rate, handshake-burst")
-        if limits != old.limits:
-            if hasattr(node_limits, "reconfigure"):
-                node_limits.reconfigure(limits)
-            elif node_limits is not None:
-                node_limits.config = limits
-            applied.append("[limits] " + ", ".join(_changed_keys(old.limits, limits)))
+        node.limits.reconfigure(limits)
+        applied.append("[limits] " + ", ".join(_changed_keys(old.limits, limits)))
         keep["limits"] = limits
     if new_config.push != old.push:
         push = new_config.push
-        center = getattr(node, "push_center", None)
+        center = node.push_center
         if center is not None:
             flow = center.flow
             flow.limit, flow.duration, flow.total = push.global_limit, push.global_duration / 1000.0, push.global_max

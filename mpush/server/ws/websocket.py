@@ -586,14 +586,15 @@ class WebSocketConnection:
             else:
                 self.channel.sendClose(KICKED_CLOSE_CODE, reason)
 
-    def _abort(self) -> None:
+    def abort(self) -> None:
+        """Drop the connection now, unsent data and all."""
         self.state_machine.close()
         self._pending.clear()
         self.channel.dropConnection(abort=True)
 
     def _refuse(self, reason: str, detail: str) -> None:
         self.node.limits.refused(self.node.metrics, reason, self.peer, detail)
-        self._abort()
+        self.abort()
 
     # -- IDeadlineOwner: the pre-handshake deadline ---------------------------
 
