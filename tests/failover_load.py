@@ -168,22 +168,3 @@ class Load:
 
 def sleep(reactor, seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
-
-
-@defer.inlineCallbacks
-def eventually(reactor, attempt, timeout: float, step: float = 0.1):
-    """
-    Retry C{attempt} until it returns something other than C{False} without
-    raising; C{AssertionError} naming the last failure after C{timeout}.
-    """
-    deadline, last = reactor.seconds() + timeout, None
-    while reactor.seconds() < deadline:
-        try:
-            result = yield defer.maybeDeferred(attempt)
-        except Exception as error:
-            last = error
-        else:
-            if result is not False:
-                return result
-        yield sleep(reactor, step)
-    raise AssertionError(f"never succeeded within {timeout:g} s: {last!r}")

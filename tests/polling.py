@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer, reactor, task
 
-__all__ = ["sleep", "wait_until"]
+__all__ = ["sleep", "until_succeeds", "wait_until"]
 
 
 def sleep(seconds: float) -> defer.Deferred:
@@ -22,7 +22,6 @@ def sleep(seconds: float) -> defer.Deferred:
     return task.deferLater(reactor, seconds, lambda: None)
 
 
-@defer.inlineCallbacks
 def wait_until(
     predicate: Callable[[], Any],
     timeout: float = 15.0,
@@ -30,7 +29,7 @@ def wait_until(
     what: str = "condition",
     *,
     sleep: Callable[[float], defer.Deferred] = sleep,
-):
+) -> defer.Deferred:
     """
     Poll C{predicate} (it may return a Deferred; a failure counts as false)
     every C{step} seconds until it gives something true, and return that.
@@ -40,15 +39,42 @@ def wait_until(
     @raise AssertionError: C{what} was not met within C{timeout} seconds of
         steps (naming the predicate's last error, if any).
     """
+    return _poll(predicate, bool, (Exception,), timeout, step, what, sleep)
+
+
+def until_succeeds(
+    attempt: Callable[[], Any],
+    timeout: float = 15.0,
+    step: float = 0.1,
+    what: str = "attempt",
+    *,
+    retry_on: tuple[type[BaseException], ...] = (Exception,),
+    sleep: Callable[[float], defer.Deferred] = sleep,
+) -> defer.Deferred:
+    """
+    Call C{attempt} (it may return a Deferred) every C{step} seconds until
+    it neither fails with one of C{retry_on} nor returns C{False}, and
+    return its result (which may be None): for calls that fail while a
+    service recovers, such as a Redis failover.  Other errors end the wait.
+
+    @raise AssertionError: C{what} did not succeed within C{timeout}
+        seconds of steps (naming the last error, if any).
+    """
+    return _poll(attempt, lambda result: result is not False, retry_on, timeout, step, what, sleep)
+
+
+@defer.inlineCallbacks
+def _poll(call, accept, retry_on, timeout, step, what, sleep):
     waited = 0.0
     last_error = None
     while True:
         try:
-            value = yield defer.maybeDeferred(predicate)
-        except Exception as error:
-            value, last_error = None, error
-        if value:
-            return value
+            value = yield defer.maybeDeferred(call)
+        except retry_on as error:
+            last_error = error
+        else:
+            if accept(value):
+                return value
         if waited >= timeout:
             break
         yield sleep(step)

@@ -23,7 +23,8 @@ from mpush.protocol.routing import user_route_key
 from mpush.push import AckModel, PushClient, PushStatus
 from mpush.store.redis_connection import sentinel_url
 
-from tests.failover_load import DeviceFleet, Load, PushLedger, eventually, public_key_of, sleep
+from tests.failover_load import DeviceFleet, Load, PushLedger, public_key_of, sleep
+from tests.polling import until_succeeds
 from tests.process_support import NodeProcess
 from tests.redis_server import start_sentinel_set
 from tests.test_redis_router import raw_command
@@ -83,15 +84,15 @@ class FailoverUnderLoad:
         killed_at = reactor.seconds()
         yield self.kill_master()
         promoted = reactor.seconds() - killed_at
-        yield eventually(reactor, self.push_to_a_new_device, RECOVERY_BOUND)
+        yield until_succeeds(self.push_to_a_new_device, RECOVERY_BOUND)
         writes_back = reactor.seconds() - killed_at
-        yield eventually(reactor, self.kick_across_nodes, RECOVERY_BOUND)
+        yield until_succeeds(self.kick_across_nodes, RECOVERY_BOUND)
         kicks_back = reactor.seconds() - killed_at
         phases["kill to recovery"] = (dict(ledger.outcomes), dict(fleet.connects))
         yield sleep(reactor, COOL_DOWN)
         load.stop()
         stopped = reactor.seconds()
-        yield eventually(reactor, lambda: not ledger.in_flight and not fleet.in_flight, DRAIN_BOUND)
+        yield until_succeeds(lambda: not ledger.in_flight and not fleet.in_flight, DRAIN_BOUND)
         drained = reactor.seconds() - stopped
         phases["after recovery"] = (dict(ledger.outcomes), dict(fleet.connects))
 
@@ -204,7 +205,7 @@ class SentinelFailoverTests(FailoverUnderLoad, TestCase):
             answer = raw_command(self.sentinels[0].port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", "mymaster")
             return int(answer[1]) == self.replica.port
 
-        return eventually(reactor, promoted, RECOVERY_BOUND)
+        return until_succeeds(promoted, RECOVERY_BOUND)
 
 
 class ClusterFailoverTests(FailoverUnderLoad, TestCase):
@@ -232,4 +233,4 @@ class ClusterFailoverTests(FailoverUnderLoad, TestCase):
             owner = self.cluster.owner_of(self.fault_slot)
             return owner is not dead and owner.running
 
-        return eventually(reactor, promoted, RECOVERY_BOUND)
+        return until_succeeds(promoted, RECOVERY_BOUND)

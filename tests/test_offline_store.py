@@ -32,7 +32,7 @@ from mpush.offline.interfaces import (
 )
 from mpush.offline.memory import MemoryOfflineStore
 
-from tests.polling import wait_until
+from tests.polling import until_succeeds, wait_until
 
 #: A realistic wall-clock "now" in milliseconds.
 T0 = 1_790_000_000_000
@@ -483,19 +483,9 @@ class RedisOfflineStoreTests(OfflineStoreContractMixin, TestCase):
             and text in event.get("log_format", "")
         )
 
-    @defer.inlineCallbacks
-    def eventually_succeeds(self, call, attempts=100, pause=0.1):
+    def eventually_succeeds(self, call):
         """Retry C{call()} until it stops failing with OfflineStoreUnavailable; bounded."""
-        last = None
-        for _ in range(attempts):
-            try:
-                result = yield call()
-            except OfflineStoreUnavailable as error:
-                last = error
-                yield task.deferLater(reactor, pause, lambda: None)
-            else:
-                return result
-        self.fail(f"still unavailable: {last}")
+        return until_succeeds(call, 10.0, retry_on=(OfflineStoreUnavailable,))
 
     @defer.inlineCallbacks
     def test_raw_keys(self):

@@ -25,7 +25,7 @@ from mpush.router.redis import (
 )
 from mpush.store.redis_calls import BoundedRedis
 from mpush.store.redis_connection import connect_redis
-from tests.polling import wait_until
+from tests.polling import until_succeeds, wait_until
 from tests.redis_server import start_redis_server
 from tests.test_memory_router import NODE_A, RoutingContractMixin, location
 
@@ -126,19 +126,9 @@ class RedisRoutingTestCase(TestCase):
         """Let this test's time pass until C{predicate()}; a bounded number of steps."""
         return wait_until(predicate, step * attempts, step, what, sleep=self.wait)
 
-    @defer.inlineCallbacks
-    def eventually_succeeds(self, call, attempts=100, pause=0.1):
+    def eventually_succeeds(self, call):
         """Retry C{call()} until it stops failing with RouterUnavailable; bounded."""
-        last = None
-        for _ in range(attempts):
-            try:
-                result = yield call()
-            except RouterUnavailable as e:
-                last = e
-                yield self.wait(pause)
-            else:
-                return result
-        self.fail(f"never recovered: {last}")
+        return until_succeeds(call, 10.0, retry_on=(RouterUnavailable,), sleep=self.wait)
 
 
 class RedisRoutingContractTests(RedisRoutingTestCase, RoutingContractMixin):

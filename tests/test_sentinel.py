@@ -13,7 +13,7 @@ from mpush.push import AckModel, PushClient, PushStatus
 from mpush.router.redis import RedisKickChannel
 from mpush.store.redis_connection import connect_redis, sentinel_url
 
-from tests.polling import sleep
+from tests.polling import until_succeeds
 from tests.process_support import NodeProcess, connect_device
 from tests.redis_server import start_sentinel_set
 from tests.test_redis_router import raw_command
@@ -27,21 +27,9 @@ class SentinelTests(TestCase):
         self.nodes = [f"127.0.0.1:{s.port}" for s in self.sentinels]
         self.url = sentinel_url(tuple(self.nodes), "mymaster")
 
-    @defer.inlineCallbacks
-    def eventually(self, attempt, timeout=30.0, step=0.1):
+    def eventually(self, attempt):
         """Retry C{attempt} until it succeeds (a failover takes seconds)."""
-        waited, last = 0.0, None
-        while waited < timeout:
-            try:
-                result = yield defer.maybeDeferred(attempt)
-            except Exception as error:
-                last = error
-            else:
-                if result is not False:
-                    return result
-            yield sleep(step)
-            waited += step
-        self.fail(f"never succeeded: {last!r}")
+        return until_succeeds(attempt, 30.0)
 
     def failover(self):
         """Kill the master; fires once a sentinel names the replica instead."""

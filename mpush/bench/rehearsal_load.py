@@ -25,12 +25,12 @@ import ipaddress
 import json
 import random
 import resource
-import socket
 import sys
 import time
 
 from mpush.bench.wire import (
     ConnectFailed,
+    connect_socket,
     Device,
     DeviceProtocol,
     HttpResponseReader,
@@ -67,24 +67,7 @@ def endpoint(text: str) -> tuple[str, int]:
 
 async def connect_from(factory, host: str, port: int, source: str, timeout: float):
     """Connect C{factory}'s protocol to C{host:port} from C{source}."""
-    loop = asyncio.get_running_loop()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        # One source address serves many destinations: the port is picked
-        # at connect, per (source, destination), not at bind.
-        sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24), 1)
-        sock.bind((source, 0))
-        await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout)
-        _, protocol = await loop.create_connection(factory, sock=sock)
-        return protocol
-    except asyncio.TimeoutError:
-        sock.close()
-        raise ConnectFailed(host, port, f"no answer within {timeout:g} s") from None
-    except OSError as exc:
-        sock.close()
-        raise ConnectFailed(host, port, exc.strerror or str(exc)) from None
+    return await connect_socket(factory, host, port, source, timeout)
 
 
 async def http_request(host: str, port: int, source: str, method: str, path: str, token: str,

@@ -272,6 +272,16 @@ async def open_connection(factory: Callable[[], asyncio.Protocol], host: str, po
     host = loopback_address(host)
     if source is not None:
         loopback_address(source)
+    return await connect_socket(factory, host, port, source, timeout)
+
+
+async def connect_socket(factory: Callable[[], asyncio.Protocol], host: str, port: int,
+                         source: str | None, timeout: float) -> asyncio.Protocol:
+    """
+    Connect a protocol to C{host:port} from the optional C{source} address,
+    whose port is picked at connect (one source serves many destinations).
+    The caller has checked both addresses.  Fails with L{ConnectFailed}.
+    """
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
