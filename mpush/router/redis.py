@@ -757,6 +757,11 @@ class RedisNodeRegistry(RedisComponent):
     NodeInfo JSON with a TTL refreshed every C{refresh} seconds, and
     C{mp:nodes} lists every node ever registered until one of the others
     notices the key has gone (SREM answers 1 to exactly one of them).
+
+    A key that went because Redis was out is no death: every node missed its
+    refreshes then.  So after any failed call of its own, a registry reports
+    no node dead for a full C{ttl}, the time each live node has to write its
+    key again (C{refresh} is shorter).
     """
 
     log = Logger()
@@ -783,6 +788,13 @@ class RedisNodeRegistry(RedisComponent):
         self._loop: task.LoopingCall | None = None
         self._seen: dict[str, NodeInfo] = {}
         self._callbacks: list[Callable[[NodeInfo], object]] = []
+        #: Until when (clock seconds) no node is reported dead: a full ttl
+        #: after this registry last failed to reach Redis.
+        self._unsure_until = 0.0
+        self._calls.failure_observers.append(lambda _name: self._redis_failed())
+
+    def _redis_failed(self) -> None:
+        self._unsure_until = self._clock.seconds() + self._ttl_ms / 1000.0
 
     def register(self, info: NodeInfo) -> defer.Deferred:
         if self._calls.closed:
@@ -834,6 +846,7 @@ class RedisNodeRegistry(RedisComponent):
     def _refresh_failed(self, failure) -> None:
         # The loop must go on; an outage is already logged (once) by the
         # bounded calls.
+        self._redis_failed()
         if not failure.check(RouterUnavailable):
             self.log.failure("node registry refresh failed", failure)
 
@@ -891,6 +904,9 @@ class RedisNodeRegistry(RedisComponent):
         members, live = yield self._read_live()
         own = encode_node_member(self._info.host, self._info.port) if self._info else None
         dead = []
+        if self._clock.seconds() < self._unsure_until:
+            # Redis was out for us lately, so maybe for them: wait.
+            return dead
         for member in members:
             if member == own or member in live:
                 continue
