@@ -382,6 +382,7 @@ class NodeService(service.MultiService):
             "offline nudges not heard",
         )
         backends.registry.on_node_dead(self._node_dead)
+        backends.registry.on_registered_again(center.share_again)
         self._quietly(backends.registry.register(self.info), "node not registered")
         sweep = getattr(backends.offline, "sweep", None)
         if sweep is not None:

@@ -137,6 +137,26 @@ class BindTests(SynchronousTestCase):
         )
         self.assertIn("alice", self.state.smembers(online_users_key(self.center.events.public_ip)))
 
+    def test_routes_shared_again(self):
+        # Another node took this one for dead and marked its routes offline
+        # (here: gone); the registry's refresh finds it and calls share_again.
+        alice = Device(self.node, "dev-1", port=1)
+        bob = Device(self.node, "dev-2", port=2)
+        alice.bind("alice")
+        bob.bind("bob")
+        written = self.route_json("alice")
+        for user_id in ("alice", "bob"):
+            del self.state.hashes[user_route_key(user_id)]
+        self.center.share_again()
+        self.assertEqual(self.center.routes_unshared, 2)
+        # Bob unbinds before his turn comes: his route is not written back.
+        bob.unbind()
+        self.assertEqual(self.center.routes_unshared, 1)
+        self.node.clock.advance(0)
+        self.assertEqual(self.route_json("alice"), written)
+        self.assertIsNone(self.route_json("bob"))
+        self.assertEqual((self.center.routes_unshared, self.center.routes_shared_again), (0, 1))
+
     def test_bind_retry_answered_again(self):
         device = Device(self.node, "dev-1")
         device.bind("alice")

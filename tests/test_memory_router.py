@@ -538,6 +538,22 @@ class RoutingContractMixin:
         self.assertNotIn(b"10.0.0.5:3001", self.raw_smembers(NODES_KEY))
 
     @defer.inlineCallbacks
+    def test_registered_again_after_being_taken_for_dead(self):
+        ttl, refresh = self.registry_timing
+        registry = self.make_registry(ttl, refresh)
+        again = []
+        registry.on_registered_again(lambda: again.append(True))
+        yield registry.register(NodeInfo(NODE_A[0], NODE_A[1], None, 3000, 1))
+        yield self.wait(refresh * 2)
+        self.assertEqual(again, [])
+        # What a survivor's check_nodes does to a node it finds expired
+        # (SREM of its member), or a failover that lost the list.
+        self.raw_delete(NODES_KEY)
+        yield self.eventually(lambda: again, "registered again", step=refresh / 3, attempts=400)
+        self.assertEqual(again, [True])
+        self.assertEqual(self.raw_smembers(NODES_KEY), {b"10.0.0.5:3001"})
+
+    @defer.inlineCallbacks
     def test_dead_node_never_read(self):
         # A member whose registration was never read here: host and port only.
         self.raw_sadd(NODES_KEY, b"10.0.0.8:3001")

@@ -27,6 +27,7 @@ __all__ = [
     "IUserEvents",
     "NodeInfo",
     "RouterUnavailable",
+    "call_registered_again",
     "check_registry_options",
     "deliver_kick",
     "kick_message",
@@ -243,6 +244,16 @@ class INodeRegistry(Interface):
         @return: Deferred firing C{None}.
         """
 
+    def on_registered_again(callback):
+        """
+        Call C{callback()} when a refresh finds this node's registration had
+        gone from the list of nodes (another node took it for dead and
+        marked its routes offline, or Redis lost it): the node writes its
+        routes again.
+
+        Does not return a Deferred: returns C{None}.
+        """
+
     def on_node_dead(callback):
         """
         Call C{callback(NodeInfo)} for each node found dead (see
@@ -272,6 +283,15 @@ def check_registry_options(ttl: object, refresh: object) -> None:
             raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
     if not refresh < ttl:
         raise ValueError(f"refresh ({refresh!r} s) must be shorter than ttl ({ttl!r} s)")
+
+
+def call_registered_again(callbacks: list[Callable[[], object]], log: Logger) -> None:
+    """
+    Call each L{INodeRegistry.on_registered_again} callback; one that fails
+    is logged and spoils none of the others.
+    """
+    for callback in list(callbacks):
+        defer.maybeDeferred(callback).addErrback(lambda f: log.failure("registered-again callback failed", f))
 
 
 def kick_message(kick: KickRequest) -> tuple[str, str]:

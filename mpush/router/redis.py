@@ -63,6 +63,7 @@ from mpush.router.interfaces import (
     IRemoteRouter,
     IUserEvents,
     RouterUnavailable,
+    call_registered_again,
     check_registry_options,
     deliver_kick,
     kick_message,
@@ -788,6 +789,7 @@ class RedisNodeRegistry(RedisComponent):
         self._loop: task.LoopingCall | None = None
         self._seen: dict[str, NodeInfo] = {}
         self._callbacks: list[Callable[[NodeInfo], object]] = []
+        self._again_callbacks: list[Callable[[], object]] = []
         #: Until when (clock seconds) no node is reported dead: a full ttl
         #: after this registry last failed to reach Redis.
         self._unsure_until = 0.0
@@ -827,11 +829,12 @@ class RedisNodeRegistry(RedisComponent):
         def written(added) -> None:
             if not first and added == 1:
                 # Someone found us expired: they may have marked our routes
-                # offline.  Clients re-bind on their next reconnect.
+                # offline.
                 self.log.warn(
                     "node {member} had expired from the registry and was re-registered",
                     member=member,
                 )
+                call_registered_again(self._again_callbacks, self.log)
 
         return self._calls.call("register", send, written)
 
@@ -936,6 +939,11 @@ class RedisNodeRegistry(RedisComponent):
                     "node-dead callback failed for {host}:{port}", f, host=info.host, port=info.port
                 )
             )
+
+    def on_registered_again(self, callback: Callable[[], object]) -> None:
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        self._again_callbacks.append(callback)
 
     def on_node_dead(self, callback: Callable[[NodeInfo], object]) -> None:
         if not callable(callback):
