@@ -599,6 +599,20 @@ class RoutingContractMixin:
         self.assertTrue((yield router.lookup_type("u2", 1)).online)
 
     @defer.inlineCallbacks
+    def test_node_back_keeps_its_routes(self):
+        # Taken for dead, but registered again before a survivor's clean-up
+        # walks its routes: that walk leaves them.
+        router = self.make_router()
+        registry = self.make_registry(10, 3)
+        yield router.register("u1", 1, location(NODE_A, conn_id="a1"))
+        yield registry.register(NodeInfo(NODE_A[0], NODE_A[1], None, 3000, 1))
+        self.assertEqual((yield router.mark_node_offline(*NODE_A, unless_back=True)), 0)
+        self.assertTrue((yield router.lookup_type("u1", 1)).online)
+        yield registry.unregister()
+        self.assertEqual((yield router.mark_node_offline(*NODE_A, unless_back=True)), 1)
+        self.assertFalse((yield router.lookup_type("u1", 1)).online)
+
+    @defer.inlineCallbacks
     def test_registry_bad_input(self):
         registry = self.make_registry(10, 3)
         yield self.assertFailure(registry.register(("h", 1)), TypeError)

@@ -90,12 +90,17 @@ class IRemoteRouter(Interface):
         @return: Deferred firing C{True} if the route was changed.
         """
 
-    def mark_node_offline(host, port):
+    def mark_node_offline(host, port, unless_back=False):
         """
         Mark offline every route indexed under gateway C{host:port} that still
         points at it and is online (same atomic check as L{mark_offline});
         each member leaves the index as it is handled, so the index ends
         empty (and deleted) unless a route was re-registered there meanwhile.
+
+        With C{unless_back} (a survivor cleaning up after a node it found
+        dead), stop as soon as that node is registered again: it was alive
+        after all and is writing its routes again (L{INodeRegistry.
+        on_registered_again}); marking on would undo that.
 
         @return: Deferred firing how many routes were marked offline.
         """

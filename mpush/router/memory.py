@@ -291,13 +291,15 @@ class MemoryRemoteRouter(_Closable):
         self._write_offline(key, field, location, encode_route_member(user_id, client_type))
         return True
 
-    def mark_node_offline(self, host: str, port: int) -> defer.Deferred:
-        return _fired(self._mark_node_offline, host, port)
+    def mark_node_offline(self, host: str, port: int, unless_back: bool = False) -> defer.Deferred:
+        return _fired(self._mark_node_offline, host, port, unless_back)
 
-    def _mark_node_offline(self, host: str, port: int) -> int:
+    def _mark_node_offline(self, host: str, port: int, unless_back: bool = False) -> int:
         self._check_open()
         index = node_routes_key(host, port)
         count = 0
+        if unless_back and self.state.get(node_key(host, port)) is not None:
+            return count
         for member in self.state.smembers(index):
             self.state.srem(index, member)
             try:

@@ -418,17 +418,26 @@ class RedisRemoteRouter(RedisComponent):
         self.log.info("route {user}/{field} kept changing; left as is", user=user_id, field=field)
         return False
 
-    def mark_node_offline(self, host: str, port: int) -> defer.Deferred:
+    def mark_node_offline(self, host: str, port: int, unless_back: bool = False) -> defer.Deferred:
         try:
             index = node_routes_key(host, port)
+            registration = node_key(host, port)
         except Exception:
             return defer.fail()
+        back = None
+        if unless_back:
+            # Asked before each page: the routes of a page in flight when the
+            # node comes back may still be marked; it writes them again after.
+            def back() -> defer.Deferred:
+                return self._calls.call(
+                    "mark_node_offline check", lambda: self._redis.exists(registration), lambda n: bool(int(n))
+                )
         if self._cluster:
-            return self._walk_shards(index, (host, port))
-        return self._walk_index(index, (host, port))
+            return self._walk_shards(index, (host, port), back)
+        return self._walk_index(index, (host, port), back)
 
     @defer.inlineCallbacks
-    def _walk_shards(self, index: str, gateway: tuple[str, int]):
+    def _walk_shards(self, index: str, gateway: tuple[str, int], back: Callable[[], defer.Deferred] | None):
         # In a cluster the index is a set per slot, "{tag}" + index: SCAN
         # every master for them, then walk each.
         pattern = "{*}" + "".join("\\" + c if c in "*?[]\\" else c for c in index)
@@ -444,18 +453,20 @@ class RedisRemoteRouter(RedisComponent):
                 )
                 cursor = str(page[0])
                 for shard in page[1]:
-                    count += yield self._walk_index(shard, gateway)
+                    count += yield self._walk_index(shard, gateway, back)
                 if cursor == "0":
                     break
         return count
 
     @defer.inlineCallbacks
-    def _walk_index(self, index: str, gateway: tuple[str, int]):
+    def _walk_index(self, index: str, gateway: tuple[str, int], back: Callable[[], defer.Deferred] | None):
         # One bounded call per SSCAN page and per route, rather than one
         # deadline for a walk whose length depends on the node's size.
         count = 0
         cursor = "0"
         while True:
+            if back is not None and (yield back()):
+                return count
             page = yield self._calls.call(
                 "mark_node_offline scan",
                 lambda c=cursor: self._redis.sscan(index, c, count=_SCAN_COUNT),
