@@ -254,6 +254,44 @@ class FaultTests(ClusterCase):
         self.assertEqual(received.content, b"after the outage")
 
     @defer.inlineCallbacks
+    def test_node_taken_for_dead_shares_its_routes_again(self):
+        """
+        Node A cannot reach Redis for longer than node-ttl while B can: B
+        takes A for dead and marks its routes offline.  A, alive all along,
+        finds itself gone from the registry when Redis is back, registers
+        and writes its routes again: a push through B reaches A's device.
+        """
+        proxy = RedisProxy(self.redis.port).start()
+        self.addCleanup(proxy.stop)
+        node_a = NodeProcess(node_config(proxy.port))
+        self.addCleanup(node_a.stop)
+        node_a.start()
+        node_b = self.start_node()
+        ivan = yield self.device(node_a, "ivan")
+        online = yield self.redis_hget("mp:ur:ivan", "1")
+        self.assertIn('"connId"', online)
+        proxy.blackhole()
+        yield wait_until(
+            lambda: self.redis_hget("mp:ur:ivan", "1").addCallback(lambda value: value and '"connId"' not in value),
+            what="B marking A's routes offline",
+            timeout=20,
+        )
+        proxy.cut()
+        proxy.heal()
+        yield wait_until(
+            lambda: self.redis_hget("mp:ur:ivan", "1").addCallback(lambda value: value == online),
+            what="A writing its route again",
+            timeout=20,
+        )
+        pusher = PushClient(reactor, gateway=("127.0.0.1", node_b.gateway_port))
+        self.addCleanup(pusher.close)
+        [result] = yield pusher.push("ivan", b"still here", ack=AckModel.AUTO_ACK)
+        self.assertEqual(result.status, PushStatus.SUCCESS)
+        received = yield ivan.wait_for_push(timeout=5)
+        self.assertEqual(received.content, b"still here")
+        self.assertIn("had expired from the registry and was re-registered", node_a.log())
+
+    @defer.inlineCallbacks
     def test_redis_restart_mid_run(self):
         node = self.start_node()
         grace = yield self.device(node, "grace")
