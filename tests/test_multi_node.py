@@ -35,6 +35,18 @@ def node_config(redis_port, node_ttl="2s", node_refresh="500ms", redis_section=N
     )
 
 
+def redis_read(url, command):
+    """C{command(redis)}'s reply on a connection of its own to C{url}, closed after."""
+    from mpush.store.redis_connection import connect_redis
+
+    client = connect_redis(url, reactor)
+
+    def done(value):
+        return client.disconnect().addCallback(lambda _: value)
+
+    return command(client.redis).addBoth(done)
+
+
 class ClusterCase(TestCase):
     timeout = 120
 
@@ -206,20 +218,10 @@ class FaultTests(ClusterCase):
         self.assertEqual((again.status, again.reason), (PushStatus.OFFLINE, "route offline"))
 
     def redis_hget(self, key, field):
-        return self.redis_read(lambda redis: redis.hget(key, field))
+        return redis_read(self.redis.url, lambda redis: redis.hget(key, field))
 
     def redis_get(self, key):
-        return self.redis_read(lambda redis: redis.get(key))
-
-    def redis_read(self, command):
-        from mpush.store.redis_connection import connect_redis
-
-        client = connect_redis(self.redis.url, reactor)
-
-        def done(value):
-            return client.disconnect().addCallback(lambda _: value)
-
-        return command(client.redis).addBoth(done)
+        return redis_read(self.redis.url, lambda redis: redis.get(key))
 
     @defer.inlineCallbacks
     def test_route_bound_in_an_outage_is_shared_once_redis_is_back(self):
