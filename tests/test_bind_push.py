@@ -157,6 +157,25 @@ class BindTests(SynchronousTestCase):
         self.assertIsNone(self.route_json("bob"))
         self.assertEqual((self.center.routes_unshared, self.center.routes_shared_again), (0, 1))
 
+    def test_kicked_route_not_shared_again(self):
+        # A re-login kick from another node leaves the connection open; the
+        # route it lost must not be written back over the new one.
+        alice = Device(self.node, "dev-1")
+        alice.bind("alice")
+        del self.state.hashes[user_route_key("alice")]
+        self.center.kick_local(alice.protocol, "alice")
+        self.center.share_again()
+        self.node.clock.advance(0)
+        self.assertIsNone(self.route_json("alice"))
+        self.assertEqual((self.center.routes_unshared, self.center.routes_shared_again), (0, 0))
+        # Bound again on that connection: its route is its own again.
+        alice.unbind()
+        alice.bind("alice")
+        del self.state.hashes[user_route_key("alice")]
+        self.center.share_again()
+        self.node.clock.advance(0)
+        self.assertIsNotNone(self.route_json("alice"))
+
     def test_bind_retry_answered_again(self):
         device = Device(self.node, "dev-1")
         device.bind("alice")

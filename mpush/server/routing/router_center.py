@@ -12,6 +12,7 @@ reaches the connection it names (spec 21.2).
 from __future__ import annotations
 
 import collections
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer
@@ -105,6 +106,8 @@ class RouterCenter:
         self._unshared: dict[tuple[str, int], None] = {}
         self._reshare_timer = None
         self._resharing = False
+        # Connections kicked (a re-login kick leaves them open), until they bind again.
+        self._kicked: weakref.WeakSet = weakref.WeakSet()
         #: Routes written to Redis again after their first write failed.
         self.routes_shared_again = 0
 
@@ -136,6 +139,7 @@ class RouterCenter:
             return
         user_id, client_type = message.user_id, context.client_type
         replaced = self.local.register(user_id, client_type, connection)
+        self._kicked.discard(connection)
         context.user_id = user_id
         context.tags = message.tags
         connection.state_machine.bind()
@@ -334,7 +338,8 @@ class RouterCenter:
         Write one chunk of the unshared routes that are still bound here, as
         their BIND would have (route, online event, kick of the route it
         replaces); the next chunk right after, or a while later if Redis
-        still fails.  Users who unbound or closed meanwhile are skipped.
+        still fails.  Users who unbound, closed or were kicked meanwhile are
+        skipped.
         """
         self._reshare_timer = None
         chunk = []
@@ -342,7 +347,7 @@ class RouterCenter:
             key = next(iter(self._unshared))
             del self._unshared[key]
             connection = self.local.lookup(*key)
-            if connection is not None:
+            if connection is not None and connection not in self._kicked:
                 chunk.append(self._share_route(connection, *key))
         if not chunk:
             return
@@ -417,6 +422,8 @@ class RouterCenter:
         """
         if not connection.is_open:
             return defer.succeed(None)
+        # Replaced: its route must not be written back while it stays open.
+        self._kicked.add(connection)
         self.log.info(
             "kicking {user} on {peer} (device {device}){closing}",
             user=user_id,
