@@ -12,7 +12,6 @@ reaches the connection it names (spec 21.2).
 from __future__ import annotations
 
 import collections
-import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer
@@ -106,8 +105,9 @@ class RouterCenter:
         self._unshared: dict[tuple[str, int], None] = {}
         self._reshare_timer = None
         self._resharing = False
-        # Connections kicked (a re-login kick leaves them open), until they bind again.
-        self._kicked: weakref.WeakSet = weakref.WeakSet()
+        # conn_id of the bound connections kicked (a re-login kick leaves
+        # them open), until they bind again, unbind or close.
+        self._kicked: set[str] = set()
         #: Routes written to Redis again after their first write failed.
         self.routes_shared_again = 0
 
@@ -139,7 +139,7 @@ class RouterCenter:
             return
         user_id, client_type = message.user_id, context.client_type
         replaced = self.local.register(user_id, client_type, connection)
-        self._kicked.discard(connection)
+        self._kicked.discard(connection.conn_id)
         context.user_id = user_id
         context.tags = message.tags
         connection.state_machine.bind()
@@ -261,6 +261,7 @@ class RouterCenter:
         context.tags = None
         connection.state_machine.unbind()
         owned = self.local.unregister(user_id, client_type, connection)
+        self._kicked.discard(connection.conn_id)
         if owned:
             self._unshared.pop((user_id, client_type), None)
         return user_id, client_type, owned
@@ -347,7 +348,7 @@ class RouterCenter:
             key = next(iter(self._unshared))
             del self._unshared[key]
             connection = self.local.lookup(*key)
-            if connection is not None and connection not in self._kicked:
+            if connection is not None and connection.conn_id not in self._kicked:
                 chunk.append(self._share_route(connection, *key))
         if not chunk:
             return
@@ -423,7 +424,7 @@ class RouterCenter:
         if not connection.is_open:
             return defer.succeed(None)
         # Replaced: its route must not be written back while it stays open.
-        self._kicked.add(connection)
+        self._kicked.add(connection.conn_id)
         self.log.info(
             "kicking {user} on {peer} (device {device}){closing}",
             user=user_id,
