@@ -382,6 +382,7 @@ class NodeService(service.MultiService):
             "offline nudges not heard",
         )
         backends.registry.on_node_dead(self._node_dead)
+        backends.registry.on_registered_again(center.share_again)
         self._quietly(backends.registry.register(self.info), "node not registered")
         sweep = getattr(backends.offline, "sweep", None)
         if sweep is not None:
@@ -398,7 +399,7 @@ class NodeService(service.MultiService):
     def _node_dead(self, info: NodeInfo) -> defer.Deferred:
         log.warn("node {host}:{port} is gone; marking its routes offline", host=info.host, port=info.port)
         self._quietly(self.backends.events.release_node(info.host, info.port), "dead node's online users left listed")
-        return self.backends.remote.mark_node_offline(info.host, info.port)
+        return self.backends.remote.mark_node_offline(info.host, info.port, unless_back=True)
 
     @defer.inlineCallbacks
     def stopService(self) -> defer.Deferred:

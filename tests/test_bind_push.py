@@ -137,6 +137,45 @@ class BindTests(SynchronousTestCase):
         )
         self.assertIn("alice", self.state.smembers(online_users_key(self.center.events.public_ip)))
 
+    def test_routes_shared_again(self):
+        # Another node took this one for dead and marked its routes offline
+        # (here: gone); the registry's refresh finds it and calls share_again.
+        alice = Device(self.node, "dev-1", port=1)
+        bob = Device(self.node, "dev-2", port=2)
+        alice.bind("alice")
+        bob.bind("bob")
+        written = self.route_json("alice")
+        for user_id in ("alice", "bob"):
+            del self.state.hashes[user_route_key(user_id)]
+        self.center.share_again()
+        self.assertEqual(self.center.routes_unshared, 2)
+        # Bob unbinds before his turn comes: his route is not written back.
+        bob.unbind()
+        self.assertEqual(self.center.routes_unshared, 1)
+        self.node.clock.advance(0)
+        self.assertEqual(self.route_json("alice"), written)
+        self.assertIsNone(self.route_json("bob"))
+        self.assertEqual((self.center.routes_unshared, self.center.routes_shared_again), (0, 1))
+
+    def test_kicked_route_not_shared_again(self):
+        # A re-login kick from another node leaves the connection open; the
+        # route it lost must not be written back over the new one.
+        alice = Device(self.node, "dev-1")
+        alice.bind("alice")
+        del self.state.hashes[user_route_key("alice")]
+        self.center.kick_local(alice.protocol, "alice")
+        self.center.share_again()
+        self.node.clock.advance(0)
+        self.assertIsNone(self.route_json("alice"))
+        self.assertEqual((self.center.routes_unshared, self.center.routes_shared_again), (0, 0))
+        # Bound again on that connection: its route is its own again.
+        alice.unbind()
+        alice.bind("alice")
+        del self.state.hashes[user_route_key("alice")]
+        self.center.share_again()
+        self.node.clock.advance(0)
+        self.assertIsNotNone(self.route_json("alice"))
+
     def test_bind_retry_answered_again(self):
         device = Device(self.node, "dev-1")
         device.bind("alice")

@@ -53,10 +53,10 @@ def node_config(redis_port, node_ttl="2s", node_refresh="500ms", extra=""):
 
 
 @defer.inlineCallbacks
-def http_json(port, path, body=None, timeout=15.0):
+def http_request(port, path, body=None, timeout=15.0):
     """
-    One request to a node's HTTP API: C{(status code, decoded JSON)}.
-    A POST when C{body} is given.
+    One request to a node's HTTP API: C{(status code, body bytes)}.  A
+    POST of C{body} as JSON when it is given.
     """
     agent = Agent(reactor, connectTimeout=5, pool=HTTPConnectionPool(reactor, persistent=False))
     headers = Headers({b"content-type": [b"application/json"]})
@@ -70,8 +70,19 @@ def http_json(port, path, body=None, timeout=15.0):
     response = yield requested
     reading = readBody(response)
     reading.addTimeout(timeout, reactor)
-    data = yield reading
-    return response.code, (json.loads(data) if data else None)
+    return response.code, (yield reading)
+
+
+@defer.inlineCallbacks
+def http_json(port, path, body=None, timeout=15.0):
+    """L{http_request}, its body decoded as JSON."""
+    code, data = yield http_request(port, path, body, timeout)
+    return code, (json.loads(data) if data else None)
+
+
+def http_allot(port):
+    """C{(status code, body)} of the node's plain-text allot list."""
+    return http_request(port, "/v1/allot")
 
 
 def client_config(port, user_id, session_file=None, device_id=None):
@@ -232,6 +243,27 @@ class RedisThroughProxyTests(FaultCase):
         self.assertGreater(held, 0)  # the node did ask, and nothing reached Redis
         self.proxy.heal()
         yield self.check_recovered(self.node, self.redis)
+
+    @defer.inlineCallbacks
+    def test_allot_while_the_registry_times_out(self):
+        """
+        The allot list comes from the node registry in Redis: while Redis
+        does not answer, a 503 with the API's JSON error, not a bug logged.
+        """
+        status, endpoints = yield wait_until(
+            lambda: http_allot(self.node.http_port).addCallback(lambda reply: reply if reply[0] == 200 else None),
+            what="the node registered",
+        )
+        self.assertEqual(endpoints, f"127.0.0.1:{self.node.port}".encode())
+        self.proxy.blackhole()
+        status, body = yield http_json(self.node.http_port, "/v1/allot")
+        self.assertEqual(status, 503)
+        self.assertEqual(body["error"]["code"], "unavailable")
+        self.assertIn("redis node registry", body["error"]["message"])
+        self.assertNotIn("HTTP API request failed", self.node.log())
+        self.proxy.heal()
+        status, endpoints = yield http_allot(self.node.http_port)
+        self.assertEqual((status, endpoints), (200, f"127.0.0.1:{self.node.port}".encode()))
 
     @defer.inlineCallbacks
     def test_redis_connections_cut(self):

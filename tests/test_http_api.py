@@ -21,6 +21,7 @@ from mpush.http import api, errors, schema
 from mpush.http.api import ROUTE_FIELDS, ROUTES, ApiResource, ApiSite, CappedBody, HttpApiRoot
 from mpush.node_api import PushOutcome, PushRejected, PushRequest
 from mpush.protocol.routing import ClientLocation
+from mpush.router.interfaces import RouterUnavailable
 
 TOKEN = "s3cret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -691,6 +692,11 @@ class ReadTests(ApiTestCase):
         self.assertEqual(response.status, 503)
         self.assertEqual(response.header("Content-Type"), b"text/plain; charset=utf-8")
         self.assertNotIn(b",", response.body)
+        # The registry in Redis timed out: the usual error, and no traceback.
+        self.node.allot_answer = RouterUnavailable("redis node registry: nodes failed: no answer within 2 s")
+        response = yield self.request("GET", "/v1/allot", AUTH)
+        self.assert_error(response, 503, "unavailable", "no answer within 2 s")
+        self.assertEqual(self.flushLoggedErrors(), [])
 
     @defer.inlineCallbacks
     def test_openapi(self):
@@ -773,7 +779,7 @@ class ErrorTests(ApiTestCase):
     def test_error_codes(self):
         self.assertEqual(errors.ALL_CODES, {
             "invalid_request", "push_rejected", "unauthorized", "not_found", "method_not_allowed",
-            "payload_too_large", "unsupported_media_type", "timeout", "internal_error"})
+            "payload_too_large", "unsupported_media_type", "timeout", "unavailable", "internal_error"})
         self.assertEqual(json.loads(errors.error_body("x", "caf\u00e9\n")),
                          {"error": {"code": "x", "message": "caf\u00e9\n"}})
         errors.error_body("x", "\ud800").decode("ascii")

@@ -538,6 +538,22 @@ class RoutingContractMixin:
         self.assertNotIn(b"10.0.0.5:3001", self.raw_smembers(NODES_KEY))
 
     @defer.inlineCallbacks
+    def test_registered_again_after_being_taken_for_dead(self):
+        ttl, refresh = self.registry_timing
+        registry = self.make_registry(ttl, refresh)
+        again = []
+        registry.on_registered_again(lambda: again.append(True))
+        yield registry.register(NodeInfo(NODE_A[0], NODE_A[1], None, 3000, 1))
+        yield self.wait(refresh * 2)
+        self.assertEqual(again, [])
+        # What a survivor's check_nodes does to a node it finds expired
+        # (SREM of its member), or a failover that lost the list.
+        self.raw_delete(NODES_KEY)
+        yield self.eventually(lambda: again, "registered again", step=refresh / 3, attempts=400)
+        self.assertEqual(again, [True])
+        self.assertEqual(self.raw_smembers(NODES_KEY), {b"10.0.0.5:3001"})
+
+    @defer.inlineCallbacks
     def test_dead_node_never_read(self):
         # A member whose registration was never read here: host and port only.
         self.raw_sadd(NODES_KEY, b"10.0.0.8:3001")
@@ -581,6 +597,20 @@ class RoutingContractMixin:
         self.assertEqual(marked, [1])
         self.assertFalse((yield router.lookup_type("u1", 1)).online)
         self.assertTrue((yield router.lookup_type("u2", 1)).online)
+
+    @defer.inlineCallbacks
+    def test_node_back_keeps_its_routes(self):
+        # Taken for dead, but registered again before a survivor's clean-up
+        # walks its routes: that walk leaves them.
+        router = self.make_router()
+        registry = self.make_registry(10, 3)
+        yield router.register("u1", 1, location(NODE_A, conn_id="a1"))
+        yield registry.register(NodeInfo(NODE_A[0], NODE_A[1], None, 3000, 1))
+        self.assertEqual((yield router.mark_node_offline(*NODE_A, unless_back=True)), 0)
+        self.assertTrue((yield router.lookup_type("u1", 1)).online)
+        yield registry.unregister()
+        self.assertEqual((yield router.mark_node_offline(*NODE_A, unless_back=True)), 1)
+        self.assertFalse((yield router.lookup_type("u1", 1)).online)
 
     @defer.inlineCallbacks
     def test_registry_bad_input(self):

@@ -18,6 +18,7 @@ from mpush.push import AckModel, PushClient, PushStatus
 
 from tests.polling import sleep, wait_until
 from tests.process_support import NodeProcess
+from tests.redis_proxy import RedisProxy
 from tests.redis_server import start_redis_server
 
 
@@ -32,6 +33,18 @@ def node_config(redis_port, node_ttl="2s", node_refresh="500ms", redis_section=N
         + (redis_section or f'[redis]\nnodes = ["127.0.0.1:{redis_port}"]\n')
         + f'[cluster]\nnode-ttl = "{node_ttl}"\nnode-refresh = "{node_refresh}"\n'
     )
+
+
+def redis_read(url, command):
+    """C{command(redis)}'s reply on a connection of its own to C{url}, closed after."""
+    from mpush.store.redis_connection import connect_redis
+
+    client = connect_redis(url, reactor)
+
+    def done(value):
+        return client.disconnect().addCallback(lambda _: value)
+
+    return command(client.redis).addBoth(done)
 
 
 class ClusterCase(TestCase):
@@ -49,7 +62,7 @@ class ClusterCase(TestCase):
         return node.start()
 
     @defer.inlineCallbacks
-    def device(self, node, user_id, device_id=None, os_name="android", tags=None):
+    def device(self, node, user_id, device_id=None, os_name="android", tags=None, **timeouts):
         config = ClientConfig(
             host="127.0.0.1",
             port=node.port,
@@ -58,6 +71,7 @@ class ClusterCase(TestCase):
             os_name=os_name,
             user_id=user_id,
             tags=tags,
+            **timeouts,
         )
         client = yield connect_client(config, reactor)
         self.addCleanup(client.close)
@@ -204,14 +218,80 @@ class FaultTests(ClusterCase):
         self.assertEqual((again.status, again.reason), (PushStatus.OFFLINE, "route offline"))
 
     def redis_hget(self, key, field):
-        from mpush.store.redis_connection import connect_redis
+        return redis_read(self.redis.url, lambda redis: redis.hget(key, field))
 
-        client = connect_redis(self.redis.url, reactor)
+    def redis_get(self, key):
+        return redis_read(self.redis.url, lambda redis: redis.get(key))
 
-        def done(value):
-            return client.disconnect().addCallback(lambda _: value)
+    @defer.inlineCallbacks
+    def test_route_bound_in_an_outage_is_shared_once_redis_is_back(self):
+        """
+        A bind while Redis does not answer is answered OK with the route
+        kept here only; once Redis takes writes again the node writes it,
+        and a push through another node reaches the device.
+        """
+        proxy = RedisProxy(self.redis.port).start()
+        self.addCleanup(proxy.stop)
+        # A long node-ttl: node B must not take A for dead (that path, a
+        # node registered again, shares every route too).
+        node_a = NodeProcess(node_config(proxy.port, node_ttl="60s", node_refresh="1s"))
+        self.addCleanup(node_a.stop)
+        node_a.start()
+        node_b = self.start_node()
+        yield wait_until(lambda: self.redis_get(f"mp:node:127.0.0.1:{node_a.gateway_port}"), timeout=20)
+        proxy.blackhole()
+        heidi = yield self.device(node_a, "heidi", handshake_timeout=10.0, bind_timeout=10.0)
+        # What node A sent meanwhile (the failed route write) is lost.
+        proxy.cut()
+        proxy.heal()
+        route = yield wait_until(lambda: self.redis_hget("mp:ur:heidi", "1"), timeout=20)
+        self.assertIn(f'"port":{node_a.gateway_port}', route)
+        self.assertIn('"connId"', route)
+        pusher = PushClient(reactor, gateway=("127.0.0.1", node_b.gateway_port))
+        self.addCleanup(pusher.close)
+        [result] = yield pusher.push("heidi", b"after the outage", ack=AckModel.AUTO_ACK)
+        self.assertEqual(result.status, PushStatus.SUCCESS)
+        self.assertTrue(result.redirected)
+        received = yield heidi.wait_for_push(timeout=5)
+        self.assertEqual(received.content, b"after the outage")
 
-        return client.redis.hget(key, field).addBoth(done)
+    @defer.inlineCallbacks
+    def test_node_taken_for_dead_shares_its_routes_again(self):
+        """
+        Node A cannot reach Redis for longer than node-ttl while B can: B
+        takes A for dead and marks its routes offline.  A, alive all along,
+        finds itself gone from the registry when Redis is back, registers
+        and writes its routes again: a push through B reaches A's device.
+        """
+        proxy = RedisProxy(self.redis.port).start()
+        self.addCleanup(proxy.stop)
+        node_a = NodeProcess(node_config(proxy.port))
+        self.addCleanup(node_a.stop)
+        node_a.start()
+        node_b = self.start_node()
+        ivan = yield self.device(node_a, "ivan")
+        online = yield self.redis_hget("mp:ur:ivan", "1")
+        self.assertIn('"connId"', online)
+        proxy.blackhole()
+        yield wait_until(
+            lambda: self.redis_hget("mp:ur:ivan", "1").addCallback(lambda value: value and '"connId"' not in value),
+            what="B marking A's routes offline",
+            timeout=20,
+        )
+        proxy.cut()
+        proxy.heal()
+        yield wait_until(
+            lambda: self.redis_hget("mp:ur:ivan", "1").addCallback(lambda value: value == online),
+            what="A writing its route again",
+            timeout=20,
+        )
+        pusher = PushClient(reactor, gateway=("127.0.0.1", node_b.gateway_port))
+        self.addCleanup(pusher.close)
+        [result] = yield pusher.push("ivan", b"still here", ack=AckModel.AUTO_ACK)
+        self.assertEqual(result.status, PushStatus.SUCCESS)
+        received = yield ivan.wait_for_push(timeout=5)
+        self.assertEqual(received.content, b"still here")
+        self.assertIn("had expired from the registry and was re-registered", node_a.log())
 
     @defer.inlineCallbacks
     def test_redis_restart_mid_run(self):

@@ -11,11 +11,12 @@ from twisted.trial.unittest import TestCase
 
 from mpush.client.config import ClientConfig
 from mpush.client.protocol import connect_client
-from mpush.config import OfflineConfig, load_config
+from mpush.config import OfflineConfig, RedisConfig, load_config
 from mpush.node_api import PushRequest
 from mpush.protocol.crypto import MPUSH_DEMO_PUBLIC_KEY
 
 from tests.loopback_support import LoopbackNode
+from tests.redis_server import start_redis_server
 
 
 class OfflineMessagesTests(TestCase):
@@ -123,3 +124,11 @@ class OfflineMessagesTests(TestCase):
         self.assertEqual(count, 0)
         pushes = yield self.received(client, 1)
         self.assertEqual(pushes, [b"live"])
+
+
+class OfflineMessagesOnRedisTests(OfflineMessagesTests):
+    """The same with the node's state on one real Redis."""
+
+    def base_config(self):
+        redis = start_redis_server(self)
+        return load_config(None).replace(redis=RedisConfig(nodes=(f"127.0.0.1:{redis.port}",)))

@@ -26,6 +26,7 @@ from mpush.router.redis import (
 from mpush.store.redis_calls import BoundedRedis
 from mpush.store.redis_connection import connect_redis
 from tests.polling import until_succeeds, wait_until
+from tests.redis_proxy import RedisProxy
 from tests.redis_server import start_redis_server
 from tests.test_memory_router import NODE_A, RoutingContractMixin, location
 
@@ -301,6 +302,59 @@ class RedisRoutingContractTests(RedisRoutingTestCase, RoutingContractMixin):
             step=0.1,
         )
         self.assertEqual([n.host for n in (yield registry.nodes())], [NODE_A[0]])
+
+    @defer.inlineCallbacks
+    def test_outage_longer_than_ttl_is_no_death(self):
+        # Redis is cut off from every node past their TTL (a failover): each
+        # key expires, yet each node is alive and writes it again once Redis
+        # answers, whichever of them looks first.
+        ttl, refresh = 2.0, 0.5
+        proxy = RedisProxy(self.server.port).start()
+        self.addCleanup(proxy.stop)
+        dead = []
+        registries = []
+        for info in (NodeInfo(NODE_A[0], NODE_A[1], None, 3000, 1), NodeInfo("10.0.0.6", 3001, None, 3000, 2)):
+            client = connect_redis(proxy.url, reactor, max_retry_delay=0.2, reply_timeout=1.0)
+            self.addCleanup(client.disconnect)
+            registry = RedisNodeRegistry(client, reactor, ttl=ttl, refresh=refresh, timeout=CALL_TIMEOUT)
+            self.addCleanup(registry.close)
+            registry.on_node_dead(dead.append)
+            yield registry.register(info)
+            registries.append(registry)
+        keys = ("mp:node:10.0.0.5:3001", "mp:node:10.0.0.6:3001")
+        proxy.blackhole()
+        yield self.eventually(lambda: self.raw("EXISTS", *keys) == 0, "both expired", step=0.1)
+        # What the nodes sent meanwhile is lost with their connections.
+        proxy.cut()
+        proxy.heal()
+        yield self.eventually(lambda: self.raw("EXISTS", *keys) == 2, "both registered again", step=0.1)
+        # Past the time either would have been reported.
+        yield self.wait(ttl + refresh * 2)
+        self.assertEqual(dead, [])
+        self.assertEqual(self.raw_smembers("mp:nodes"), {b"10.0.0.5:3001", b"10.0.0.6:3001"})
+
+    @defer.inlineCallbacks
+    def test_death_confirmed_a_ttl_after_outage(self):
+        # A died while Redis was out for B: B reports it, but only once its
+        # own view of Redis has been sound for a full TTL.
+        ttl, refresh = 2.0, 0.5
+        a, b = self.make_registry(ttl, refresh), self.make_registry(ttl, refresh)
+        dead = []
+        b.on_node_dead(dead.append)
+        yield a.register(NodeInfo(NODE_A[0], NODE_A[1], None, 3000, 1))
+        yield b.register(NodeInfo("10.0.0.6", 3001, None, 3000, 2))
+        yield a.close()
+        self.raw_delete("mp:node:10.0.0.5:3001")
+        self.server.pause()
+        self.addCleanup(self.server.resume)
+        yield self.assertFailure(b.nodes(), RouterUnavailable)
+        failed_at = reactor.seconds()
+        self.server.resume()
+        self.assertEqual((yield b.check_nodes()), [])
+        self.assertIn(b"10.0.0.5:3001", self.raw_smembers("mp:nodes"))
+        yield self.eventually(lambda: dead, "A reported dead", step=0.1)
+        self.assertGreaterEqual(reactor.seconds() - failed_at, ttl)
+        self.assertEqual([(n.host, n.port) for n in dead], [NODE_A])
 
     @defer.inlineCallbacks
     def test_kick_survives_restart(self):

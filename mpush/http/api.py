@@ -32,9 +32,11 @@ from mpush.http.errors import (
     NotFound,
     PayloadTooLarge,
     PushRefused,
+    ServiceUnavailable,
     Unauthorized,
 )
 from mpush.node_api import PushRejected
+from mpush.router.interfaces import RouterUnavailable
 from mpush.push.results import client_type_name, node_name
 
 __all__ = [
@@ -252,6 +254,9 @@ def _error_for(exc: BaseException, failure, request) -> ApiError:
         return exc
     if isinstance(exc, PushRejected):
         return PushRefused(str(exc) or "the node rejected the push")
+    if isinstance(exc, RouterUnavailable):
+        # Redis out or slow: said once by the node already, no bug.
+        return ServiceUnavailable(str(exc))
     log.failure("HTTP API request failed: {request}", failure, request=_describe(request))
     return InternalError("internal error (logged on the node)")
 

@@ -20,6 +20,7 @@ __all__ = [
     "NotFound",
     "PayloadTooLarge",
     "PushRefused",
+    "ServiceUnavailable",
     "Unauthorized",
     "UnsupportedMediaType",
     "error_body",
@@ -109,6 +110,13 @@ class GatewayTimeout(ApiError):
     code = "timeout"
 
 
+class ServiceUnavailable(ApiError):
+    """What the answer needs (Redis: the node registry, routes) is out or too slow now."""
+
+    status = 503
+    code = "unavailable"
+
+
 class InternalError(ApiError):
     """A bug: logged with its traceback, answered without one."""
 
@@ -120,5 +128,5 @@ class InternalError(ApiError):
 ALL_CODES = frozenset(
     cls.code
     for cls in (InvalidRequest, PushRefused, Unauthorized, NotFound, MethodNotAllowed,
-                PayloadTooLarge, UnsupportedMediaType, GatewayTimeout, InternalError)
+                PayloadTooLarge, UnsupportedMediaType, GatewayTimeout, ServiceUnavailable, InternalError)
 )

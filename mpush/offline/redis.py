@@ -14,10 +14,14 @@ Keys (ours; MPush has no offline store and Java nodes never read them):
     and for the queue: C{bytes}, the total content length, and C{exp}, the
     latest expiry.
 
-Both keys get the same TTL, set on every add to "latest expiry - now", so the
-queue of a user who never comes back vanishes on its own; they are deleted
-when the last message goes.  The TTL is relative, so a skew between the
-nodes' clocks and Redis's only moves the deadline by the skew.
+Both keys get the same TTL, set on every add to "latest expiry - now" plus
+L{EXPIRED_GRACE_MS}, so the queue of a user who never comes back vanishes on
+its own; they are deleted when the last message goes.  The grace keeps
+expired messages in sight for a while: the next claim or add of the user
+drops and counts them (C{expired}), as the in-memory store does; a queue
+nobody touches within the grace goes uncounted.  The TTL is relative, so a
+skew between the nodes' clocks and Redis's only moves the deadline by the
+skew.
 
 Every change is one Lua script, so two nodes adding, claiming or acking the
 same user's messages at once cannot lose a bound or deliver a message twice.
@@ -68,6 +72,7 @@ from mpush.store.redis_calls import BoundedRedis, RedisComponent
 from mpush.store.redis_connection import RedisClient
 
 __all__ = [
+    "EXPIRED_GRACE_MS",
     "QUEUE_PREFIX",
     "DATA_PREFIX",
     "RedisOfflineStore",
@@ -79,6 +84,10 @@ __all__ = [
 
 QUEUE_PREFIX = "mp:off:"
 DATA_PREFIX = "mp:offd:"
+
+#: How long a queue outlives its latest expiry, so its expired messages are
+#: counted when the user next binds (or gets a message), not lost unseen.
+EXPIRED_GRACE_MS = 3_600_000
 
 
 def offline_queue_key(user_id: str) -> str:
@@ -170,7 +179,8 @@ local function delete_if_empty()
 end
 """
 
-# ARGV: id, entry, size, expires, now (= created), max count, max bytes.
+# ARGV: id, entry, size, expires, now (= created), max count, max bytes,
+# grace (ms the keys outlive the latest expiry).
 # Returns {status, dropped, expired}: status 1 stored, 2 already queued.
 _ADD = _HELPERS + """
 local id, size, expires, now = ARGV[1], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -192,7 +202,7 @@ redis.call('HSET', data, 'm:' .. id, ARGV[2], 'e:' .. id, ARGV[4], 'n:' .. id, A
 redis.call('HINCRBY', data, 'bytes', ARGV[3])
 local latest = math.max(tonumber(redis.call('HGET', data, 'exp') or '0') or 0, expires)
 redis.call('HSET', data, 'exp', string.format('%d', latest))
-local ttl = string.format('%d', math.max(latest - now, 1))
+local ttl = string.format('%d', math.max(latest - now + tonumber(ARGV[8]), 1))
 redis.call('PEXPIRE', queue, ttl)
 redis.call('PEXPIRE', data, ttl)
 return {1, dropped, expired}
@@ -345,6 +355,7 @@ class RedisOfflineStore(RedisComponent):
             str(message.created_ms),
             str(self.max_count),
             str(self.max_bytes),
+            str(EXPIRED_GRACE_MS),
         ]
         return self._calls.call("add", lambda: self._redis.eval(_ADD, keys, args), self._added)
 

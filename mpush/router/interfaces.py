@@ -27,6 +27,7 @@ __all__ = [
     "IUserEvents",
     "NodeInfo",
     "RouterUnavailable",
+    "call_registered_again",
     "check_registry_options",
     "deliver_kick",
     "kick_message",
@@ -89,12 +90,17 @@ class IRemoteRouter(Interface):
         @return: Deferred firing C{True} if the route was changed.
         """
 
-    def mark_node_offline(host, port):
+    def mark_node_offline(host, port, unless_back=False):
         """
         Mark offline every route indexed under gateway C{host:port} that still
         points at it and is online (same atomic check as L{mark_offline});
         each member leaves the index as it is handled, so the index ends
         empty (and deleted) unless a route was re-registered there meanwhile.
+
+        With C{unless_back} (a survivor cleaning up after a node it found
+        dead), stop as soon as that node is registered again: it was alive
+        after all and is writing its routes again (L{INodeRegistry.
+        on_registered_again}); marking on would undo that.
 
         @return: Deferred firing how many routes were marked offline.
         """
@@ -243,6 +249,16 @@ class INodeRegistry(Interface):
         @return: Deferred firing C{None}.
         """
 
+    def on_registered_again(callback):
+        """
+        Call C{callback()} when a refresh finds this node's registration had
+        gone from the list of nodes (another node took it for dead and
+        marked its routes offline, or Redis lost it): the node writes its
+        routes again.
+
+        Does not return a Deferred: returns C{None}.
+        """
+
     def on_node_dead(callback):
         """
         Call C{callback(NodeInfo)} for each node found dead (see
@@ -272,6 +288,15 @@ def check_registry_options(ttl: object, refresh: object) -> None:
             raise ValueError(f"{name} must be a positive number of seconds, not {value!r}")
     if not refresh < ttl:
         raise ValueError(f"refresh ({refresh!r} s) must be shorter than ttl ({ttl!r} s)")
+
+
+def call_registered_again(callbacks: list[Callable[[], object]], log: Logger) -> None:
+    """
+    Call each L{INodeRegistry.on_registered_again} callback; one that fails
+    is logged and spoils none of the others.
+    """
+    for callback in list(callbacks):
+        defer.maybeDeferred(callback).addErrback(lambda f: log.failure("registered-again callback failed", f))
 
 
 def kick_message(kick: KickRequest) -> tuple[str, str]:

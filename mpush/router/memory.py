@@ -56,6 +56,7 @@ from mpush.router.interfaces import (
     IRemoteRouter,
     IUserEvents,
     RouterUnavailable,
+    call_registered_again,
     check_registry_options,
     deliver_kick,
     kick_message,
@@ -290,13 +291,15 @@ class MemoryRemoteRouter(_Closable):
         self._write_offline(key, field, location, encode_route_member(user_id, client_type))
         return True
 
-    def mark_node_offline(self, host: str, port: int) -> defer.Deferred:
-        return _fired(self._mark_node_offline, host, port)
+    def mark_node_offline(self, host: str, port: int, unless_back: bool = False) -> defer.Deferred:
+        return _fired(self._mark_node_offline, host, port, unless_back)
 
-    def _mark_node_offline(self, host: str, port: int) -> int:
+    def _mark_node_offline(self, host: str, port: int, unless_back: bool = False) -> int:
         self._check_open()
         index = node_routes_key(host, port)
         count = 0
+        if unless_back and self.state.get(node_key(host, port)) is not None:
+            return count
         for member in self.state.smembers(index):
             self.state.srem(index, member)
             try:
@@ -491,6 +494,7 @@ class MemoryNodeRegistry(_Closable):
         self._loop: task.LoopingCall | None = None
         self._seen: dict[str, NodeInfo] = {}
         self._callbacks: list[Callable[[NodeInfo], object]] = []
+        self._again_callbacks: list[Callable[[], object]] = []
 
     def register(self, info: NodeInfo) -> defer.Deferred:
         return _fired(self._register, info)
@@ -501,16 +505,20 @@ class MemoryNodeRegistry(_Closable):
             raise TypeError(f"not a NodeInfo: {type(info).__name__}")
         info.to_json()  # refuse what could not be written
         self._info = info
-        self._write()
+        self._write(first=True)
         if self._loop is None:
             self._loop = task.LoopingCall(self._tick)
             self._loop.clock = self._clock
             self._loop.start(self._refresh, now=False)
 
-    def _write(self) -> None:
+    def _write(self, first: bool = False) -> None:
         info = self._info
         self.state.set(node_key(info.host, info.port), info.to_json(), self._ttl)
-        self.state.sadd(NODES_KEY, encode_node_member(info.host, info.port))
+        added = self.state.sadd(NODES_KEY, encode_node_member(info.host, info.port))
+        if added and not first:
+            self.log.warn("node {host}:{port} had expired from the registry and was re-registered",
+                          host=info.host, port=info.port)
+            call_registered_again(self._again_callbacks, self.log)
 
     def _tick(self) -> None:
         if self._closed or self._info is None:
@@ -587,6 +595,11 @@ class MemoryNodeRegistry(_Closable):
                     "node-dead callback failed for {host}:{port}", f, host=info.host, port=info.port
                 )
             )
+
+    def on_registered_again(self, callback: Callable[[], object]) -> None:
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        self._again_callbacks.append(callback)
 
     def on_node_dead(self, callback: Callable[[NodeInfo], object]) -> None:
         if not callable(callback):

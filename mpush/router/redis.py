@@ -63,6 +63,7 @@ from mpush.router.interfaces import (
     IRemoteRouter,
     IUserEvents,
     RouterUnavailable,
+    call_registered_again,
     check_registry_options,
     deliver_kick,
     kick_message,
@@ -417,17 +418,26 @@ class RedisRemoteRouter(RedisComponent):
         self.log.info("route {user}/{field} kept changing; left as is", user=user_id, field=field)
         return False
 
-    def mark_node_offline(self, host: str, port: int) -> defer.Deferred:
+    def mark_node_offline(self, host: str, port: int, unless_back: bool = False) -> defer.Deferred:
         try:
             index = node_routes_key(host, port)
+            registration = node_key(host, port)
         except Exception:
             return defer.fail()
+        back = None
+        if unless_back:
+            # Asked before each page: the routes of a page in flight when the
+            # node comes back may still be marked; it writes them again after.
+            def back() -> defer.Deferred:
+                return self._calls.call(
+                    "mark_node_offline check", lambda: self._redis.exists(registration), lambda n: bool(int(n))
+                )
         if self._cluster:
-            return self._walk_shards(index, (host, port))
-        return self._walk_index(index, (host, port))
+            return self._walk_shards(index, (host, port), back)
+        return self._walk_index(index, (host, port), back)
 
     @defer.inlineCallbacks
-    def _walk_shards(self, index: str, gateway: tuple[str, int]):
+    def _walk_shards(self, index: str, gateway: tuple[str, int], back: Callable[[], defer.Deferred] | None):
         # In a cluster the index is a set per slot, "{tag}" + index: SCAN
         # every master for them, then walk each.
         pattern = "{*}" + "".join("\\" + c if c in "*?[]\\" else c for c in index)
@@ -443,18 +453,20 @@ class RedisRemoteRouter(RedisComponent):
                 )
                 cursor = str(page[0])
                 for shard in page[1]:
-                    count += yield self._walk_index(shard, gateway)
+                    count += yield self._walk_index(shard, gateway, back)
                 if cursor == "0":
                     break
         return count
 
     @defer.inlineCallbacks
-    def _walk_index(self, index: str, gateway: tuple[str, int]):
+    def _walk_index(self, index: str, gateway: tuple[str, int], back: Callable[[], defer.Deferred] | None):
         # One bounded call per SSCAN page and per route, rather than one
         # deadline for a walk whose length depends on the node's size.
         count = 0
         cursor = "0"
         while True:
+            if back is not None and (yield back()):
+                return count
             page = yield self._calls.call(
                 "mark_node_offline scan",
                 lambda c=cursor: self._redis.sscan(index, c, count=_SCAN_COUNT),
@@ -757,6 +769,11 @@ class RedisNodeRegistry(RedisComponent):
     NodeInfo JSON with a TTL refreshed every C{refresh} seconds, and
     C{mp:nodes} lists every node ever registered until one of the others
     notices the key has gone (SREM answers 1 to exactly one of them).
+
+    A key that went because Redis was out is no death: every node missed its
+    refreshes then.  So after any failed call of its own, a registry reports
+    no node dead for a full C{ttl}, the time each live node has to write its
+    key again (C{refresh} is shorter).
     """
 
     log = Logger()
@@ -783,6 +800,14 @@ class RedisNodeRegistry(RedisComponent):
         self._loop: task.LoopingCall | None = None
         self._seen: dict[str, NodeInfo] = {}
         self._callbacks: list[Callable[[NodeInfo], object]] = []
+        self._again_callbacks: list[Callable[[], object]] = []
+        #: Until when (clock seconds) no node is reported dead: a full ttl
+        #: after this registry last failed to reach Redis.
+        self._unsure_until = 0.0
+        self._calls.failure_observers.append(lambda _name: self._redis_failed())
+
+    def _redis_failed(self) -> None:
+        self._unsure_until = self._clock.seconds() + self._ttl_ms / 1000.0
 
     def register(self, info: NodeInfo) -> defer.Deferred:
         if self._calls.closed:
@@ -815,11 +840,12 @@ class RedisNodeRegistry(RedisComponent):
         def written(added) -> None:
             if not first and added == 1:
                 # Someone found us expired: they may have marked our routes
-                # offline.  Clients re-bind on their next reconnect.
+                # offline.
                 self.log.warn(
                     "node {member} had expired from the registry and was re-registered",
                     member=member,
                 )
+                call_registered_again(self._again_callbacks, self.log)
 
         return self._calls.call("register", send, written)
 
@@ -834,6 +860,7 @@ class RedisNodeRegistry(RedisComponent):
     def _refresh_failed(self, failure) -> None:
         # The loop must go on; an outage is already logged (once) by the
         # bounded calls.
+        self._redis_failed()
         if not failure.check(RouterUnavailable):
             self.log.failure("node registry refresh failed", failure)
 
@@ -891,6 +918,9 @@ class RedisNodeRegistry(RedisComponent):
         members, live = yield self._read_live()
         own = encode_node_member(self._info.host, self._info.port) if self._info else None
         dead = []
+        if self._clock.seconds() < self._unsure_until:
+            # Redis was out for us lately, so maybe for them: wait.
+            return dead
         for member in members:
             if member == own or member in live:
                 continue
@@ -920,6 +950,11 @@ class RedisNodeRegistry(RedisComponent):
                     "node-dead callback failed for {host}:{port}", f, host=info.host, port=info.port
                 )
             )
+
+    def on_registered_again(self, callback: Callable[[], object]) -> None:
+        if not callable(callback):
+            raise TypeError("callback must be callable")
+        self._again_callbacks.append(callback)
 
     def on_node_dead(self, callback: Callable[[NodeInfo], object]) -> None:
         if not callable(callback):

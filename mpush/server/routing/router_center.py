@@ -23,6 +23,7 @@ from mpush.log_throttle import LogThrottle
 from mpush.protocol.messages import KickUserMessage, OkMessage
 from mpush.protocol.packet import Command
 from mpush.protocol.routing import ClientLocation, KickRequest
+from mpush.router.interfaces import RouterUnavailable
 from mpush.server.device.errors import BindFailed, ConnectionClosed
 
 if TYPE_CHECKING:
@@ -37,8 +38,12 @@ if TYPE_CHECKING:
 DeviceConnection = Any
 
 
-#: Closes whose shared side is done at a time (L{RouterCenter.connection_closed}).
+#: Closes whose shared side is done at a time (L{RouterCenter.connection_closed}),
+#: and routes shared again at a time (L{RouterCenter.share_again}).
 CLOSE_CHUNK = 500
+
+#: Seconds between attempts to share the routes Redis could not take.
+RESHARE_INTERVAL = 1.0
 
 
 def _answer(written: defer.Deferred) -> defer.Deferred:
@@ -94,6 +99,17 @@ class RouterCenter:
         #: Closes whose shared bookkeeping was skipped: the user had bound
         #: again on this node before it was due.
         self.closes_skipped = 0
+        # (user_id, client_type) of local routes Redis does not have (their
+        # write failed, or this node was taken for dead): shared again once
+        # Redis takes writes.  A subset of the local routes, so bounded.
+        self._unshared: dict[tuple[str, int], None] = {}
+        self._reshare_timer = None
+        self._resharing = False
+        # conn_id of the bound connections kicked (a re-login kick leaves
+        # them open), until they bind again, unbind or close.
+        self._kicked: set[str] = set()
+        #: Routes written to Redis again after their first write failed.
+        self.routes_shared_again = 0
 
     # -- BIND / UNBIND -----------------------------------------------------
 
@@ -123,6 +139,7 @@ class RouterCenter:
             return
         user_id, client_type = message.user_id, context.client_type
         replaced = self.local.register(user_id, client_type, connection)
+        self._kicked.discard(connection.conn_id)
         context.user_id = user_id
         context.tags = message.tags
         connection.state_machine.bind()
@@ -182,10 +199,14 @@ class RouterCenter:
     def flush_closes(self) -> defer.Deferred:
         """
         Do the shared side of every close waiting, now (a node stopping).
+        Routes still waiting to be shared again are dropped: a stopping
+        node withdraws its routes.
 
         @return: a Deferred that fires once all of it is done.
         """
         self._cancel_closed_timer()
+        self._cancel_reshare()
+        self._unshared.clear()
         closed, self._closed = list(self._closed), collections.deque()
         return self._release_closed(closed)
 
@@ -239,7 +260,11 @@ class RouterCenter:
         context.user_id = None
         context.tags = None
         connection.state_machine.unbind()
-        return user_id, client_type, self.local.unregister(user_id, client_type, connection)
+        owned = self.local.unregister(user_id, client_type, connection)
+        self._kicked.discard(connection.conn_id)
+        if owned:
+            self._unshared.pop((user_id, client_type), None)
+        return user_id, client_type, owned
 
     def _release_shared(self, user_id: str, client_type: int, owned: bool, conn_id: str) -> defer.Deferred:
         if owned:
@@ -264,17 +289,98 @@ class RouterCenter:
         )
 
     def _register_remote(self, connection: DeviceConnection, user_id: str, client_type: int) -> defer.Deferred:
+        self._unshared.pop((user_id, client_type), None)
         registered = self.remote.register(user_id, client_type, self.location_of(connection))
 
         def unavailable(failure: Failure) -> None:
-            # MPush swallows this too: the device is bound here; back-ends
-            # reading Redis will not find it until it binds again.
+            # MPush swallows this too, and the device stays unreachable from
+            # other nodes until it binds again; we write the route again
+            # once Redis takes writes.
             self.log.warn(
                 "route of {user} not shared: {why}", user=user_id, why=failure.getErrorMessage()
             )
+            self._share_later(failure, connection, user_id, client_type)
             return None
 
         return registered.addErrback(unavailable)
+
+    # -- routes Redis could not take ------------------------------------------
+
+    def share_again(self) -> None:
+        """
+        Write every local route to Redis again, a chunk at a time: this
+        node had been taken for dead, and its routes marked offline.
+        """
+        for user_id, client_type, _ in self.local.routes():
+            self._unshared[(user_id, client_type)] = None
+        self._schedule_reshare(0.0)
+
+    @property
+    def routes_unshared(self) -> int:
+        """Local routes waiting to be written to Redis again."""
+        return len(self._unshared)
+
+    def _share_later(self, failure: Failure, connection: DeviceConnection, user_id: str, client_type: int) -> None:
+        if failure.check(RouterUnavailable) and self.local.lookup(user_id, client_type) is connection:
+            self._unshared[(user_id, client_type)] = None
+            self._schedule_reshare(RESHARE_INTERVAL)
+
+    def _schedule_reshare(self, delay: float) -> None:
+        if self._reshare_timer is None and not self._resharing and self._unshared:
+            self._reshare_timer = self.clock.callLater(delay, self._reshare)
+
+    def _cancel_reshare(self) -> None:
+        call, self._reshare_timer = self._reshare_timer, None
+        if call is not None and call.active():
+            call.cancel()
+
+    def _reshare(self) -> None:
+        """
+        Write one chunk of the unshared routes that are still bound here, as
+        their BIND would have (route, online event, kick of the route it
+        replaces); the next chunk right after, or a while later if Redis
+        still fails.  Users who unbound, closed or were kicked meanwhile are
+        skipped.
+        """
+        self._reshare_timer = None
+        chunk = []
+        while self._unshared and len(chunk) < CLOSE_CHUNK:
+            key = next(iter(self._unshared))
+            del self._unshared[key]
+            connection = self.local.lookup(*key)
+            if connection is not None and connection.conn_id not in self._kicked:
+                chunk.append(self._share_route(connection, *key))
+        if not chunk:
+            return
+        self._resharing = True
+
+        def done(shared: list[bool]) -> None:
+            self._resharing = False
+            self.routes_shared_again += sum(shared)
+            if all(shared):
+                self._schedule_reshare(0.0)
+            else:
+                self._schedule_reshare(RESHARE_INTERVAL)
+
+        defer.gatherResults(chunk).addCallback(done)
+
+    def _share_route(self, connection: DeviceConnection, user_id: str, client_type: int) -> defer.Deferred:
+        registered = self.remote.register(user_id, client_type, self.location_of(connection))
+
+        def shared(previous: ClientLocation | None) -> bool:
+            self._quietly(self.events.user_online(user_id), "online event of {user}", user=user_id)
+            self._kick_replaced(connection, user_id, client_type, None, previous)
+            return True
+
+        def failed(failure: Failure) -> bool:
+            if self.local.lookup(user_id, client_type) is connection:
+                self._unshared.setdefault((user_id, client_type), None)
+            if not failure.check(RouterUnavailable):
+                self.log.failure("route of {user} not shared again", failure, user=user_id)
+                self._unshared.pop((user_id, client_type), None)
+            return False
+
+        return registered.addCallbacks(shared, failed)
 
     # -- kicks --------------------------------------------------------------
 
@@ -317,6 +423,8 @@ class RouterCenter:
         """
         if not connection.is_open:
             return defer.succeed(None)
+        # Replaced: its route must not be written back while it stays open.
+        self._kicked.add(connection.conn_id)
         self.log.info(
             "kicking {user} on {peer} (device {device}){closing}",
             user=user_id,
