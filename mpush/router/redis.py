@@ -424,14 +424,16 @@ class RedisRemoteRouter(RedisComponent):
             registration = node_key(host, port)
         except Exception:
             return defer.fail()
-        back = None
+        back: Callable[[], defer.Deferred] | None = None
         if unless_back:
             # Asked before each page: the routes of a page in flight when the
             # node comes back may still be marked; it writes them again after.
-            def back() -> defer.Deferred:
+            def registered() -> defer.Deferred:
                 return self._calls.call(
                     "mark_node_offline check", lambda: self._redis.exists(registration), lambda n: bool(int(n))
                 )
+
+            back = registered
         if self._cluster:
             return self._walk_shards(index, (host, port), back)
         return self._walk_index(index, (host, port), back)
