@@ -27,9 +27,9 @@ class SentinelTests(TestCase):
         self.nodes = [f"127.0.0.1:{s.port}" for s in self.sentinels]
         self.url = sentinel_url(tuple(self.nodes), "mymaster")
 
-    def eventually(self, attempt):
+    def eventually(self, attempt, timeout=30.0):
         """Retry C{attempt} until it succeeds (a failover takes seconds)."""
-        return until_succeeds(attempt, 30.0)
+        return until_succeeds(attempt, timeout)
 
     def failover(self):
         """Kill the master; fires once a sentinel names the replica instead."""
