@@ -12,7 +12,6 @@ stopped in the test's cleanup.
 
 from __future__ import annotations
 
-import atexit
 import random
 import shutil
 import socket
@@ -20,7 +19,7 @@ import subprocess
 import time
 import unittest
 
-from tests.redis_server import RedisServer, RedisServerError
+from tests.redis_server import RedisServer, RedisServerError, shared_redis_set
 from tests.test_redis_router import raw_command
 
 __all__ = ["RedisCluster", "shared_redis_cluster", "start_redis_cluster"]
@@ -261,32 +260,10 @@ def start_redis_cluster(test_case: unittest.TestCase) -> RedisCluster:
     return cluster
 
 
-_shared: list[RedisCluster] = []
-
-
 def shared_redis_cluster() -> RedisCluster:
     """
     One cluster for every test of this process that only reads and writes
-    keys (start-up takes seconds): emptied by each caller, made again if a
-    test broke it, stopped when the process exits.  Tests that kill or
-    reshard use L{start_redis_cluster}.
+    keys (see L{shared_redis_set}).  Tests that kill or reshard use
+    L{start_redis_cluster}.
     """
-    if _shared and not _shared[0].healthy:
-        _shared.pop().stop()
-    if not _shared:
-        cluster = RedisCluster()
-        _shared.append(cluster)
-        try:
-            cluster.start()
-        except BaseException:
-            _shared.pop().stop()
-            raise
-    cluster = _shared[0]
-    cluster.flush()
-    return cluster
-
-
-@atexit.register
-def _stop_shared() -> None:
-    while _shared:
-        _shared.pop().stop()
+    return shared_redis_set(RedisCluster)

@@ -12,6 +12,7 @@ it.  Elsewhere the tests are skipped with the install command.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ __all__ = [
     "RedisServerError",
     "RedisServerMixin",
     "find_redis_server",
+    "shared_redis_set",
+    "sentinel_watch",
     "start_redis_server",
 ]
 
@@ -240,6 +243,18 @@ class RedisServer:
         self.stop()
 
 
+def sentinel_watch(master_name: str, master_port: int, down_after_ms: int = 1000) -> str:
+    """
+    A sentinel's config: watch C{master_name} at C{master_port} with a
+    quorum of 2, seen down after C{down_after_ms} of silence.
+    """
+    return (
+        f"sentinel monitor {master_name} 127.0.0.1 {master_port} 2\n"
+        f"sentinel down-after-milliseconds {master_name} {down_after_ms}\n"
+        f"sentinel failover-timeout {master_name} 5000\n"
+    )
+
+
 def start_sentinel_set(test_case: unittest.TestCase, master_name: str = "mymaster", sentinels: int = 3):
     """
     A master, a replica and C{sentinels} sentinels (quorum 2, a master
@@ -248,17 +263,44 @@ def start_sentinel_set(test_case: unittest.TestCase, master_name: str = "mymaste
     """
     master = start_redis_server(test_case)
     replica = start_redis_server(test_case, ("--replicaof", "127.0.0.1", str(master.port)))
-    watch = (
-        f"sentinel monitor {master_name} 127.0.0.1 {master.port} 2\n"
-        f"sentinel down-after-milliseconds {master_name} 1000\n"
-        f"sentinel failover-timeout {master_name} 5000\n"
-    )
+    watch = sentinel_watch(master_name, master.port)
     started = []
     for _ in range(sentinels):
         sentinel = RedisServer(extra_args=("--sentinel",), config_text=watch)
         test_case.addCleanup(sentinel.stop)
         started.append(sentinel.start())
     return master, replica, started
+
+
+_shared: dict[type, object] = {}
+
+
+def shared_redis_set(kind: type):
+    """
+    One started C{kind()} (a Redis Cluster, a sentinel set: anything with
+    C{start}, C{stop}, C{flush} and C{healthy}) for every test of this
+    process that only reads and writes keys, since starting one takes
+    seconds: emptied for each caller, made again if a test broke it,
+    stopped when the process exits.
+    """
+    found = _shared.get(kind)
+    if found is not None and not found.healthy:
+        _shared.pop(kind).stop()
+    if kind not in _shared:
+        _shared[kind] = kind()
+        try:
+            _shared[kind].start()
+        except BaseException:
+            _shared.pop(kind).stop()
+            raise
+    _shared[kind].flush()
+    return _shared[kind]
+
+
+@atexit.register
+def _stop_shared() -> None:
+    while _shared:
+        _shared.popitem()[1].stop()
 
 
 def start_redis_server(test_case: unittest.TestCase, extra_args: tuple[str, ...] = ()) -> RedisServer:

@@ -450,11 +450,16 @@ class RedisOfflineStoreTests(OfflineStoreContractMixin, TestCase):
 
     timeout = 60
 
-    def setUp(self):
-        from mpush.store.redis_connection import connect_redis
+    def start_server(self):
+        """The Redis under test: a server of this test's own (a sentinel set in a variant)."""
         from tests.redis_server import start_redis_server
 
-        self.server = start_redis_server(self)
+        return start_redis_server(self)
+
+    def setUp(self):
+        from mpush.store.redis_connection import connect_redis
+
+        self.server = self.start_server()
         self.client = connect_redis(self.server.url, reactor, max_retry_delay=0.2, reply_timeout=1.0)
         self.addCleanup(self.client.disconnect)
         self.log_events: list[dict] = []

@@ -96,8 +96,12 @@ class RedisRoutingTestCase(TestCase):
 
     timeout = 60
 
+    def start_server(self):
+        """The Redis under test: a server of this test's own (a sentinel set in a variant)."""
+        return start_redis_server(self)
+
     def setUp(self):
-        self.server = start_redis_server(self)
+        self.server = self.start_server()
         self.log_events: list[dict] = []
         globalLogPublisher.addObserver(self.log_events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.log_events.append)

@@ -141,8 +141,12 @@ class RedisStoreTestCase(TestCase):
     # No test may hang: trial fails it after this many seconds.
     timeout = 60
 
+    def start_server(self):
+        """The Redis under test: a server of this test's own (a sentinel set in a variant)."""
+        return start_redis_server(self)
+
     def setUp(self):
-        self.server = start_redis_server(self)
+        self.server = self.start_server()
         self.log_events: list[dict] = []
         globalLogPublisher.addObserver(self.log_events.append)
         self.addCleanup(globalLogPublisher.removeObserver, self.log_events.append)
