@@ -19,11 +19,27 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-#: Where L{free_port} looks: below Linux's ephemeral range (32768 and up),
+#: Where L{free_port} looks: below Linux's ephemeral range (32768 and up)
+#: and above the Redis Cluster tests' ports and bus ports (12000-25999),
 #: so no client connection's source port can take a port between the pick
 #: and the server's bind (a node listens on 0.0.0.0, which any socket using
 #: the port blocks).
-_PORT_RANGE = (20000, 32000)
+_PORT_RANGE = (26000, 32000)
+#: How many disjoint shares port ranges are cut into, one per trial worker.
+_SHARES = 4
+
+
+def worker_share(low: int, high: int) -> tuple[int, int]:
+    """
+    This test process's share of the ports C{[low, high)}.  C{trial -jN}
+    runs worker k in C{_trial_temp/k}; each worker picks from its own share,
+    so two workers cannot pick the same port between one's probe and its
+    bind (each remembers only its own picks).  A lone trial takes share 0.
+    """
+    name = os.path.basename(os.getcwd())
+    index = int(name) % _SHARES if name.isdigit() else 0
+    size = (high - low) // _SHARES
+    return low + index * size, low + (index + 1) * size
 #: Ports handed out lately, never handed out again while remembered.
 _handed_out = collections.deque(maxlen=1024)
 
@@ -31,7 +47,7 @@ _handed_out = collections.deque(maxlen=1024)
 def free_port():
     """A TCP port free on every IPv4 address, not handed out lately."""
     for _ in range(500):
-        port = random.randrange(*_PORT_RANGE)
+        port = random.randrange(*worker_share(*_PORT_RANGE))
         if port in _handed_out:
             continue
         with socket.socket() as probe:

@@ -19,6 +19,7 @@ import subprocess
 import time
 import unittest
 
+from tests.process_support import worker_share
 from tests.redis_server import RedisServer, RedisServerError, shared_redis_set
 from tests.test_redis_router import raw_command
 
@@ -29,8 +30,9 @@ NODE_TIMEOUT_MS = 1000
 _READY_DEADLINE = 30.0
 #: A node also listens on its port + 10000 (the cluster bus): both stay
 #: below 55535 and below Linux's ephemeral range (32768 and up), so that no
-#: client's source port takes one between the pick and the bind.
-_PORT_RANGE = (12000, 21000)
+#: client's source port takes one between the pick and the bind; bus ports
+#: (22000-25999) stay below the node processes' ports (L{free_port}).
+_PORT_RANGE = (12000, 16000)
 _BUS_OFFSET = 10000
 
 
@@ -46,7 +48,7 @@ def _free_on_loopback(port: int) -> bool:
 def free_cluster_port(taken: set[int]) -> int:
     """A port free with its bus port, neither in C{taken}."""
     for _ in range(500):
-        port = random.randrange(*_PORT_RANGE)
+        port = random.randrange(*worker_share(*_PORT_RANGE))
         if {port, port + _BUS_OFFSET} & taken:
             continue
         if _free_on_loopback(port) and _free_on_loopback(port + _BUS_OFFSET):

@@ -35,7 +35,7 @@ from mpush.config import (
 from mpush.push import AckModel, PushClient, PushStatus
 
 from tests.polling import sleep, wait_until
-from tests.process_support import NodeProcess, node_environment, run_twistd
+from tests.process_support import NodeProcess, node_environment, run_twistd, worker_share
 from tests.redis_server import start_redis_server
 from tests.test_redis_router import raw_command
 
@@ -154,10 +154,13 @@ def free_block(count, taken=()):
     """
     The first of C{count} consecutive free ports, below Linux's ephemeral
     range (32768 up), so that no outgoing connection of this busy machine
-    takes one between this probe and the worker's bind.
+    takes one between this probe and the worker's bind, and in a range of
+    their own (16000-21999: not the Redis Cluster tests' nor
+    L{free_port}'s), this test process's share of it.
     """
+    low, high = worker_share(16000, 22000)
     for _ in range(500):
-        first = random.randrange(20000, 32768 - count)
+        first = random.randrange(low, high - count)
         ports = range(first, first + count)
         if any(port in taken for port in ports):
             continue
