@@ -51,6 +51,7 @@ from mpush.protocol.packet import (
     encode_packet,
 )
 from mpush.server.device import limits
+from mpush.server.device.adapter import DeviceAdapter
 from mpush.server.device.context import SessionContext
 from mpush.server.device.deadlines import IDeadlineOwner
 from mpush.server.device.errors import ConnectionClosed
@@ -133,7 +134,7 @@ class _MeteredRsaKey:
 
 
 @implementer(IDeviceConnection, IPushProducer, IDeadlineOwner)
-class ConnectionProtocol(Protocol):
+class ConnectionProtocol(DeviceAdapter, Protocol):
     """
     One client connection of the connection server.
 
@@ -476,18 +477,6 @@ class ConnectionProtocol(Protocol):
         self.send_raw(Command.ERROR, message, request.session_id).addErrback(_gone)
         if close:
             self.close()
-
-    def establish(self, context: SessionContext) -> None:
-        """
-        Make C{context} this connection's session: after a handshake's reply
-        was written, or when fast connect adopts a cached session.  A user
-        bound before is unbound first, so its routes do not outlive it.
-        """
-        if self.context.user_id is not None:
-            self.node.connection_unbound(self)
-        self.context = context
-        self.state_machine.establish()
-        self._handshake_due = None
 
     def close(self, reason: str | None = None) -> None:
         """

@@ -57,6 +57,7 @@ from mpush.protocol.messages import (
 )
 from mpush.protocol.packet import Command, Flags, Packet
 from mpush.server.device.ack_handler import AckHandler
+from mpush.server.device.adapter import DeviceAdapter
 from mpush.server.device.bind import BindHandler, UnbindHandler
 from mpush.server.device.client_push import ClientPushHandler
 from mpush.server.device.context import SessionContext
@@ -355,7 +356,7 @@ def make_ws_dispatcher(node: Any) -> DeviceDispatcher:
 
 
 @implementer(IDeviceConnection, IPushProducer, IDeadlineOwner)
-class WebSocketConnection:
+class WebSocketConnection(DeviceAdapter):
     """
     One open WebSocket, seen by the rest of the node as a device connection
     (L{IDeviceConnection}), a thin adapter between autobahn's frames and the
@@ -561,17 +562,6 @@ class WebSocketConnection:
         self.send(Command.ERROR, ErrorMessage(request.cmd, code, reason, data), request.session_id)
         if close:
             self.close()
-
-    def establish(self, context: SessionContext) -> None:
-        """
-        Make C{context} this connection's session (after the handshake
-        reply).  A user bound before is unbound first.
-        """
-        if self.context.user_id is not None:
-            self.node.connection_unbound(self)
-        self.context = context
-        self.state_machine.establish()
-        self._handshake_due = None
 
     def close(self, reason: str | None = None) -> None:
         """
